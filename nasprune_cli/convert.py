@@ -1,0 +1,228 @@
+"""convert(): trace a model, build the groups of coupled channels and turn it into a SearchSpace in place."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+from torch import nn
+
+from nasprune_cli.constraints import Cost
+from nasprune_cli.dynamic import make_dynamic
+from nasprune_cli.errors import NasPruneError
+from nasprune_cli.graph.groups import GroupMap, build_groups
+from nasprune_cli.graph.trace import Trace, trace_model
+from nasprune_cli.metrics.flops import CostModel, count_params, fvcore_flops
+from nasprune_cli.recipe.rules import resolve_rules, width_choices
+from nasprune_cli.space import FrozenLayer, Hparam, SearchSpace
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int64": torch.int64}
+
+
+def make_dummy_input(shape: list[int] | list[list[int]], dtype: str = "float32", seed: int = 0) -> Any:
+    """A deterministic dummy input (a tensor, or a tuple for several inputs)."""
+    gen = torch.Generator().manual_seed(seed)
+    shapes = shape if shape and isinstance(shape[0], (list, tuple)) else [shape]
+    tensors = []
+    for s in shapes:
+        if _DTYPES[dtype].is_floating_point:
+            tensors.append(torch.randn(*s, generator=gen).to(_DTYPES[dtype]))
+        else:
+            tensors.append(torch.zeros(*s, dtype=_DTYPES[dtype]))
+    return tensors[0] if len(tensors) == 1 else tuple(tensors)
+
+
+def dummy_input_for(recipe: Any) -> Any:
+    """The dummy input a recipe's `input` section describes (1x3x224x224 float32 by default)."""
+    if recipe is None:
+        return make_dummy_input([1, 3, 224, 224])
+    return make_dummy_input(list(recipe.input.shape), recipe.input.dtype)
+
+
+def convert(model: nn.Module, recipe: Any = None, dummy_input: Any = None) -> SearchSpace:
+    """Convert a model in place into a search space following the recipe's rules (None: all defaults)."""
+    if isinstance(model, SearchSpace):
+        raise NasPruneError("convert: the model is already converted (got a SearchSpace)")
+    if dummy_input is None:
+        dummy_input = dummy_input_for(recipe)
+    resolved = resolve_rules(recipe, model)
+    for pattern in resolved.unused_patterns:
+        warnings.warn(f"recipe rule '{pattern}' matches no layer of the model", stacklevel=2)
+    rules = resolved.by_module
+    converted = {name for name, rule in rules.items() if rule is not None}
+    modules = dict(model.named_modules())
+    depth_seqs = [n for n in converted if isinstance(modules[n], nn.Sequential)]
+
+    original_flops = fvcore_flops(model, dummy_input, by_module=bool(depth_seqs))
+    original = Cost(
+        float(original_flops[""] if isinstance(original_flops, dict) else original_flops), float(count_params(model))
+    )
+    trace = trace_model(model, dummy_input, depth_seqs)
+    depth_hparams = _depth_hparams(trace, rules, modules)
+    gmap = build_groups(trace)
+    _freeze_unconverted(gmap, converted, modules)
+
+    hparams: dict[str, Hparam] = {}
+    group_hparams: dict[str, int] = {}
+    for group in gmap.groups:
+        if group.frozen_reason is not None:
+            continue
+        choices = _group_choices(group.size, group.sources, group.members, rules, trace)
+        if len(choices) > 1:
+            hparams[group.name] = Hparam(group.name, "width", tuple(choices), group.size, tuple(group.members))
+            group_hparams[group.name] = group.index
+    hparams.update(depth_hparams)
+    hparams.update(_kernel_hparams(trace, rules, modules, converted))
+
+    for name in converted:
+        make_dynamic(modules[name])
+    cost_model = _build_cost_model(trace, gmap, group_hparams, hparams, modules, original, original_flops)
+    frozen = [
+        FrozenLayer(src, g.frozen_reason) for g in gmap.groups if g.frozen_reason is not None for src in g.sources
+    ]
+    sides = {key: rec.vec for key, rec in trace.sides.items()}
+    return SearchSpace(model, dummy_input, hparams, frozen, gmap, group_hparams, sides, cost_model, original)
+
+
+def _freeze_unconverted(gmap: GroupMap, converted: set[str], modules: dict[str, nn.Module]) -> None:
+    for group in gmap.groups:
+        if group.frozen_reason is not None:
+            continue
+        for member in group.members:
+            layer = member.rsplit(".", 1)[0]
+            if layer not in converted:
+                kind = type(modules[layer]).__name__ if layer in modules else "?"
+                group.frozen_reason = f"layer {layer} (nn.{kind}) reads these channels but is not converted by the recipe"
+                break
+
+
+def _group_choices(size: int, sources: list[str], members: list[str], rules: dict, trace: Trace) -> list[int]:
+    choices: set[int] | None = None
+    for src in sources:
+        rule = rules.get(src)
+        if rule is None:
+            return [size]
+        mine = set(width_choices(size, rule.ratios, rule.divisor))
+        choices = mine if choices is None else choices & mine
+    result = sorted(choices or {size})
+    for member in members:
+        num_groups = trace.layer_info.get(member.rsplit(".", 1)[0], {}).get("num_groups")
+        if num_groups:
+            result = [c for c in result if c % num_groups == 0]
+    return result or [size]
+
+
+def _depth_hparams(trace: Trace, rules: dict, modules: dict[str, nn.Module]) -> dict[str, Hparam]:
+    """Depth choices of Sequentials whose trailing children keep the shape; unite their in/out channels."""
+    hparams: dict[str, Hparam] = {}
+    for name, seq in trace.sequentials.items():
+        n_children = len(modules[name])
+        calls = seq.children
+        if len(calls) != n_children or len({c[0] for c in calls}) != n_children:
+            continue  # not every child ran exactly once: depth is not safe to change
+        first_skippable = n_children
+        for i in range(n_children - 1, -1, -1):
+            _, in_shape, _, out_shape, _ = calls[i]
+            if in_shape != out_shape:
+                break
+            first_skippable = i
+        min_depth = max(int(getattr(rules[name], "min_depth", 0) or 0), first_skippable)
+        if min_depth >= n_children:
+            continue
+        for child, _, in_lab, _, out_lab in calls[min_depth:]:
+            _unite(trace, in_lab, out_lab, f"{child} may be skipped (depth search)")
+        hparams[f"{name}.depth"] = Hparam(
+            f"{name}.depth", "depth", tuple(range(min_depth, n_children + 1)), n_children,
+            tuple(c[0] for c in calls[min_depth:]),
+        )
+    return hparams
+
+
+def _unite(trace: Trace, a: Any, b: Any, reason: str) -> None:
+    if a is None and b is None:
+        return
+    if a is None or b is None or a.dim != b.dim or a.vec.numel() != b.vec.numel():
+        trace.book.freeze(a, reason)
+        trace.book.freeze(b, reason)
+        return
+    trace.book.pair(a.vec, b.vec, reason)
+
+
+def _kernel_hparams(trace: Trace, rules: dict, modules: dict[str, nn.Module], converted: set[str]) -> dict[str, Hparam]:
+    hparams: dict[str, Hparam] = {}
+    for name in sorted(converted):
+        rule, info = rules[name], trace.layer_info.get(name, {})
+        sizes = list(getattr(rule, "kernel_size", None) or [])
+        if not sizes or info.get("transposed") or "kernel_size" not in info:
+            continue
+        kernel = info["kernel_size"]
+        padding = getattr(modules[name], "padding", 0)
+        if len(set(kernel)) != 1 or kernel[0] % 2 == 0 or isinstance(padding, str):
+            continue
+        k0 = kernel[0]
+        choices = sorted({k for k in sizes if k % 2 == 1 and k <= k0} | {k0})
+        if len(choices) > 1:
+            hparams[f"{name}.kernel_size"] = Hparam(f"{name}.kernel_size", "kernel", tuple(choices), k0, (name,))
+    return hparams
+
+
+def _gates(scope_names: set[str] | tuple[str, ...], hparams: dict[str, Hparam]) -> list[tuple[str, int]]:
+    gates = []
+    for hp in hparams.values():
+        if hp.kind != "depth":
+            continue
+        seq = hp.name[: -len(".depth")]
+        for child in scope_names:
+            prefix = f"{seq}." if seq else ""
+            if child.startswith(prefix) and child.count(".") == (seq.count(".") + 1 if seq else 0):
+                gates.append((hp.name, int(child[len(prefix) :])))
+    return gates
+
+
+def _build_cost_model(
+    trace: Trace,
+    gmap: GroupMap,
+    group_hparams: dict[str, int],
+    hparams: dict[str, Hparam],
+    modules: dict[str, nn.Module],
+    original: Cost,
+    original_flops: float | dict[str, float],
+) -> CostModel:
+    sizes = {g: gmap.groups[g].size for g in group_hparams.values()}
+    kernels = {hp.name[: -len(".kernel_size")]: hp for hp in hparams.values() if hp.kind == "kernel"}
+
+    def term(factor: float, vecs: list[torch.Tensor], scope: tuple[str, ...], kernel_of: str | None):
+        kernel = None
+        if kernel_of in kernels:
+            hp = kernels[kernel_of]
+            kernel = (hp.name, hp.original, len(trace.layer_info[kernel_of]["kernel_size"]))
+        return CostModel.make_term(factor, vecs, gmap.group_of, gmap.pos_of, sizes, _gates(scope, hparams), kernel)
+
+    flop_terms = [term(t.factor, t.vecs, t.scope, t.kernel_of) for t in trace.flops]
+    param_terms = [term(t.factor, t.vecs, t.scope, t.kernel_of) for t in trace.params]
+    model_cost = CostModel(flop_terms, param_terms, sizes)
+    at_max = model_cost.cost({}, {hp.name: hp.original for hp in hparams.values()})
+    # everything the per-op terms do not cover (frozen / uncounted parts) is a constant, split per skippable child
+    by_module = original_flops if isinstance(original_flops, dict) else {}
+    flops_rest = original.flops - at_max.flops
+    params_rest = original.params - at_max.params
+    for hp in hparams.values():
+        if hp.kind != "depth":
+            continue
+        for child in hp.members:
+            inside = CostModel([term(t.factor, t.vecs, t.scope, t.kernel_of) for t in trace.flops
+                                if child in t.scope], [], sizes).cost({}, {}).flops
+            child_rest = by_module.get(child, 0.0) - inside
+            child_params = sum(p.numel() for p in modules[child].parameters())
+            inside_params = CostModel([], [term(t.factor, t.vecs, (), t.kernel_of) for t in trace.params
+                                           if child in t.scope], sizes).cost({}, {}).params
+            if child_rest:
+                flop_terms.append(term(child_rest, [], (child,), None))
+                flops_rest -= child_rest
+            if child_params - inside_params:
+                param_terms.append(term(child_params - inside_params, [], (child,), None))
+                params_rest -= child_params - inside_params
+    flop_terms.append(term(flops_rest, [], (), None))
+    param_terms.append(term(params_rest, [], (), None))
+    return CostModel(flop_terms, param_terms, sizes)

@@ -1,0 +1,109 @@
+"""Turn a trace's channel labels into groups of coupled channels: one hparam per group."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from nasprune_cli.graph.trace import SideRecord, Trace
+
+_OUT_NAMES = {"Linear": "out_features"}
+
+
+@dataclass
+class ChannelGroup:
+    """Channels of one or more layer outputs that must be pruned together, position by position."""
+
+    index: int
+    name: str  # hparam name, e.g. "layer1.0.conv1.out_channels"
+    size: int
+    sources: list[str]  # layers whose outputs create these channels
+    members: list[str] = field(default_factory=list)  # every "layer.side" that reads them
+    frozen_reason: str | None = None
+    multiple_of: int = 1
+
+
+@dataclass
+class GroupMap:
+    """Groups plus, for every channel id, its group and its position in the group's canonical order."""
+
+    groups: list[ChannelGroup]
+    group_of: torch.Tensor  # id -> group index
+    pos_of: torch.Tensor  # id -> position in the group (order of the first source's channels)
+
+
+def _find(parent: list[int], i: int) -> int:
+    while parent[i] != i:
+        parent[i] = parent[parent[i]]
+        i = parent[i]
+    return i
+
+
+def build_groups(trace: Trace) -> GroupMap:
+    """Group sources united channel by channel; freeze groups the trace could not prove safe."""
+    book = trace.book
+    roots = book.roots() if len(book) else torch.zeros(0, dtype=torch.long)
+    sources: list[SideRecord] = trace.sources
+    # sources that share a root belong to one component
+    parent = list(range(len(sources)))
+    owner: dict[int, int] = {}
+    for s_idx, src in enumerate(sources):
+        for r in torch.unique(roots[src.vec]).tolist():
+            if r in owner:
+                a, b = _find(parent, owner[r]), _find(parent, s_idx)
+                parent[max(a, b)] = min(a, b)
+            else:
+                owner[r] = s_idx
+    components: dict[int, list[int]] = {}
+    for s_idx in range(len(sources)):
+        components.setdefault(_find(parent, s_idx), []).append(s_idx)
+
+    frozen_roots: dict[int, str] = {}
+    for i, reason in sorted(book.frozen.items()):
+        frozen_roots.setdefault(int(roots[i]), reason)
+
+    group_of = torch.full((len(book),), -1, dtype=torch.long)
+    pos_of = torch.full((len(book),), -1, dtype=torch.long)
+    groups: list[ChannelGroup] = []
+    for comp in components.values():
+        first = sources[comp[0]]
+        kind = trace.layer_info.get(first.module, {}).get("type", "")
+        group = ChannelGroup(
+            index=len(groups), name=f"{first.module}.{_OUT_NAMES.get(kind, 'out_channels')}",
+            size=first.vec.numel(), sources=[sources[i].module for i in comp],
+        )
+        canon = roots[first.vec]
+        rank = {r: p for p, r in enumerate(canon.tolist())}
+        comp_roots = set(torch.unique(roots[torch.cat([sources[i].vec for i in comp])]).tolist())
+        reasons = [frozen_roots[r] for r in sorted(comp_roots) if r in frozen_roots]
+        group.frozen_reason = reasons[0] if reasons else _structure_problem(comp, sources, roots, rank, first)
+        for s_idx in comp:
+            vec = sources[s_idx].vec
+            group_of[vec] = group.index
+            if group.frozen_reason is None:
+                pos_of[vec] = torch.tensor([rank[r] for r in roots[vec].tolist()], dtype=torch.long)
+        groups.append(group)
+    # members: every layer side reading a group's channels
+    for (module, side), rec in trace.sides.items():
+        ids = rec.vec[rec.vec >= 0]
+        for g in torch.unique(group_of[ids]).tolist() if ids.numel() else []:
+            if g >= 0:
+                groups[g].members.append(f"{module}.{side}")
+    return GroupMap(groups=groups, group_of=group_of, pos_of=pos_of)
+
+
+def _structure_problem(
+    comp: list[int], sources: list[SideRecord], roots: torch.Tensor, rank: dict[int, int], first: SideRecord
+) -> str | None:
+    """Why the sources of a component are not united channel for channel (None when they are)."""
+    for s_idx in comp:
+        src = sources[s_idx]
+        src_roots = roots[src.vec].tolist()
+        if len(set(src_roots)) != len(src_roots):
+            return f"channels of {src.module} are tied to each other (e.g. by a broadcast)"
+        if len(src_roots) != len(rank) or set(src_roots) != set(rank):
+            return f"{src.module} and {first.module} are coupled but not channel for channel"
+        if [rank[r] for r in src_roots] != list(range(len(rank))):
+            return f"channel order of {src.module} differs from {first.module}"
+    return None

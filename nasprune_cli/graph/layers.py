@@ -1,0 +1,151 @@
+"""Channel rules of the convertible layers, each traced as one atomic op."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from nasprune_cli.graph.labels import Lab, fixed_vec
+
+if TYPE_CHECKING:
+    from nasprune_cli.graph.trace import TraceContext
+
+CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+CONVT_TYPES = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+IN_TYPES = (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
+ATOMIC_TYPES = frozenset((*CONV_TYPES, *CONVT_TYPES, nn.Linear, *BN_TYPES, *IN_TYPES, nn.LayerNorm, nn.GroupNorm))
+
+
+def _input_vec(ctx: TraceContext, name: str, x: torch.Tensor, dim: int, size: int, what: str) -> torch.Tensor:
+    """Labels along the dim a layer reads channels from; channels arriving along another dim are frozen."""
+    lab = ctx.lab(x)
+    if lab is None:
+        return fixed_vec(size)
+    if lab.dim != dim:
+        ctx.freeze(lab, f"{name} ({what}) receives channels along dim {lab.dim}, not its {what} dim {dim}")
+        return fixed_vec(size)
+    return lab.vec
+
+
+def handle_layer(ctx: TraceContext, name: str, module: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
+    """Apply the channel rule of one call of a convertible layer."""
+    x = args[0] if args else kwargs.get("input")
+    if not isinstance(x, torch.Tensor) or not isinstance(out, torch.Tensor):
+        for t in list(args) + list(kwargs.values()):
+            if isinstance(t, torch.Tensor):
+                ctx.freeze(ctx.lab(t), f"{name} is called with unusual arguments")
+        if isinstance(out, torch.Tensor):
+            ctx.set_lab(out, None)
+        return
+    first = name not in ctx.layer_info
+    ctx.call_order.append(name)
+    params_before = len(ctx.params)
+    if isinstance(module, (*CONV_TYPES, *CONVT_TYPES)):
+        _conv(ctx, name, module, x, out)
+    elif isinstance(module, nn.Linear):
+        _linear(ctx, name, module, x, out)
+    else:
+        _norm(ctx, name, module, x, out)
+    if not first:  # a shared layer's parameters are counted once
+        del ctx.params[params_before:]
+    for term in ctx.params[params_before:]:
+        term.scope = tuple(ctx.stack)
+
+
+def _conv(ctx: TraceContext, name: str, m: nn.Module, x: torch.Tensor, out: torch.Tensor) -> None:
+    transposed = isinstance(m, CONVT_TYPES)
+    batched = x.dim() == m.weight.dim()
+    cdim = 1 if batched else 0
+    cin, cout, groups = m.in_channels, m.out_channels, m.groups
+    kernel = math.prod(m.kernel_size)
+    info = {"type": type(m).__name__, "groups": groups, "kernel_size": tuple(m.kernel_size), "transposed": transposed}
+    ctx.layer_info[name] = info
+    in_vec = _input_vec(ctx, name, x, cdim, cin, "input channel")
+    batch = x.shape[0]
+    spatial = math.prod(x.shape[2:]) if transposed else math.prod(out.shape[2:])
+    depthwise = groups > 1 and groups == cin == cout
+    if depthwise:
+        info["depthwise"] = True
+        vec = ctx.add_side(name, "in", in_vec)
+        ctx.add_side(name, "out", vec)
+        ctx.set_lab(out, Lab(cdim, vec))
+        ctx.add_flops(batch * spatial * kernel, [vec], kernel_of=name)
+        ctx.params.append(_param_term(kernel, [vec], name))
+        if m.bias is not None:
+            ctx.params.append(_param_term(1, [vec]))
+        return
+    if groups > 1:
+        reason = f"{name}: grouped convolution (groups={groups}) couples channels in blocks; it is kept whole"
+        ctx.freeze(in_vec, reason)
+        ctx.add_side(name, "in", in_vec)
+        out_vec = ctx.new_source(name, "out", cout)
+        ctx.freeze(out_vec, reason)
+        ctx.set_lab(out, Lab(cdim, out_vec))
+        ctx.add_flops(batch * spatial * kernel * (cin // groups) * (cout // groups) * groups, [])
+        ctx.params.append(_param_term(m.weight.numel(), []))
+        if m.bias is not None:
+            ctx.params.append(_param_term(cout, []))
+        return
+    in_vec = ctx.add_side(name, "in", in_vec)
+    out_vec = ctx.new_source(name, "out", cout)
+    ctx.set_lab(out, Lab(cdim, out_vec))
+    ctx.add_flops(batch * spatial * kernel, [in_vec, out_vec], kernel_of=name)
+    ctx.params.append(_param_term(kernel, [in_vec, out_vec], name))
+    if m.bias is not None:
+        ctx.params.append(_param_term(1, [out_vec]))
+
+
+def _linear(ctx: TraceContext, name: str, m: nn.Linear, x: torch.Tensor, out: torch.Tensor) -> None:
+    ctx.layer_info[name] = {"type": "Linear"}
+    in_vec = ctx.add_side(name, "in", _input_vec(ctx, name, x, x.dim() - 1, m.in_features, "input feature"))
+    out_vec = ctx.new_source(name, "out", m.out_features)
+    ctx.set_lab(out, Lab(out.dim() - 1, out_vec))
+    ctx.add_flops(math.prod(x.shape[:-1]), [in_vec, out_vec])
+    ctx.params.append(_param_term(1, [in_vec, out_vec]))
+    if m.bias is not None:
+        ctx.params.append(_param_term(1, [out_vec]))
+
+
+def _norm(ctx: TraceContext, name: str, m: nn.Module, x: torch.Tensor, out: torch.Tensor) -> None:
+    info: dict[str, Any] = {"type": type(m).__name__}
+    ctx.layer_info[name] = info
+    if isinstance(m, nn.LayerNorm):
+        side, dim, size = "features", x.dim() - 1, m.normalized_shape[-1]
+        affine = m.weight is not None
+        per_elem = 5 if affine else 4
+        if len(m.normalized_shape) > 1:
+            lab = ctx.lab(x)
+            if lab is not None and lab.dim >= x.dim() - len(m.normalized_shape):
+                ctx.freeze(lab, f"{name}: LayerNorm over {len(m.normalized_shape)} dims cannot be sliced")
+            ctx.set_lab(out, None if lab is None or lab.dim >= x.dim() - len(m.normalized_shape) else lab)
+            ctx.add_flops(x.numel() * per_elem, [])
+            ctx.params.append(_param_term(sum(p.numel() for p in m.parameters(recurse=False)), []))
+            return
+    elif isinstance(m, nn.GroupNorm):
+        side, dim, size = "channels", 1, m.num_channels
+        affine = m.weight is not None
+        per_elem = 5 if affine else 4
+        info["num_groups"] = m.num_groups
+    else:  # batch / instance norm
+        side, size = "features", m.num_features
+        dim = 1 if x.dim() > 2 or isinstance(m, BN_TYPES) else 0
+        if isinstance(m, IN_TYPES):
+            dim = 1 if x.dim() == {nn.InstanceNorm1d: 3, nn.InstanceNorm2d: 4, nn.InstanceNorm3d: 5}[type(m)] else 0
+        affine = m.weight is not None
+        per_elem = (2 if affine else 1) if isinstance(m, BN_TYPES) else (5 if affine else 4)
+    vec = ctx.add_side(name, side, _input_vec(ctx, name, x, dim, size, "feature"))
+    ctx.set_lab(out, Lab(dim, vec))
+    ctx.add_flops(x.numel() / size * per_elem, [vec])
+    if affine:
+        n_affine = sum(1 for p in (m.weight, getattr(m, "bias", None)) if p is not None)
+        ctx.params.append(_param_term(n_affine, [vec]))
+
+
+def _param_term(factor: float, vecs: list[torch.Tensor], kernel_of: str | None = None) -> Any:
+    from nasprune_cli.graph.trace import CostTerm
+
+    return CostTerm(float(factor), vecs, (), kernel_of)

@@ -1,0 +1,1 @@
+"""Cost and score metrics."""

@@ -1,0 +1,137 @@
+"""FLOPs and params: fvcore is the ground truth; CostModel is the fast estimator built once per space.
+
+FLOPs follow fvcore's convention: one FLOP per multiply-add, counted on the dummy input with the model in
+eval mode; ops fvcore does not count (elementwise add, activations, max-pooling) are not included.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from nasprune_cli.constraints import Cost
+from nasprune_cli.errors import TraceError
+
+
+def _as_tuple(dummy_input: Any) -> tuple:
+    """fvcore wants a tuple of positional inputs."""
+    if isinstance(dummy_input, tuple):
+        if dummy_input and isinstance(dummy_input[-1], dict):
+            if dummy_input[-1]:
+                raise TraceError("fvcore cannot count FLOPs with keyword inputs; pass positional inputs only")
+            return dummy_input[:-1]
+        return dummy_input
+    return (dummy_input,)
+
+
+def fvcore_flops(model: nn.Module, dummy_input: Any, by_module: bool = False) -> float | dict[str, float]:
+    """FLOPs of a model on the dummy input as fvcore counts them (eval mode; training flags restored)."""
+    from fvcore.nn import FlopCountAnalysis
+
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    logging.getLogger("fvcore").setLevel(logging.ERROR)
+    try:
+        with torch.no_grad():
+            analysis = FlopCountAnalysis(model, _as_tuple(dummy_input))
+            analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
+            if by_module:
+                return {k: float(v) for k, v in analysis.by_module().items()}
+            return float(analysis.total())
+    except Exception as exc:  # noqa: BLE001 - fvcore's jit trace fails in many ways; report one line
+        raise TraceError(f"fvcore could not count the model's FLOPs: {type(exc).__name__}: {exc}") from exc
+    finally:
+        for m, training in modes.items():
+            m.training = training
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of parameters (shared parameters counted once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+@dataclass
+class _Term:
+    factor: float
+    const: list[float]  # per vec: positions always kept
+    parts: list[list[tuple[int, torch.Tensor]]]  # per vec: (group, counts per group position)
+    gates: list[tuple[str, int]] = field(default_factory=list)  # (depth hparam, child index) that must be active
+    kernel: tuple[str, int, int] | None = None  # (kernel hparam, original k, spatial dims)
+
+
+class CostModel:
+    """FLOPs and params of any subnet from per-op formulas; exact w.r.t. fvcore, no model run needed."""
+
+    def __init__(self, flop_terms: list[_Term], param_terms: list[_Term], group_sizes: Mapping[int, int]) -> None:
+        self.flop_terms = flop_terms
+        self.param_terms = param_terms
+        self.orders: dict[int, torch.Tensor] = {g: torch.arange(n) for g, n in group_sizes.items()}
+        self._cums: dict[int, list[list[list[list[int]]]]] = {}
+        self.refresh()
+
+    @staticmethod
+    def make_term(
+        factor: float,
+        vecs: Sequence[torch.Tensor],
+        group_of: torch.Tensor,
+        pos_of: torch.Tensor,
+        group_sizes: Mapping[int, int],
+        gates: list[tuple[str, int]] | None = None,
+        kernel: tuple[str, int, int] | None = None,
+    ) -> _Term:
+        """Precompute, for a factor * prod(kept(vec)) term, the counts per configurable group position."""
+        consts, parts = [], []
+        for vec in vecs:
+            ids = vec[vec >= 0]
+            groups = group_of[ids] if ids.numel() else ids
+            configurable = torch.tensor([int(g) in group_sizes for g in groups.tolist()], dtype=torch.bool)
+            consts.append(float(vec.numel() - int(configurable.sum())))
+            vec_parts = []
+            for g in torch.unique(groups[configurable]).tolist() if configurable.any() else []:
+                pos = pos_of[ids[configurable & (groups == g)]]
+                vec_parts.append((g, torch.bincount(pos, minlength=group_sizes[g])))
+            parts.append(vec_parts)
+        return _Term(float(factor), consts, parts, gates or [], kernel)
+
+    def set_order(self, group: int, order: torch.Tensor) -> None:
+        """Importance order of a group's positions (kept first)."""
+        self.orders[group] = order
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Recompute cumulative kept counts after an order change."""
+        for terms_key, terms in (("flops", self.flop_terms), ("params", self.param_terms)):
+            for term in terms:
+                term_cums = []
+                for vec_parts in term.parts:
+                    term_cums.append([(g, torch.cumsum(c[self.orders[g]], 0).tolist()) for g, c in vec_parts])
+                setattr(term, "_cums", term_cums)
+            _ = terms_key
+
+    @staticmethod
+    def _eval(terms: list[_Term], widths: Mapping[int, int], hparams: Mapping[str, int]) -> float:
+        total = 0.0
+        for term in terms:
+            if any(hparams.get(h, math.inf) <= idx for h, idx in term.gates):
+                continue
+            value = term.factor
+            if term.kernel is not None and term.kernel[0] in hparams:
+                name, k0, nd = term.kernel
+                value *= (hparams[name] / k0) ** nd
+            for const, cums in zip(term.const, term._cums):  # type: ignore[attr-defined]
+                kept = const
+                for g, cum in cums:
+                    kept += cum[widths.get(g, len(cum)) - 1]
+                value *= kept
+            total += value
+        return total
+
+    def cost(self, widths: Mapping[int, int], hparams: Mapping[str, int]) -> Cost:
+        """Cost of a subnet given each configurable group's width and the other hparams (depth, kernel)."""
+        return Cost(self._eval(self.flop_terms, widths, hparams), self._eval(self.param_terms, widths, hparams))

@@ -1,0 +1,212 @@
+"""SearchSpace: the hparams of a converted model (one per group of coupled channels), subnets and export."""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from nasprune_cli.constraints import Cost
+from nasprune_cli.dynamic import DynamicModule, is_dynamic
+from nasprune_cli.errors import NasPruneError
+from nasprune_cli.graph.groups import GroupMap
+from nasprune_cli.metrics.flops import CostModel, count_params, fvcore_flops
+
+
+@dataclass(frozen=True)
+class Hparam:
+    """A searchable choice: a group's width, a Sequential's depth or a conv's kernel size."""
+
+    name: str
+    kind: str  # "width" | "depth" | "kernel"
+    choices: tuple[int, ...]  # ascending
+    original: int
+    members: tuple[str, ...]  # layer sides / modules it changes
+
+
+@dataclass(frozen=True)
+class FrozenLayer:
+    """A layer whose channels are kept whole, and why."""
+
+    name: str
+    reason: str
+
+
+class SearchSpace:
+    """A converted model plus its hparams; select a subnet, measure it, export it."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        dummy_input: Any,
+        hparams: dict[str, Hparam],
+        frozen: list[FrozenLayer],
+        gmap: GroupMap,
+        group_hparams: dict[str, int],
+        sides: dict[tuple[str, str], torch.Tensor],
+        cost_model: CostModel,
+        original_cost: Cost,
+    ) -> None:
+        self.model = model
+        self.dummy_input = dummy_input
+        self.hparams = hparams
+        self.frozen = frozen
+        self.gmap = gmap
+        self.original_cost = original_cost
+        self._group_hparams = group_hparams  # width hparam name -> group index
+        self._sides = sides  # (module, side) -> labels
+        self._cost_model = cost_model
+        self._orders = {g: torch.arange(gmap.groups[g].size) for g in group_hparams.values()}
+        self._group_ids = {g: torch.nonzero(gmap.group_of == g).flatten() for g in group_hparams.values()}
+        self._active = {name: hp.original for name, hp in hparams.items()}
+        self._modules = dict(model.named_modules())
+        self.select(self._active)
+
+    # ---- configs -------------------------------------------------------------------------------------------
+    def config(self) -> dict[str, int]:
+        """The active value of every configurable hparam."""
+        return dict(self._active)
+
+    def max(self) -> dict[str, int]:
+        """The largest subnet (the original model)."""
+        return {n: hp.choices[-1] for n, hp in self.hparams.items()}
+
+    def min(self) -> dict[str, int]:
+        """The smallest subnet."""
+        return {n: hp.choices[0] for n, hp in self.hparams.items()}
+
+    def centroid(self) -> dict[str, int]:
+        """The middle choice of every hparam."""
+        return {n: hp.choices[len(hp.choices) // 2] for n, hp in self.hparams.items()}
+
+    def size(self) -> int:
+        """Number of distinct subnets."""
+        return math.prod(len(hp.choices) for hp in self.hparams.values())
+
+    def sample(self, rng: random.Random | int | None = None) -> dict[str, int]:
+        """Select a random subnet (seeded) and return its config."""
+        rng = rng if isinstance(rng, random.Random) else random.Random(rng)
+        config = {n: rng.choice(self.hparams[n].choices) for n in sorted(self.hparams)}
+        self.select(config)
+        return config
+
+    def check(self, config: Mapping[str, int]) -> dict[str, int]:
+        """Validate a (partial) config and complete it with the active values."""
+        full = dict(self._active)
+        for name, value in config.items():
+            if name not in self.hparams:
+                raise NasPruneError(f"subnet config: unknown hparam '{name}' (the space has {len(self.hparams)} hparams)")
+            if value not in self.hparams[name].choices:
+                raise NasPruneError(
+                    f"subnet config: {name}={value!r} is not a choice (expected one of {list(self.hparams[name].choices)})"
+                )
+            full[name] = int(value)
+        return full
+
+    def select(self, config: Mapping[str, int]) -> None:
+        """Make a subnet active: set the slicing index of every dynamic layer."""
+        self._active = self.check(config)
+        keep_ids = torch.ones(len(self.gmap.group_of), dtype=torch.bool)
+        for name, g in self._group_hparams.items():
+            keep_pos = torch.zeros(self.gmap.groups[g].size, dtype=torch.bool)
+            keep_pos[self._orders[g][: self._active[name]]] = True
+            ids = self._group_ids[g]
+            keep_ids[ids] = keep_pos[self.gmap.pos_of[ids]]
+        for (module_name, side), vec in self._sides.items():
+            module = self._modules.get(module_name)
+            if not is_dynamic(module):
+                continue
+            kept = (vec < 0) | keep_ids[vec.clamp(min=0)]
+            module.set_index(side, None if bool(kept.all()) else torch.nonzero(kept).flatten())
+        for name, hp in self.hparams.items():
+            module = self._modules[name.rsplit(".", 1)[0]]
+            if hp.kind == "depth":
+                module.set_depth(None if self._active[name] == hp.original else self._active[name])
+            elif hp.kind == "kernel":
+                module.set_kernel_size(None if self._active[name] == hp.original else self._active[name])
+
+    # ---- cost ----------------------------------------------------------------------------------------------
+    def cost(self, config: Mapping[str, int] | None = None) -> Cost:
+        """FLOPs and params of a subnet from the fast cost model (equal to fvcore's count)."""
+        full = self._active if config is None else self.check(config)
+        widths = {g: full[name] for name, g in self._group_hparams.items()}
+        return self._cost_model.cost(widths, full)
+
+    def measured_cost(self) -> Cost:
+        """FLOPs (fvcore) and params of the exported active subnet: slow, for confirmation."""
+        exported = self.export()
+        return Cost(float(fvcore_flops(exported, self.dummy_input)), float(count_params(exported)))
+
+    # ---- importance ----------------------------------------------------------------------------------------
+    def sort_parameters(self) -> None:
+        """Order every group's channels by importance so that width k keeps the k most important."""
+        for g in self._group_hparams.values():
+            self._orders[g] = self._importance_order(g)
+            self._cost_model.set_order(g, self._orders[g])
+        self.select(self._active)
+
+    def _importance_order(self, g: int) -> torch.Tensor:
+        size = self.gmap.groups[g].size
+        importance = torch.zeros(size, dtype=torch.float64)
+        for (module_name, side), vec in self._sides.items():
+            module = self._modules.get(module_name)
+            scores = _side_magnitude(module, side)
+            if scores is None or scores.numel() != vec.numel():
+                continue
+            ids = vec.clamp(min=0)
+            mask = (vec >= 0) & (self.gmap.group_of[ids] == g)
+            if not bool(mask.any()):
+                continue
+            scores = scores.double()
+            scores = scores / scores.mean().clamp(min=1e-12)
+            importance.index_add_(0, self.gmap.pos_of[ids[mask]], scores[mask])
+        # most important first; ties keep the original channel order (stable)
+        return torch.sort(-importance, stable=True).indices
+
+    # ---- export --------------------------------------------------------------------------------------------
+    def export(self) -> nn.Module:
+        """A plain copy of the active subnet: no nasprune classes, sliced weights."""
+        model = copy.deepcopy(self.model)
+        names = [n for n, m in model.named_modules() if is_dynamic(m)]
+        for name in sorted(names, key=lambda n: -n.count(".") if n else 1):
+            module = model.get_submodule(name)
+            plain = module.export()
+            if not name:
+                model = plain
+                continue
+            parent_name, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent_name), attr, plain)
+        return model
+
+    def summary_rows(self) -> list[dict[str, Any]]:
+        """One row per configurable hparam: name, kind, choices, original, members."""
+        return [
+            {"hparam": hp.name, "kind": hp.kind, "choices": list(hp.choices), "original": hp.original,
+             "members": list(hp.members)}
+            for hp in self.hparams.values()
+        ]
+
+
+def _side_magnitude(module: nn.Module | None, side: str) -> torch.Tensor | None:
+    """Per-position weight magnitude of a layer side (L1 of the slice that touches it)."""
+    if not isinstance(module, DynamicModule):
+        return None
+    weight = getattr(module, "weight", None)
+    if weight is None:
+        return None
+    w = weight.detach().abs()
+    if side in ("features", "channels"):
+        return w.flatten() if w.dim() == 1 else None
+    transposed = isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d))
+    out_dim, in_dim = (1, 0) if transposed else (0, 1)
+    groups = getattr(module, "groups", 1)
+    if groups > 1:
+        return w.flatten(1).sum(1) if w.shape[0] == groups or not transposed else None
+    dim = out_dim if side == "out" else in_dim
+    return w.transpose(0, dim).flatten(1).sum(1)

@@ -1,0 +1,234 @@
+"""Toy models, one per topology the tracer must handle; contract tests are parametrized over TOYS."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def cbr(cin: int, cout: int, k: int = 3, groups: int = 1) -> nn.Sequential:
+    """conv-bn-relu."""
+    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout),
+                         nn.ReLU(inplace=True))
+
+
+class Chain(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(cbr(3, 64), cbr(64, 96), cbr(96, 64))
+        self.head = nn.Conv2d(64, 10, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+class Residual(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = cbr(3, 64)
+        self.a = nn.Sequential(cbr(64, 64), nn.Conv2d(64, 64, 3, padding=1), nn.BatchNorm2d(64))
+        self.b = nn.Sequential(cbr(64, 96), nn.Conv2d(96, 64, 3, padding=1), nn.BatchNorm2d(64))
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = F.relu(x + self.a(x))
+        x = x * 1.0 + self.b(x)  # a second residual, with a scalar op in between
+        x = x.mean((2, 3))
+        return self.fc(x)
+
+
+class Concat(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = cbr(3, 64)
+        self.left = cbr(64, 64)
+        self.right = cbr(64, 96)
+        self.fuse = cbr(64 + 96 + 64, 64, k=1)
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = torch.cat([self.left(x), self.right(x), x], dim=1)
+        return self.fc(F.adaptive_avg_pool2d(self.fuse(x), 1).flatten(1))
+
+
+class Split(nn.Module):
+    """chunk on the channel dim (frozen) next to prunable inner channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = cbr(3, 128)
+        self.branch = nn.Sequential(cbr(64, 96), cbr(96, 64))
+        self.fc = nn.Linear(128, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.stem(x).chunk(2, dim=1)
+        y = torch.cat([a, self.branch(b)], dim=1)
+        return self.fc(y.mean((2, 3)))
+
+
+class Depthwise(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.expand = cbr(3, 96, k=1)
+        self.dw = cbr(96, 96, groups=96)
+        self.project = nn.Sequential(nn.Conv2d(96, 64, 1, bias=False), nn.BatchNorm2d(64))
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.project(self.dw(self.expand(x))).mean((2, 3)))
+
+
+class Grouped(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = cbr(3, 64)
+        self.grouped = cbr(64, 128, groups=4)
+        self.mid = cbr(128, 96)
+        self.fc = nn.Linear(96, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.mid(self.grouped(self.stem(x))).mean((2, 3)))
+
+
+class Shared(nn.Module):
+    """One conv applied twice (weight sharing)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = cbr(3, 64)
+        self.shared = nn.Conv2d(64, 64, 3, padding=1)
+        self.mid = cbr(64, 96)
+        self.fc = nn.Linear(96, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = F.relu(self.shared(x))
+        x = F.relu(self.shared(x))
+        return self.fc(self.mid(x).amax((2, 3)))
+
+
+class FlattenLinear(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(cbr(3, 64), nn.MaxPool2d(2), cbr(64, 64), nn.AdaptiveAvgPool2d(2))
+        self.classifier = nn.Sequential(nn.Linear(64 * 4, 128), nn.ReLU(), nn.Dropout(0.1), nn.Linear(128, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+class SqueezeExcite(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = cbr(3, 96)
+        self.fc1 = nn.Conv2d(96, 64, 1)
+        self.fc2 = nn.Conv2d(64, 96, 1)
+        self.out = nn.Conv2d(96, 10, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        s = torch.sigmoid(self.fc2(F.relu(self.fc1(F.adaptive_avg_pool2d(x, 1)))))
+        return self.out(x * s).mean((2, 3))
+
+
+class PadChannels(nn.Module):
+    """CIFAR ResNet 'option A' shortcut: stride-2 subsample and zero-pad the channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = cbr(3, 32)
+        self.body = nn.Sequential(nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.BatchNorm2d(64))
+        self.inner = cbr(64, 96)
+        self.fc = nn.Linear(96, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        short = F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, 16, 16))
+        y = F.relu(self.body(x) + short)
+        return self.fc(self.inner(y).mean((2, 3)))
+
+
+class Shuffle(nn.Module):
+    """Channel shuffle (view/transpose/view) after a concat."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = cbr(3, 64)
+        self.branch = nn.Sequential(cbr(64, 96, k=1), cbr(96, 64, k=1))
+        self.fc = nn.Linear(128, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = torch.cat([x, self.branch(x)], 1)
+        n, c, h, w = x.shape
+        x = x.view(n, 2, c // 2, h, w).transpose(1, 2).contiguous().view(n, c, h, w)
+        return self.fc(x.mean((2, 3)))
+
+
+class Attention(nn.Module):
+    """A transformer block: prunable MLP hidden, heads split by view (frozen), LayerNorm on the stream."""
+
+    def __init__(self, dim: int = 64, heads: int = 4) -> None:
+        super().__init__()
+        self.heads = heads
+        self.embed = nn.Linear(16, dim)
+        self.norm1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 128), nn.GELU(), nn.Linear(128, dim))
+        self.head = nn.Linear(dim, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.embed(x)
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.norm1(x)).chunk(3, dim=-1)
+        q, k, v = (z.reshape(b, t, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v))
+        att = (q @ k.transpose(-2, -1) / (d // self.heads) ** 0.5).softmax(-1)
+        x = x + self.proj((att @ v).transpose(1, 2).reshape(b, t, d))
+        x = x + self.mlp(self.norm2(x))
+        return self.head(x[:, 0])
+
+
+class Norms(nn.Module):
+    """GroupNorm, InstanceNorm and 1-d / 3-d / transposed convs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv1d(3, 64, 3, padding=1)
+        self.in1 = nn.InstanceNorm1d(64, affine=True)
+        self.c2 = nn.Conv1d(64, 64, 3, padding=1)
+        self.gn = nn.GroupNorm(4, 64)
+        self.up = nn.ConvTranspose1d(64, 96, 2, stride=2)
+        self.bn = nn.BatchNorm1d(96)
+        self.c3 = nn.Conv3d(1, 8, 3, padding=1)
+        self.out = nn.Linear(96 + 8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.in1(self.c1(x)))
+        y = F.relu(self.gn(self.c2(y)))
+        y = F.relu(self.bn(self.up(y))).mean(-1)
+        z = self.c3(x.unsqueeze(1).unsqueeze(-1).expand(-1, -1, -1, -1, 2)).mean((2, 3, 4))
+        return self.out(torch.cat([y, z], 1))
+
+
+TOYS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
+    "chain": (Chain, (2, 3, 16, 16)),
+    "residual": (Residual, (2, 3, 16, 16)),
+    "concat": (Concat, (2, 3, 16, 16)),
+    "split": (Split, (2, 3, 16, 16)),
+    "depthwise": (Depthwise, (2, 3, 16, 16)),
+    "grouped": (Grouped, (2, 3, 16, 16)),
+    "shared": (Shared, (2, 3, 16, 16)),
+    "flatten_linear": (FlattenLinear, (2, 3, 16, 16)),
+    "squeeze_excite": (SqueezeExcite, (2, 3, 16, 16)),
+    "pad_channels": (PadChannels, (2, 3, 16, 16)),
+    "shuffle": (Shuffle, (2, 3, 16, 16)),
+    "attention": (Attention, (2, 8, 16)),
+    "norms": (Norms, (2, 3, 32)),
+}

@@ -1,0 +1,176 @@
+"""The tracer finds the right groups of coupled channels and freezes what it cannot prove safe."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nasprune_cli.errors import TraceError
+from nasprune_cli.graph.groups import build_groups
+from nasprune_cli.graph.rules import _reshape_groups
+from nasprune_cli.graph.trace import trace_model
+from tests.toys import TOYS
+
+
+def groups_of(name: str) -> dict[str, tuple[list[str], str | None]]:
+    cls, shape = TOYS[name]
+    torch.manual_seed(0)
+    gmap = build_groups(trace_model(cls(), torch.randn(shape)))
+    return {g.name: (sorted(g.sources), g.frozen_reason) for g in gmap.groups}
+
+
+def prunable(name: str) -> dict[str, list[str]]:
+    return {k: v[0] for k, v in groups_of(name).items() if v[1] is None}
+
+
+def test_residual_adds_unite_the_stream() -> None:
+    groups = prunable("residual")
+    assert groups["stem.0.out_channels"] == ["a.1", "b.1", "stem.0"]
+    assert set(groups) == {"stem.0.out_channels", "a.0.0.out_channels", "b.0.0.out_channels"}
+
+
+def test_model_output_is_frozen() -> None:
+    sources, reason = groups_of("chain")["head.out_channels"]
+    assert "model output" in reason
+
+
+def test_concat_keeps_each_input_prunable() -> None:
+    assert set(prunable("concat")) == {
+        "stem.0.out_channels", "left.0.out_channels", "right.0.out_channels", "fuse.0.out_channels",
+    }
+
+
+def test_chunk_on_channels_freezes_only_the_cut_tensor() -> None:
+    groups = groups_of("split")
+    assert "chunk" in groups["stem.0.out_channels"][1]
+    assert groups["branch.0.0.out_channels"][1] is None
+    assert groups["branch.1.0.out_channels"][1] is None  # re-concatenated, still prunable
+
+
+def test_depthwise_follows_its_input() -> None:
+    cls, shape = TOYS["depthwise"]
+    gmap = build_groups(trace_model(cls(), torch.randn(shape)))
+    group = next(g for g in gmap.groups if g.name == "expand.0.out_channels")
+    assert group.frozen_reason is None
+    assert {"dw.0.in", "dw.0.out", "dw.1.features", "project.0.in"} <= set(group.members)
+
+
+def test_grouped_conv_is_frozen_with_reason() -> None:
+    groups = groups_of("grouped")
+    assert "grouped convolution" in groups["grouped.0.out_channels"][1]
+    assert "grouped convolution" in groups["stem.0.out_channels"][1]
+    assert groups["mid.0.out_channels"][1] is None
+
+
+def test_shared_layer_unites_its_calls() -> None:
+    assert prunable("shared")["stem.0.out_channels"] == ["shared", "stem.0"]
+
+
+def test_squeeze_excite_scale_unites_with_the_stream() -> None:
+    assert prunable("squeeze_excite")["stem.0.out_channels"] == ["fc2", "stem.0"]
+
+
+def test_padding_the_channel_dim_freezes_the_padded_sum() -> None:
+    groups = groups_of("pad_channels")
+    assert groups["stem.0.out_channels"][1] is not None
+    assert groups["inner.0.out_channels"][1] is None
+
+
+def test_channel_shuffle_is_frozen() -> None:
+    groups = groups_of("shuffle")
+    assert groups["stem.0.out_channels"][1] is not None
+    assert groups["branch.0.0.out_channels"][1] is None
+
+
+def test_attention_prunes_mlp_hidden_and_freezes_head_split() -> None:
+    groups = groups_of("attention")
+    assert groups["mlp.0.out_features"][1] is None
+    assert groups["qkv.out_features"][1] is not None
+    # `b, t, d = x.shape` reads the stream width into Python: it must be frozen
+    assert "channel count" in groups["embed.out_features"][1]
+
+
+def test_flatten_into_linear_keeps_the_conv_prunable() -> None:
+    assert "features.2.0.out_channels" in prunable("flatten_linear")
+
+
+def test_unknown_op_freezes_its_inputs() -> None:
+    class Weird(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Conv2d(3, 64, 3)
+            self.b = nn.Conv2d(64, 10, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.b(torch.fft.fft(self.a(x)).real)
+
+    gmap = build_groups(trace_model(Weird(), torch.randn(1, 3, 8, 8)))
+    reason = next(g.frozen_reason for g in gmap.groups if g.name == "a.out_channels")
+    assert "fft" in reason
+
+
+def test_plain_parameter_on_channels_freezes_them() -> None:
+    class Scaled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Conv2d(3, 64, 3)
+            self.scale = nn.Parameter(torch.ones(64, 1, 1))
+            self.spatial = nn.Parameter(torch.ones(1, 1, 6, 6))
+            self.b = nn.Conv2d(64, 10, 1)
+            self.c = nn.Conv2d(64, 64, 1)
+            self.d = nn.Conv2d(64, 10, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.a(x)
+            return self.b(y * self.scale) + self.d(self.c(y) * self.spatial)
+
+    gmap = build_groups(trace_model(Scaled(), torch.randn(1, 3, 8, 8)))
+    reasons = {g.name: g.frozen_reason for g in gmap.groups}
+    assert reasons["a.out_channels"] is not None  # a (64, 1, 1) parameter meets the channels
+    assert reasons["c.out_channels"] is None  # a spatial-only parameter broadcasts over channels
+
+
+def test_python_control_flow_is_traced() -> None:
+    class Branchy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Conv2d(3, 64, 3, padding=1)
+            self.b = nn.Conv2d(64, 64, 3, padding=1)
+            self.c = nn.Conv2d(64, 10, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = F.relu(self.a(x))
+            for _ in range(2):
+                if y.shape[-1] > 2:
+                    y = y + self.b(y)
+            return self.c(y)
+
+    gmap = build_groups(trace_model(Branchy(), torch.randn(1, 3, 8, 8)))
+    group = next(g for g in gmap.groups if g.name == "a.out_channels")
+    assert group.frozen_reason is None and sorted(group.sources) == ["a", "b"]
+
+
+def test_model_failure_is_a_trace_error() -> None:
+    with pytest.raises(TraceError, match="running the model on the dummy input failed"):
+        trace_model(nn.Conv2d(3, 8, 3), torch.randn(1, 4, 8, 8))
+
+
+def test_trace_leaves_hooks_and_modes_as_they_were() -> None:
+    model = TOYS["residual"][0]().train()
+    trace_model(model, torch.randn(2, 3, 16, 16))
+    assert all(m.training for m in model.modules())
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+@pytest.mark.parametrize(
+    ("src", "dst", "expected"),
+    [
+        ([2, 64, 4, 4], [2, 1024], [([0], [0]), ([1, 2, 3], [1])]),
+        ([2, 128, 4, 4], [2, 2, 64, 4, 4], [([0], [0]), ([1], [1, 2]), ([2], [3]), ([3], [4])]),
+        ([1, 64, 1, 1], [1, 64], [([1], [1])]),
+    ],
+)
+def test_reshape_groups(src: list[int], dst: list[int], expected: list) -> None:
+    assert _reshape_groups(src, dst) == expected
