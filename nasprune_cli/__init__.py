@@ -11,8 +11,8 @@ if TYPE_CHECKING:
     from nasprune_cli.space import SearchSpace
 
 _LAZY = {
-    "convert": ("nasprune_cli.convert", "convert"),
-    "profile": ("nasprune_cli.profile", "profile"),
+    "convert": ("nasprune_cli.conversion", "convert"),
+    "profile": ("nasprune_cli.profiling", "profile"),
     "load_recipe": ("nasprune_cli.recipe.load", "load_recipe"),
     "SearchSpace": ("nasprune_cli.space", "SearchSpace"),
     "search": ("nasprune_cli.api_search", "search"),

@@ -53,10 +53,15 @@ class ProfileReport:
 
 def profile(
     model: nn.Module | SearchSpace,
+    recipe: Any = None,
     dummy_input: Any = None,
     constraints: Mapping[str, str | float | None] | None = None,
 ) -> ProfileReport:
-    """Profile a search space (or a plain model: then min = centroid = max)."""
+    """Profile a search space, or a model converted with the recipe, or a plain model (recipe None)."""
+    if recipe is not None and not isinstance(model, SearchSpace):
+        from nasprune_cli.conversion import convert
+
+        model = convert(model, recipe, dummy_input)
     if isinstance(model, SearchSpace):
         space = model
         costs = {
@@ -71,7 +76,9 @@ def profile(
         }
     else:
         if dummy_input is None:
-            raise ValueError("profile: a plain model needs a dummy_input")
+            from nasprune_cli.conversion import make_dummy_input
+
+            dummy_input = make_dummy_input([1, 3, 224, 224])
         original = Cost(float(fvcore_flops(model, dummy_input)), float(count_params(model)))
         costs = {"min": original, "centroid": original, "max": original}
         extra = {"converted": False, "size": 1, "num_hparams": 0}
