@@ -1,0 +1,146 @@
+"""Depth (AutoNAS) and kernel-size hparams, recipe rules that exclude layers, profile figures."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from torch import nn
+
+from nasprune_cli import convert, profile
+from nasprune_cli.errors import NasPruneError
+from nasprune_cli.metrics.flops import count_params, fvcore_flops
+from nasprune_cli.recipe.load import recipe_from_dict
+from tests.toys import TOYS
+
+
+class Block(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(c, 64, 3, padding=1)
+        self.bn = nn.BatchNorm2d(64)
+        self.c2 = nn.Conv2d(64, c, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.c2(torch.relu(self.bn(self.c1(x))))
+
+
+class Staged(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 64, 3, padding=1)
+        self.stage = nn.Sequential(nn.Conv2d(64, 64, 3, stride=2, padding=1), Block(64), Block(64),
+                                   nn.Conv2d(64, 64, 3, padding=1))
+        self.head = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.stage(self.stem(x)).mean((2, 3)))
+
+
+def _check_subnets(space, model: nn.Module, x: torch.Tensor, seeds: range) -> None:
+    for seed in seeds:
+        config = space.sample(random.Random(seed))
+        with torch.no_grad():
+            exported = space.export().eval()
+            torch.testing.assert_close(exported(x), model(x))
+        estimate = space.cost(config)
+        assert estimate.flops == pytest.approx(fvcore_flops(exported, x), abs=0.5)
+        assert estimate.params == count_params(exported)
+
+
+def test_autonas_depth_skips_trailing_blocks_that_keep_the_shape() -> None:
+    torch.manual_seed(0)
+    model, x = Staged().eval(), torch.randn(2, 3, 16, 16)
+    recipe = recipe_from_dict({"mode": "autonas", "rules": {"nn.Conv2d": {}, "nn.BatchNorm2d": {},
+                                                             "nn.Linear": {}, "nn.Sequential": {"min_depth": 1}}})
+    space = convert(model, recipe, x)
+    # the strided first child changes the shape, so it always runs
+    assert space.hparams["stage.depth"].choices == (1, 2, 3, 4)
+    space.select({"stage.depth": 1})
+    with torch.no_grad():
+        exported = space.export()
+    assert len(exported.stage) == 1
+    _check_subnets(space, model, x, range(6))
+
+
+def test_min_depth_from_the_recipe_is_respected() -> None:
+    model, x = Staged().eval(), torch.randn(1, 3, 16, 16)
+    recipe = recipe_from_dict({"mode": "autonas", "rules": {"nn.Conv2d": {}, "nn.BatchNorm2d": {},
+                                                             "nn.Sequential": {"min_depth": 3}}})
+    space = convert(model, recipe, x)
+    assert space.hparams["stage.depth"].choices == (3, 4)
+
+
+def test_kernel_size_choices_crop_the_kernel() -> None:
+    cls, shape = TOYS["chain"]
+    torch.manual_seed(0)
+    model, x = cls().eval(), torch.randn(shape)
+    recipe = recipe_from_dict({"rules": {"nn.Conv2d": {"kernel_size": [1, 3]}, "nn.BatchNorm2d": {}}})
+    space = convert(model, recipe, x)
+    assert space.hparams["body.0.0.kernel_size"].choices == (1, 3)
+    space.select({"body.0.0.kernel_size": 1})
+    assert space.export().body[0][0].kernel_size == (1, 1)
+    _check_subnets(space, model, x, range(4))
+
+
+def test_glob_null_excludes_a_layer_and_freezes_its_group() -> None:
+    cls, shape = TOYS["chain"]
+    model, x = cls().eval(), torch.randn(shape)
+    recipe = recipe_from_dict({"rules": {"nn.Conv2d": {"*": {}, "body.1.*": None}, "nn.BatchNorm2d": {}}})
+    space = convert(model, recipe, x)
+    assert "body.1.0.out_channels" not in space.hparams  # its own outputs: not converted
+    assert "body.0.0.out_channels" not in space.hparams  # it reads these channels, so they freeze too
+    assert "body.2.0.out_channels" in space.hparams
+    reasons = {f.name: f.reason for f in space.frozen}
+    assert "not converted by the recipe" in reasons["body.0.0"]
+
+
+def test_type_absent_from_rules_is_not_converted() -> None:
+    cls, shape = TOYS["chain"]
+    model, x = cls().eval(), torch.randn(shape)
+    space = convert(model, recipe_from_dict({"rules": {"nn.Conv2d": {}}}), x)
+    assert space.hparams == {}  # every group reads a BatchNorm2d, which is not converted
+    assert all("nn.BatchNorm2d" in f.reason or "model output" in f.reason for f in space.frozen)
+
+
+def test_channel_divisor_and_ratios_shape_the_choices() -> None:
+    cls, shape = TOYS["chain"]
+    model, x = cls().eval(), torch.randn(shape)
+    recipe = recipe_from_dict({"rules": {"nn.Conv2d": {"channels_ratio": [0.25, 0.5, 1.0], "channel_divisor": 8},
+                                         "nn.BatchNorm2d": {}}})
+    space = convert(model, recipe, x)
+    assert space.hparams["body.1.0.out_channels"].choices == (24, 48, 96)
+
+
+def test_select_rejects_unknown_names_and_values() -> None:
+    cls, shape = TOYS["chain"]
+    space = convert(cls().eval(), None, torch.randn(shape))
+    with pytest.raises(NasPruneError, match="unknown hparam 'nope'"):
+        space.select({"nope": 3})
+    with pytest.raises(NasPruneError, match=r"body.1.0.out_channels=40 is not a choice"):
+        space.select({"body.1.0.out_channels": 40})
+
+
+def test_profile_reports_min_centroid_max_and_constraints() -> None:
+    cls, shape = TOYS["residual"]
+    torch.manual_seed(0)
+    model, x = cls().eval(), torch.randn(shape)
+    full = fvcore_flops(model, x)
+    report = profile(model, recipe_from_dict({}), x, {"flops": "60%", "params": 10})
+    assert report.converted and report.num_hparams == 3
+    assert report.flops["max"] == pytest.approx(full)
+    assert report.flops["min"] < report.flops["centroid"] < report.flops["max"]
+    assert report.flops_ratio == pytest.approx(report.flops["max"] / report.flops["min"])
+    by_name = {c.name: c for c in report.constraints}
+    assert by_name["flops"].limit == pytest.approx(0.6 * full)
+    assert by_name["flops"].satisfiable == (report.flops["min"] <= 0.6 * full)
+    assert not by_name["params"].satisfiable and not report.all_satisfiable
+
+
+def test_profile_of_a_plain_model() -> None:
+    model, x = TOYS["chain"][0]().eval(), torch.randn(TOYS["chain"][1])
+    report = profile(model, None, x)
+    assert not report.converted
+    assert report.flops["min"] == report.flops["max"] == fvcore_flops(model, x)
+    assert report.params["max"] == count_params(model)
