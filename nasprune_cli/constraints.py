@@ -10,7 +10,19 @@ from dataclasses import dataclass
 from nasprune_cli.errors import NasPruneError
 
 CONSTRAINT_NAMES = ("flops", "params")
-_SUFFIXES = {"": 1.0, "k": 1e3, "K": 1e3, "m": 1e6, "M": 1e6, "g": 1e9, "G": 1e9, "b": 1e9, "B": 1e9, "t": 1e12, "T": 1e12}
+_SUFFIXES = {
+    "": 1.0,
+    "k": 1e3,
+    "K": 1e3,
+    "m": 1e6,
+    "M": 1e6,
+    "g": 1e9,
+    "G": 1e9,
+    "b": 1e9,
+    "B": 1e9,
+    "t": 1e12,
+    "T": 1e12,
+}
 _NUMBER = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([kKmMgGbBtT]?)\s*$")
 _PERCENT = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*%\s*$")
 

@@ -11,7 +11,7 @@ from torch import nn
 from nasprune_cli.constraints import Cost
 from nasprune_cli.dynamic import make_dynamic
 from nasprune_cli.errors import NasPruneError
-from nasprune_cli.graph.groups import GroupMap, build_groups
+from nasprune_cli.graph.groups import GroupMap, apply_block_constraints, build_groups
 from nasprune_cli.graph.trace import Trace, trace_model
 from nasprune_cli.metrics.flops import CostModel, count_params, fvcore_flops
 from nasprune_cli.recipe.rules import resolve_rules, width_choices
@@ -61,6 +61,7 @@ def convert(model: nn.Module, recipe: Any = None, dummy_input: Any = None) -> Se
     trace = trace_model(model, dummy_input, depth_seqs)
     depth_hparams = _depth_hparams(trace, rules, modules)
     gmap = build_groups(trace)
+    apply_block_constraints(trace, gmap)
     _freeze_unconverted(gmap, converted, modules)
 
     hparams: dict[str, Hparam] = {}
@@ -68,7 +69,9 @@ def convert(model: nn.Module, recipe: Any = None, dummy_input: Any = None) -> Se
     for group in gmap.groups:
         if group.frozen_reason is not None:
             continue
-        choices = _group_choices(group.size, group.sources, group.members, rules, trace)
+        choices = [
+            c for c in _group_choices(group.size, group.sources, group.members, rules, trace) if c % group.blocks == 0
+        ]
         if len(choices) > 1:
             hparams[group.name] = Hparam(group.name, "width", tuple(choices), group.size, tuple(group.members))
             group_hparams[group.name] = group.index
@@ -76,7 +79,7 @@ def convert(model: nn.Module, recipe: Any = None, dummy_input: Any = None) -> Se
     hparams.update(_kernel_hparams(trace, rules, modules, converted))
 
     for name in converted:
-        make_dynamic(modules[name])
+        make_dynamic(modules[name], name=name)
     cost_model = _build_cost_model(trace, gmap, group_hparams, hparams, modules, original, original_flops)
     frozen = [
         FrozenLayer(src, g.frozen_reason) for g in gmap.groups if g.frozen_reason is not None for src in g.sources
@@ -93,7 +96,9 @@ def _freeze_unconverted(gmap: GroupMap, converted: set[str], modules: dict[str, 
             layer = member.rsplit(".", 1)[0]
             if layer not in converted:
                 kind = type(modules[layer]).__name__ if layer in modules else "?"
-                group.frozen_reason = f"layer {layer} (nn.{kind}) reads these channels but is not converted by the recipe"
+                group.frozen_reason = (
+                    f"layer {layer} (nn.{kind}) reads these channels but is not converted by the recipe"
+                )
                 break
 
 
@@ -133,7 +138,10 @@ def _depth_hparams(trace: Trace, rules: dict, modules: dict[str, nn.Module]) -> 
         for child, _, in_lab, _, out_lab in calls[min_depth:]:
             _unite(trace, in_lab, out_lab, f"{child} may be skipped (depth search)")
         hparams[f"{name}.depth"] = Hparam(
-            f"{name}.depth", "depth", tuple(range(min_depth, n_children + 1)), n_children,
+            f"{name}.depth",
+            "depth",
+            tuple(range(min_depth, n_children + 1)),
+            n_children,
             tuple(c[0] for c in calls[min_depth:]),
         )
     return hparams
@@ -211,12 +219,22 @@ def _build_cost_model(
         if hp.kind != "depth":
             continue
         for child in hp.members:
-            inside = CostModel([term(t.factor, t.vecs, t.scope, t.kernel_of) for t in trace.flops
-                                if child in t.scope], [], sizes).cost({}, {}).flops
+            inside = (
+                CostModel(
+                    [term(t.factor, t.vecs, t.scope, t.kernel_of) for t in trace.flops if child in t.scope], [], sizes
+                )
+                .cost({}, {})
+                .flops
+            )
             child_rest = by_module.get(child, 0.0) - inside
             child_params = sum(p.numel() for p in modules[child].parameters())
-            inside_params = CostModel([], [term(t.factor, t.vecs, (), t.kernel_of) for t in trace.params
-                                           if child in t.scope], sizes).cost({}, {}).params
+            inside_params = (
+                CostModel(
+                    [], [term(t.factor, t.vecs, (), t.kernel_of) for t in trace.params if child in t.scope], sizes
+                )
+                .cost({}, {})
+                .params
+            )
             if child_rest:
                 flop_terms.append(term(child_rest, [], (child,), None))
                 flops_rest -= child_rest

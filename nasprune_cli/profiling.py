@@ -71,8 +71,11 @@ def profile(
         }
         original = space.original_cost
         extra: dict[str, Any] = {
-            "converted": True, "size": space.size(), "num_hparams": len(space.hparams),
-            "frozen": list(space.frozen), "hparams": list(space.hparams.values()),
+            "converted": True,
+            "size": space.size(),
+            "num_hparams": len(space.hparams),
+            "frozen": list(space.frozen),
+            "hparams": list(space.hparams.values()),
         }
     else:
         if dummy_input is None:

@@ -62,7 +62,11 @@ class SearchSpace:
         self._group_hparams = group_hparams  # width hparam name -> group index
         self._sides = sides  # (module, side) -> labels
         self._cost_model = cost_model
-        self._orders = {g: torch.arange(gmap.groups[g].size) for g in group_hparams.values()}
+        self._orders = {
+            g: _block_order(gmap.groups[g].block_of, torch.zeros(gmap.groups[g].size)) for g in group_hparams.values()
+        }
+        for g, order in self._orders.items():
+            cost_model.set_order(g, order)
         self._group_ids = {g: torch.nonzero(gmap.group_of == g).flatten() for g in group_hparams.values()}
         self._active = {name: hp.original for name, hp in hparams.items()}
         self._modules = dict(model.named_modules())
@@ -101,11 +105,13 @@ class SearchSpace:
         full = dict(self._active)
         for name, value in config.items():
             if name not in self.hparams:
-                raise NasPruneError(f"subnet config: unknown hparam '{name}' (the space has {len(self.hparams)} hparams)")
-            if value not in self.hparams[name].choices:
                 raise NasPruneError(
-                    f"subnet config: {name}={value!r} is not a choice (expected one of {list(self.hparams[name].choices)})"
+                    f"subnet config: unknown hparam '{name}' (the space has {len(self.hparams)} hparams; "
+                    "list them with `nasprune convert`)"
                 )
+            if value not in self.hparams[name].choices:
+                choices = list(self.hparams[name].choices)
+                raise NasPruneError(f"subnet config: {name}={value!r} is not a choice (expected one of {choices})")
             full[name] = int(value)
         return full
 
@@ -166,8 +172,7 @@ class SearchSpace:
             scores = scores.double()
             scores = scores / scores.mean().clamp(min=1e-12)
             importance.index_add_(0, self.gmap.pos_of[ids[mask]], scores[mask])
-        # most important first; ties keep the original channel order (stable)
-        return torch.sort(-importance, stable=True).indices
+        return _block_order(self.gmap.groups[g].block_of, importance)
 
     # ---- export --------------------------------------------------------------------------------------------
     def export(self) -> nn.Module:
@@ -187,10 +192,30 @@ class SearchSpace:
     def summary_rows(self) -> list[dict[str, Any]]:
         """One row per configurable hparam: name, kind, choices, original, members."""
         return [
-            {"hparam": hp.name, "kind": hp.kind, "choices": list(hp.choices), "original": hp.original,
-             "members": list(hp.members)}
+            {
+                "hparam": hp.name,
+                "kind": hp.kind,
+                "choices": list(hp.choices),
+                "original": hp.original,
+                "members": list(hp.members),
+            }
             for hp in self.hparams.values()
         ]
+
+
+def _block_order(block_of: torch.Tensor | None, importance: torch.Tensor) -> torch.Tensor:
+    """Most important first (ties keep channel order); with blocks, interleave them so every prefix of
+    `blocks * k` positions keeps the k most important positions of each block."""
+    order = torch.sort(-importance, stable=True).indices
+    if block_of is None:
+        return order
+    blocks = block_of[order]
+    rank = torch.zeros_like(order)
+    for b in torch.unique(blocks).tolist():
+        mask = blocks == b
+        rank[mask] = torch.arange(int(mask.sum()))
+    key = rank * (int(block_of.max()) + 1) + blocks
+    return order[torch.sort(key, stable=True).indices]
 
 
 def _side_magnitude(module: nn.Module | None, side: str) -> torch.Tensor | None:
@@ -206,7 +231,10 @@ def _side_magnitude(module: nn.Module | None, side: str) -> torch.Tensor | None:
     transposed = isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d))
     out_dim, in_dim = (1, 0) if transposed else (0, 1)
     groups = getattr(module, "groups", 1)
-    if groups > 1:
-        return w.flatten(1).sum(1) if w.shape[0] == groups or not transposed else None
+    if groups > 1 and (side == "out") != transposed:  # weight rows are this side's positions
+        return w.flatten(1).sum(1)
+    if groups > 1:  # columns are local to each group: fold the group's rows onto its columns
+        per_row = w.shape[0] // groups
+        return w.view(groups, per_row, w.shape[1], -1).sum((1, 3)).flatten()
     dim = out_dim if side == "out" else in_dim
     return w.transpose(0, dim).flatten(1).sum(1)

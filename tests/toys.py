@@ -11,8 +11,9 @@ from torch import nn
 
 def cbr(cin: int, cout: int, k: int = 3, groups: int = 1) -> nn.Sequential:
     """conv-bn-relu."""
-    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout),
-                         nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, padding=k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+    )
 
 
 class Chain(nn.Module):
@@ -93,6 +94,20 @@ class Grouped(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.mid(self.grouped(self.stem(x))).mean((2, 3)))
+
+
+class GroupedUniform(nn.Module):
+    """ResNeXt-style: a grouped 3x3 between 1x1s; both of its sides shrink by the same count per group."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reduce = cbr(3, 128, k=1)
+        self.grouped = cbr(128, 128, groups=4)
+        self.expand = nn.Sequential(nn.Conv2d(128, 64, 1), nn.BatchNorm2d(64))
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.expand(self.grouped(self.reduce(x))).mean((2, 3)))
 
 
 class Shared(nn.Module):
@@ -231,4 +246,5 @@ TOYS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "shuffle": (Shuffle, (2, 3, 16, 16)),
     "attention": (Attention, (2, 8, 16)),
     "norms": (Norms, (2, 3, 32)),
+    "grouped_uniform": (GroupedUniform, (2, 3, 16, 16)),
 }

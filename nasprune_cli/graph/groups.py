@@ -21,7 +21,8 @@ class ChannelGroup:
     sources: list[str]  # layers whose outputs create these channels
     members: list[str] = field(default_factory=list)  # every "layer.side" that reads them
     frozen_reason: str | None = None
-    multiple_of: int = 1
+    blocks: int = 1  # a grouped conv reads these channels: prune the same number in each of `blocks` blocks
+    block_of: torch.Tensor | None = None  # block of each canonical position
 
 
 @dataclass
@@ -70,8 +71,10 @@ def build_groups(trace: Trace) -> GroupMap:
         first = sources[comp[0]]
         kind = trace.layer_info.get(first.module, {}).get("type", "")
         group = ChannelGroup(
-            index=len(groups), name=f"{first.module}.{_OUT_NAMES.get(kind, 'out_channels')}",
-            size=first.vec.numel(), sources=[sources[i].module for i in comp],
+            index=len(groups),
+            name=f"{first.module}.{_OUT_NAMES.get(kind, 'out_channels')}",
+            size=first.vec.numel(),
+            sources=[sources[i].module for i in comp],
         )
         canon = roots[first.vec]
         rank = {r: p for p, r in enumerate(canon.tolist())}
@@ -107,3 +110,38 @@ def _structure_problem(
         if [rank[r] for r in src_roots] != list(range(len(rank))):
             return f"channel order of {src.module} differs from {first.module}"
     return None
+
+
+def apply_block_constraints(trace: Trace, gmap: GroupMap) -> None:
+    """Grouped convs need the same number of channels kept in each of their groups: record it on the groups."""
+    for name, info in trace.layer_info.items():
+        blocks = info.get("blocks", 1)
+        if blocks <= 1:
+            continue
+        for side in ("in", "out"):
+            record = trace.sides.get((name, side))
+            if record is None:
+                continue
+            _constrain(gmap, name, blocks, record.vec)
+
+
+def _constrain(gmap: GroupMap, layer: str, blocks: int, vec: torch.Tensor) -> None:
+    ids = vec[vec >= 0]
+    touched = torch.unique(gmap.group_of[ids]).tolist() if ids.numel() else []
+    reason = f"{layer}: grouped convolution (groups={blocks}) reads channels that do not form one group"
+    if not touched:
+        return
+    if len(touched) > 1 or ids.numel() != vec.numel() or gmap.groups[touched[0]].size != vec.numel():
+        for g in touched:
+            gmap.groups[g].frozen_reason = gmap.groups[g].frozen_reason or reason
+        return
+    group = gmap.groups[touched[0]]
+    if group.frozen_reason is not None:
+        return
+    per_block = vec.numel() // blocks
+    block_of = torch.empty(group.size, dtype=torch.long)
+    block_of[gmap.pos_of[vec]] = torch.arange(vec.numel()) // per_block
+    if group.block_of is not None and not torch.equal(group.block_of, block_of):
+        group.frozen_reason = f"{layer}: grouped convolutions split these channels into different blocks"
+        return
+    group.blocks, group.block_of = blocks, block_of

@@ -78,23 +78,23 @@ def _conv(ctx: TraceContext, name: str, m: nn.Module, x: torch.Tensor, out: torc
         if m.bias is not None:
             ctx.params.append(_param_term(1, [vec]))
         return
-    if groups > 1:
-        reason = f"{name}: grouped convolution (groups={groups}) couples channels in blocks; it is kept whole"
+    if groups > 1 and groups == cin:  # depthwise with a channel multiplier: outputs are tied to inputs in blocks
+        reason = f"{name}: depthwise convolution with channel multiplier {cout // cin} is kept whole"
         ctx.freeze(in_vec, reason)
         ctx.add_side(name, "in", in_vec)
         out_vec = ctx.new_source(name, "out", cout)
         ctx.freeze(out_vec, reason)
         ctx.set_lab(out, Lab(cdim, out_vec))
-        ctx.add_flops(batch * spatial * kernel * (cin // groups) * (cout // groups) * groups, [])
-        ctx.params.append(_param_term(m.weight.numel(), []))
-        if m.bias is not None:
-            ctx.params.append(_param_term(cout, []))
+        ctx.add_flops(batch * spatial * kernel * cout, [])
+        ctx.params.append(_param_term(m.weight.numel() + (cout if m.bias is not None else 0), []))
         return
+    if groups > 1:  # grouped: each side is pruned by the same number of channels in every group (see groups.py)
+        info["blocks"] = groups
     in_vec = ctx.add_side(name, "in", in_vec)
     out_vec = ctx.new_source(name, "out", cout)
     ctx.set_lab(out, Lab(cdim, out_vec))
-    ctx.add_flops(batch * spatial * kernel, [in_vec, out_vec], kernel_of=name)
-    ctx.params.append(_param_term(kernel, [in_vec, out_vec], name))
+    ctx.add_flops(batch * spatial * kernel / groups, [in_vec, out_vec], kernel_of=name)
+    ctx.params.append(_param_term(kernel / groups, [in_vec, out_vec], name))
     if m.bias is not None:
         ctx.params.append(_param_term(1, [out_vec]))
 

@@ -244,9 +244,8 @@ def trace_model(model: nn.Module, dummy_input: Any, depth_sequentials: Iterable[
                     x_shape, out_shape = tuple(x.shape), tuple(output.shape)
                 finally:
                     ctx.suspended -= 1
-                ctx.sequentials[seq_name].children.append(
-                    (child_name, x_shape, ctx.lab(x), out_shape, ctx.lab(output))
-                )
+                ctx.sequentials[seq_name].children.append((child_name, x_shape, ctx.lab(x), out_shape, ctx.lab(output)))
+
         return hook
 
     try:
@@ -276,6 +275,12 @@ def trace_model(model: nn.Module, dummy_input: Any, depth_sequentials: Iterable[
         for m, training in modes.items():
             m.training = training
     return Trace(
-        book=ctx.book, sides=ctx.sides, sources=ctx.sources, flops=ctx.flops, params=ctx.params,
-        call_order=ctx.call_order, sequentials=ctx.sequentials, layer_info=ctx.layer_info,
+        book=ctx.book,
+        sides=ctx.sides,
+        sources=ctx.sources,
+        flops=ctx.flops,
+        params=ctx.params,
+        call_order=ctx.call_order,
+        sequentials=ctx.sequentials,
+        layer_info=ctx.layer_info,
     )

@@ -63,6 +63,7 @@ class _Term:
     parts: list[list[tuple[int, torch.Tensor]]]  # per vec: (group, counts per group position)
     gates: list[tuple[str, int]] = field(default_factory=list)  # (depth hparam, child index) that must be active
     kernel: tuple[str, int, int] | None = None  # (kernel hparam, original k, spatial dims)
+    cums: list[list[tuple[int, list[int]]]] = field(default_factory=list)  # per vec: (group, kept count by width)
 
 
 class CostModel:
@@ -106,13 +107,10 @@ class CostModel:
 
     def refresh(self) -> None:
         """Recompute cumulative kept counts after an order change."""
-        for terms_key, terms in (("flops", self.flop_terms), ("params", self.param_terms)):
-            for term in terms:
-                term_cums = []
-                for vec_parts in term.parts:
-                    term_cums.append([(g, torch.cumsum(c[self.orders[g]], 0).tolist()) for g, c in vec_parts])
-                setattr(term, "_cums", term_cums)
-            _ = terms_key
+        for term in (*self.flop_terms, *self.param_terms):
+            term.cums = [
+                [(g, torch.cumsum(c[self.orders[g]], 0).tolist()) for g, c in vec_parts] for vec_parts in term.parts
+            ]
 
     @staticmethod
     def _eval(terms: list[_Term], widths: Mapping[int, int], hparams: Mapping[str, int]) -> float:
@@ -124,7 +122,7 @@ class CostModel:
             if term.kernel is not None and term.kernel[0] in hparams:
                 name, k0, nd = term.kernel
                 value *= (hparams[name] / k0) ** nd
-            for const, cums in zip(term.const, term._cums):  # type: ignore[attr-defined]
+            for const, cums in zip(term.const, term.cums, strict=True):
                 kept = const
                 for g, cum in cums:
                     kept += cum[widths.get(g, len(cum)) - 1]

@@ -30,8 +30,9 @@ class Staged(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.stem = nn.Conv2d(3, 64, 3, padding=1)
-        self.stage = nn.Sequential(nn.Conv2d(64, 64, 3, stride=2, padding=1), Block(64), Block(64),
-                                   nn.Conv2d(64, 64, 3, padding=1))
+        self.stage = nn.Sequential(
+            nn.Conv2d(64, 64, 3, stride=2, padding=1), Block(64), Block(64), nn.Conv2d(64, 64, 3, padding=1)
+        )
         self.head = nn.Linear(64, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -52,8 +53,12 @@ def _check_subnets(space, model: nn.Module, x: torch.Tensor, seeds: range) -> No
 def test_autonas_depth_skips_trailing_blocks_that_keep_the_shape() -> None:
     torch.manual_seed(0)
     model, x = Staged().eval(), torch.randn(2, 3, 16, 16)
-    recipe = recipe_from_dict({"mode": "autonas", "rules": {"nn.Conv2d": {}, "nn.BatchNorm2d": {},
-                                                             "nn.Linear": {}, "nn.Sequential": {"min_depth": 1}}})
+    recipe = recipe_from_dict(
+        {
+            "mode": "autonas",
+            "rules": {"nn.Conv2d": {}, "nn.BatchNorm2d": {}, "nn.Linear": {}, "nn.Sequential": {"min_depth": 1}},
+        }
+    )
     space = convert(model, recipe, x)
     # the strided first child changes the shape, so it always runs
     assert space.hparams["stage.depth"].choices == (1, 2, 3, 4)
@@ -66,8 +71,9 @@ def test_autonas_depth_skips_trailing_blocks_that_keep_the_shape() -> None:
 
 def test_min_depth_from_the_recipe_is_respected() -> None:
     model, x = Staged().eval(), torch.randn(1, 3, 16, 16)
-    recipe = recipe_from_dict({"mode": "autonas", "rules": {"nn.Conv2d": {}, "nn.BatchNorm2d": {},
-                                                             "nn.Sequential": {"min_depth": 3}}})
+    recipe = recipe_from_dict(
+        {"mode": "autonas", "rules": {"nn.Conv2d": {}, "nn.BatchNorm2d": {}, "nn.Sequential": {"min_depth": 3}}}
+    )
     space = convert(model, recipe, x)
     assert space.hparams["stage.depth"].choices == (3, 4)
 
@@ -107,8 +113,9 @@ def test_type_absent_from_rules_is_not_converted() -> None:
 def test_channel_divisor_and_ratios_shape_the_choices() -> None:
     cls, shape = TOYS["chain"]
     model, x = cls().eval(), torch.randn(shape)
-    recipe = recipe_from_dict({"rules": {"nn.Conv2d": {"channels_ratio": [0.25, 0.5, 1.0], "channel_divisor": 8},
-                                         "nn.BatchNorm2d": {}}})
+    recipe = recipe_from_dict(
+        {"rules": {"nn.Conv2d": {"channels_ratio": [0.25, 0.5, 1.0], "channel_divisor": 8}, "nn.BatchNorm2d": {}}}
+    )
     space = convert(model, recipe, x)
     assert space.hparams["body.1.0.out_channels"].choices == (24, 48, 96)
 

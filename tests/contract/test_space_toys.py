@@ -92,8 +92,6 @@ def test_size_and_hparams_of_resnet18() -> None:
     space = convert(model, None, x)
     # 12 prunable groups; the fc output (model output) is frozen
     assert len(space.hparams) == 12
-    assert space.size() == pytest.approx(
-        __import__("math").prod(len(h.choices) for h in space.hparams.values())
-    )
+    assert space.size() == pytest.approx(__import__("math").prod(len(h.choices) for h in space.hparams.values()))
     assert any("model output" in f.reason for f in space.frozen)
     assert space.hparams["layer1.0.conv1.out_channels"].choices == (32, 64)

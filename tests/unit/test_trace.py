@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nasprune_cli.errors import TraceError
-from nasprune_cli.graph.groups import build_groups
+from nasprune_cli.graph.groups import apply_block_constraints, build_groups
 from nasprune_cli.graph.rules import _reshape_groups
 from nasprune_cli.graph.trace import trace_model
 from tests.toys import TOYS
@@ -38,7 +38,10 @@ def test_model_output_is_frozen() -> None:
 
 def test_concat_keeps_each_input_prunable() -> None:
     assert set(prunable("concat")) == {
-        "stem.0.out_channels", "left.0.out_channels", "right.0.out_channels", "fuse.0.out_channels",
+        "stem.0.out_channels",
+        "left.0.out_channels",
+        "right.0.out_channels",
+        "fuse.0.out_channels",
     }
 
 
@@ -57,11 +60,32 @@ def test_depthwise_follows_its_input() -> None:
     assert {"dw.0.in", "dw.0.out", "dw.1.features", "project.0.in"} <= set(group.members)
 
 
-def test_grouped_conv_is_frozen_with_reason() -> None:
-    groups = groups_of("grouped")
-    assert "grouped convolution" in groups["grouped.0.out_channels"][1]
-    assert "grouped convolution" in groups["stem.0.out_channels"][1]
-    assert groups["mid.0.out_channels"][1] is None
+def test_grouped_conv_constrains_both_sides_to_whole_blocks() -> None:
+    cls, shape = TOYS["grouped"]
+    trace = trace_model(cls(), torch.randn(shape))
+    gmap = build_groups(trace)
+    apply_block_constraints(trace, gmap)
+    by_name = {g.name: g for g in gmap.groups}
+    for name in ("stem.0.out_channels", "grouped.0.out_channels"):
+        group = by_name[name]
+        assert group.frozen_reason is None and group.blocks == 4
+        assert torch.equal(torch.bincount(group.block_of), torch.full((4,), group.size // 4))
+
+
+def test_depthwise_with_multiplier_is_frozen() -> None:
+    class Multiplier(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Conv2d(3, 32, 1)
+            self.dw = nn.Conv2d(32, 64, 3, groups=32)
+            self.b = nn.Conv2d(64, 8, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.b(self.dw(self.a(x)))
+
+    gmap = build_groups(trace_model(Multiplier(), torch.randn(1, 3, 8, 8)))
+    reasons = {g.name: g.frozen_reason for g in gmap.groups}
+    assert "channel multiplier" in reasons["a.out_channels"] and "channel multiplier" in reasons["dw.out_channels"]
 
 
 def test_shared_layer_unites_its_calls() -> None:

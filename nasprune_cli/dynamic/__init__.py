@@ -1,0 +1,49 @@
+"""Sliceable ("dynamic") modules: a converted layer keeps its parameters and slices them in forward."""
+
+from nasprune_cli.dynamic.base import DYNAMIC_REGISTRY, DynamicModule, is_dynamic, make_dynamic, register
+from nasprune_cli.dynamic.conv import (
+    DynamicConv1d,
+    DynamicConv2d,
+    DynamicConv3d,
+    DynamicConvTranspose1d,
+    DynamicConvTranspose2d,
+    DynamicConvTranspose3d,
+)
+from nasprune_cli.dynamic.linear import DynamicLinear
+from nasprune_cli.dynamic.norm import (
+    DynamicBatchNorm1d,
+    DynamicBatchNorm2d,
+    DynamicBatchNorm3d,
+    DynamicGroupNorm,
+    DynamicInstanceNorm1d,
+    DynamicInstanceNorm2d,
+    DynamicInstanceNorm3d,
+    DynamicLayerNorm,
+    DynamicSyncBatchNorm,
+)
+from nasprune_cli.dynamic.sequential import DynamicSequential
+
+__all__ = [
+    "DYNAMIC_REGISTRY",
+    "DynamicBatchNorm1d",
+    "DynamicBatchNorm2d",
+    "DynamicBatchNorm3d",
+    "DynamicConv1d",
+    "DynamicConv2d",
+    "DynamicConv3d",
+    "DynamicConvTranspose1d",
+    "DynamicConvTranspose2d",
+    "DynamicConvTranspose3d",
+    "DynamicGroupNorm",
+    "DynamicInstanceNorm1d",
+    "DynamicInstanceNorm2d",
+    "DynamicInstanceNorm3d",
+    "DynamicLayerNorm",
+    "DynamicLinear",
+    "DynamicModule",
+    "DynamicSequential",
+    "DynamicSyncBatchNorm",
+    "is_dynamic",
+    "make_dynamic",
+    "register",
+]
