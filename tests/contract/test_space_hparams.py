@@ -151,3 +151,20 @@ def test_profile_of_a_plain_model() -> None:
     assert not report.converted
     assert report.flops["min"] == report.flops["max"] == fvcore_flops(model, x)
     assert report.params["max"] == count_params(model)
+
+
+def test_explain_names_the_group_its_coupled_layers_and_the_reason() -> None:
+    from nasprune_cli.explain import explain
+
+    cls, shape = TOYS["residual"]
+    space = convert(cls().eval(), None, torch.randn(shape))
+    info = explain(space, "a.1")
+    created = next(g for g in info.groups if g.role == "creates")
+    assert created.group == "stem.0.out_channels" and created.status == "prunable"
+    assert sorted(created.sources) == ["a.1", "b.1", "stem.0"]
+    assert "fc.in" in created.coupled
+    fc = explain(space, "fc")
+    assert {g.status for g in fc.groups} == {"prunable", "frozen"}
+    assert "model output" in next(g.reason for g in fc.groups if g.status == "frozen")
+    with pytest.raises(NasPruneError, match="no layer named 'a.9'; did you mean"):
+        explain(space, "a.9")
