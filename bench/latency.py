@@ -1,0 +1,212 @@
+"""Table 3, real speedup: CPU latency of nasprune's exported model vs the original, next to its FLOPs ratio.
+
+Every CNN of the coverage zoo (tools/zoo_models.py) at its full input size, random init. Pruned to 60% of its
+FLOPs with nasprune's space API: convert (default FastNAS rules), sort_parameters, then one uniform width ratio
+for every hparam found by bisection on `space.cost`, then the relatively narrowest hparams grown one choice at a
+time while the budget allows (no score: latency depends on the shapes, not on the
+weights), export. Latency: torch.inference_mode, fixed threads, warm-up runs, median of repeated runs, at
+batch 1 and 32. Run: python bench/latency.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+import traceback
+from typing import Any
+
+import torch
+from torch import nn
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tools/ (the zoo list)
+
+from common import Timer, fvcore_flops, log, quiet, set_threads, write_result  # noqa: E402
+
+# used when tools/zoo_models.py is absent: (name, input size)
+FALLBACK = [
+    ("resnet18", 224),
+    ("resnet50", 224),
+    ("mobilenet_v2", 224),
+    ("densenet121", 224),
+    ("vgg11_bn", 224),
+    ("efficientnet_b0", 224),
+    ("regnet_y_400mf", 224),
+    ("resnext50_32x4d", 224),
+    ("squeezenet1_0", 224),
+]
+QUICK = [("resnet18", 224), ("mobilenet_v2", 224)]
+
+
+def zoo_cnns() -> list[tuple[str, int, dict[str, Any]]]:
+    """(name, full input size, builder kwargs) of the zoo's CNNs (transformers left out)."""
+    try:
+        from tools.zoo_models import ZOO
+    except ImportError:
+        return [(n, s, {}) for n, s in FALLBACK]
+    return [(m.name, m.full, dict(m.kwargs)) for m in ZOO.values() if not m.transformer]
+
+
+def build(name: str, kwargs: dict[str, Any]) -> nn.Module:
+    """A torchvision model with random weights (seeded): no download."""
+    import torchvision
+
+    torch.manual_seed(0)
+    return getattr(torchvision.models, name)(**kwargs).eval()
+
+
+def uniform_config(space: Any, ratio: float) -> dict[str, int]:
+    """Every width hparam at the smallest choice >= ratio * original (others at their original value)."""
+    config = {}
+    for name, hp in space.hparams.items():
+        if hp.kind != "width":
+            config[name] = hp.original
+            continue
+        target = ratio * hp.original
+        config[name] = min((c for c in hp.choices if c >= target - 1e-9), default=hp.choices[-1])
+    return config
+
+
+def prune_uniform(space: Any, flops_ratio: float, steps: int = 30) -> tuple[dict[str, int], float]:
+    """The largest uniform ratio whose cost-model FLOPs are within the budget (bisection)."""
+    budget = flops_ratio * space.original_cost.flops
+    lo, hi = 0.0, 1.0  # lo fits, hi does not (or is the original)
+    if space.cost(uniform_config(space, 0.0)).flops > budget:
+        raise RuntimeError("even the smallest uniform subnet is over budget")
+    for _ in range(steps):
+        mid = 0.5 * (lo + hi)
+        if space.cost(uniform_config(space, mid)).flops <= budget:
+            lo = mid
+        else:
+            hi = mid
+    return fill_balanced(space, uniform_config(space, lo), budget), lo
+
+
+def fill_balanced(space: Any, config: dict[str, int], budget: float) -> dict[str, int]:
+    """Grow the relatively narrowest width hparam by one choice while the budget allows (the uniform ratio alone
+    can land far below the budget: with divisor 32 a 64-channel layer jumps from 32 to 64)."""
+    config = dict(config)
+    while True:
+        grown = False
+        for name in sorted(space.hparams, key=lambda n: config[n] / space.hparams[n].original):
+            hp = space.hparams[name]
+            idx = hp.choices.index(config[name])
+            if hp.kind != "width" or idx == len(hp.choices) - 1:
+                continue
+            step = {**config, name: hp.choices[idx + 1]}
+            if space.cost(step).flops <= budget:
+                config, grown = step, True
+                break
+        if not grown:
+            return config
+
+
+@torch.inference_mode()
+def latency_ms(model: nn.Module, x: torch.Tensor, repeats: int, warmup: int) -> float:
+    """Median wall time of a forward pass, in milliseconds."""
+    model.eval()
+    for _ in range(warmup):
+        model(x)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model(x)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def measure(name: str, size: int, kwargs: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """Prune one model to the budget and time original vs exported at every batch size."""
+    from nasprune_cli.conversion import convert
+
+    original = build(name, kwargs)
+    pruned_src = build(name, kwargs)
+    dummy = torch.zeros(1, 3, size, size)
+    with Timer() as t, quiet(f"latency_{name}"):
+        space = convert(pruned_src, None, dummy)
+        space.sort_parameters()
+        config, ratio = prune_uniform(space, args.flops / 100.0)
+        space.select(config)
+        pruned = space.export().eval()
+    base_flops = fvcore_flops(original, dummy)
+    row: dict[str, Any] = {
+        "model": name,
+        "input": size,
+        "prune_s": t.seconds,
+        "uniform_ratio": ratio,
+        "hparams": len(space.hparams),
+        "flops_ratio": fvcore_flops(pruned, dummy) / base_flops,
+        "params_ratio": sum(p.numel() for p in pruned.parameters()) / sum(p.numel() for p in original.parameters()),
+        "gflops": base_flops / 1e9,
+    }
+    for batch in args.batches:
+        x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
+        repeats = args.repeats if batch == 1 else args.repeats_large
+        warmup = args.warmup if batch == 1 else args.warmup_large
+        # alternate original / pruned so that a load change on the machine hits both; keep each one's best round
+        orig_ms, pruned_ms = [], []
+        for _ in range(args.rounds):
+            orig_ms.append(latency_ms(original, x, repeats, warmup))
+            pruned_ms.append(latency_ms(pruned, x, repeats, warmup))
+        row[f"b{batch}"] = {
+            "original_ms": min(orig_ms),
+            "pruned_ms": min(pruned_ms),
+            "latency_ratio": min(pruned_ms) / min(orig_ms),
+        }
+        row[f"b{batch}"]["latency_over_flops"] = row[f"b{batch}"]["latency_ratio"] / row["flops_ratio"]
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run: two models, few repeats")
+    parser.add_argument("--models", nargs="+", help="zoo names (default: every CNN of tools/zoo_models.py)")
+    parser.add_argument("--flops", type=float, default=60.0, help="FLOPs budget in %% of the original")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--repeats", type=int, default=20, help="timed runs at batch 1 (median)")
+    parser.add_argument("--repeats-large", type=int, default=1, help="timed runs at larger batches (median)")
+    parser.add_argument("--warmup", type=int, default=3, help="warm-up runs at batch 1")
+    parser.add_argument(
+        "--warmup-large", type=int, default=0, help="warm-up runs at larger batches (the first round warms up)"
+    )
+    parser.add_argument("--rounds", type=int, default=2, help="alternating original / pruned rounds (best kept)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: the cores are shared)")
+    parser.add_argument("--name", default="latency")
+    args = parser.parse_args(argv)
+    set_threads(args.threads)
+    models = zoo_cnns()
+    if args.quick:
+        models = [(n, s, {}) for n, s in QUICK]
+        args.repeats, args.repeats_large, args.batches, args.name = 5, 1, [1, 8], f"{args.name}_quick"
+    if args.models:
+        known = {n: (n, s, k) for n, s, k in zoo_cnns()}
+        models = [known.get(n, (n, 224, {})) for n in args.models]
+    rows = []
+    for name, size, kwargs in models:
+        log(f"{name} at {size}")
+        try:
+            row = measure(name, size, kwargs, args)
+            b = {k: v for k, v in row.items() if k.startswith("b")}
+            log(
+                f"  flops {row['flops_ratio']:.3f}  "
+                + "  ".join(
+                    f"{k}: {v['original_ms']:.1f} -> {v['pruned_ms']:.1f} ms ({v['latency_ratio']:.3f})"
+                    for k, v in b.items()
+                )
+            )
+        except Exception as exc:  # noqa: BLE001 - one failing model is a row, not the end of the table
+            row = {"model": name, "input": size, "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+            log(f"  failed: {row['error']}")
+            traceback.print_exc()
+        rows.append(row)
+    settings = {k: v for k, v in vars(args).items() if k != "name"}
+    path = write_result(args.name, {"settings": settings, "rows": rows})
+    log(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,305 @@
+"""Table 1, quality at equal FLOPs: ResNet20 on digits pruned to 50% / 30% of its FLOPs by each method.
+
+Methods, each on its own copy of the same trained baseline:
+  nasprune          nasprune_cli.search, FastNAS (binary searcher, default settings)
+  nasprune-nofill   the same with fill=False: the plain threshold subnet (the seed algorithm, as modelopt does it)
+  modelopt          modelopt.torch.prune fastnas, the budget as a percentage (its FLOP unit is not fvcore's)
+  torch-pruning     Torch-Pruning, L1 magnitude, one uniform ratio found by bisection on fvcore FLOPs, widths
+                    rounded to the shared divisor (the same widths the searchers may pick)
+  torch-pruning-r1  the same without rounding (finer FLOPs steps: the stronger uniform baseline)
+Shared: the channel divisor, the score function (validation accuracy), the BN-calibration batches. Every pruned
+model gets the same BN recalibration, then the same short fine-tune. FLOPs are counted by fvcore on the final
+plain model. Run: python bench/quality.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import digits_resnet20 as task  # noqa: E402
+from common import Timer, count_params, fvcore_flops, log, quiet, set_threads, write_result  # noqa: E402
+
+METHODS = ("nasprune", "nasprune-nofill", "modelopt", "torch-pruning", "torch-pruning-r1")
+
+
+@dataclass
+class Pruned:
+    """A method's pruned plain model and what the search cost."""
+
+    model: nn.Module
+    search_s: float
+    evaluations: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# ---- methods -----------------------------------------------------------------------------------------------
+def nasprune_recipe(divisor: int) -> Any:
+    """FastNAS rules with the benchmark's channel divisor for every type the ResNet uses."""
+    from nasprune_cli.recipe import recipe_from_dict
+
+    rules = {
+        "nn.Conv2d": {"channel_divisor": divisor},
+        "nn.BatchNorm2d": {"feature_divisor": divisor},
+        "nn.Linear": {"feature_divisor": divisor},
+    }
+    return recipe_from_dict({"mode": "fastnas", "rules": rules})
+
+
+def run_nasprune(
+    model: nn.Module, flops_pct: float, score: task.CountingScore, calib: list, divisor: int, fill: bool
+) -> Pruned:
+    """nasprune_cli.search (FastNAS binary searcher) under a FLOPs budget given as a percentage."""
+    # not `nasprune_cli.search`: once the subpackage nasprune_cli.search is imported it shadows the lazy function
+    from nasprune_cli.api_search import search
+
+    config = {
+        "recipe": nasprune_recipe(divisor),
+        "score": score,
+        "data": calib,
+        "max_batches": len(calib),
+        "searcher": "binary",
+        "fill": fill,
+    }
+    with Timer() as t, quiet("quality_nasprune"):
+        pruned, state = search(model, {"flops": f"{flops_pct:g}%"}, task.dummy_input(), config=config)
+    return Pruned(pruned, t.seconds, score.calls, {"searcher_evaluations": state["evaluations"]})
+
+
+def modelopt_rules(divisor: int) -> dict[str, Any]:
+    """modelopt fastnas rules with the same divisor (its default ratios 0.05..1.0 equal nasprune's)."""
+    return {
+        "nn.Conv2d": {"*": {"channel_divisor": divisor}},
+        "nn.BatchNorm2d": {"*": {"feature_divisor": divisor}},
+        "nn.Linear": {"*": {"feature_divisor": divisor}},
+    }
+
+
+def run_modelopt(model: nn.Module, flops_pct: float, score: task.CountingScore, calib: list, divisor: int) -> Pruned:
+    """modelopt.torch.prune.prune(mode fastnas), BN recalibrated on the same batches before every score.
+
+    modelopt recalibrates BN before a score only once its data queue holds 50 batches; with fewer it warns
+    ("modelopt data queue not filled") and scores every subnet with the full model's statistics. The score
+    function therefore recalibrates on the shared batches itself, exactly as nasprune does before each score,
+    with modelopt's patches off (its train-mode forward hook would otherwise queue these batches, and once 50 are
+    queued modelopt recalibrates on all 50 again inside `model.eval()`).
+    """
+    import modelopt.torch.nas as mtn
+    import modelopt.torch.prune as mtp
+
+    images = [b[0] for b in calib]
+
+    def recalibrated_score(m: nn.Module) -> float:
+        with mtn.no_modelopt_patches():
+            task.recalibrate_bn(m, images)
+        return score(m)
+
+    with tempfile.TemporaryDirectory() as tmp, Timer() as t, quiet("quality_modelopt"):
+        pruned, state = mtp.prune(
+            model,
+            mode=[("fastnas", modelopt_rules(divisor))],
+            constraints={"flops": f"{flops_pct:g}%"},
+            dummy_input=task.dummy_input(),
+            config={
+                "score_func": recalibrated_score,
+                "data_loader": calib,
+                "max_iter_data_loader": len(calib),
+                "checkpoint": os.path.join(tmp, "modelopt_search.pth"),
+                "verbose": False,
+            },
+        )
+    plain = _plain_copy(pruned)
+    return Pruned(plain, t.seconds, score.calls, {"modelopt_flops_unit": "2 x MACs, BN ignored (torchprofile)"})
+
+
+def _plain_copy(model: nn.Module) -> nn.Module:
+    """A fresh ResNet20 with the pruned shapes and weights (drops modelopt's patched methods and metadata)."""
+    plain = task.ResNet20()
+    for name, module in list(plain.named_modules()):
+        src = model.get_submodule(name) if name else model
+        if isinstance(module, nn.Conv2d):
+            new = nn.Conv2d(
+                src.in_channels, src.out_channels, src.kernel_size, src.stride, src.padding, bias=src.bias is not None
+            )
+        elif isinstance(module, nn.BatchNorm2d):
+            new = nn.BatchNorm2d(src.num_features)
+        elif isinstance(module, nn.Linear):
+            new = nn.Linear(src.in_features, src.out_features)
+        else:
+            continue
+        parent, _, attr = name.rpartition(".")
+        setattr(plain.get_submodule(parent) if parent else plain, attr, new)
+    plain.load_state_dict({k: v.detach().clone() for k, v in model.state_dict().items()}, strict=True)
+    return plain.eval()
+
+
+def tp_prune(model: nn.Module, ratio: float, round_to: int | None) -> nn.Module:
+    """Torch-Pruning with L1 magnitude importance at one uniform ratio (classifier output kept)."""
+    import torch_pruning as tp
+
+    model = copy.deepcopy(model)
+    if ratio <= 0:
+        return model
+    with quiet("quality_torch_pruning"):
+        pruner = tp.pruner.BasePruner(
+            model,
+            task.dummy_input(),
+            importance=tp.importance.MagnitudeImportance(p=1),
+            pruning_ratio=ratio,
+            global_pruning=False,
+            ignored_layers=[model.fc],
+            round_to=round_to,
+        )
+        pruner.step()
+    return model
+
+
+def run_torch_pruning(model: nn.Module, flops_pct: float, round_to: int | None, steps: int = 14) -> Pruned:
+    """Bisection on the uniform ratio: the smallest ratio whose fvcore FLOPs are within the budget."""
+    budget = fvcore_flops(model, task.dummy_input()) * flops_pct / 100.0
+    lo, hi = 0.0, 0.99  # lo does not fit, hi fits
+    with Timer() as t:
+        for _ in range(steps):
+            mid = 0.5 * (lo + hi)
+            if fvcore_flops(tp_prune(model, mid, round_to), task.dummy_input()) <= budget:
+                hi = mid
+            else:
+                lo = mid
+        pruned = tp_prune(model, hi, round_to)
+    return Pruned(pruned, t.seconds, 0, {"ratio": round(hi, 5), "bisection_steps": steps, "round_to": round_to})
+
+
+# ---- evaluation --------------------------------------------------------------------------------------------
+def conv_widths(model: nn.Module) -> dict[str, int]:
+    """Output channels of every conv (shows where a method put its bottlenecks)."""
+    return {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+
+
+def evaluate(
+    method: str,
+    pruned: Pruned,
+    base_flops: float,
+    base_widths: dict[str, int],
+    splits: task.Splits,
+    calib: list,
+    target_pct: float,
+    finetune_epochs: int,
+    finetune_seeds: int,
+) -> dict[str, Any]:
+    """FLOPs ratio, accuracy after BN recalibration and after the fine-tune, search cost, narrowest layer."""
+    model = pruned.model
+    flops = fvcore_flops(model, task.dummy_input())
+    task.recalibrate_bn(model, [b[0] for b in calib])
+    test_pruned = task.accuracy(model, splits.x_test, splits.y_test)
+    val_pruned = task.accuracy(model, splits.x_val, splits.y_val)
+    tuned_acc = []
+    with Timer() as ft:
+        for seed in range(finetune_seeds):
+            tuned = task.fine_tune(copy.deepcopy(model), splits, epochs=finetune_epochs, seed=task.SEED + seed)
+            tuned_acc.append(task.accuracy(tuned, splits.x_test, splits.y_test))
+    widths = conv_widths(model)
+    narrowest = min(widths, key=lambda n: widths[n] / base_widths[n])
+    return {
+        "method": method,
+        "target_pct": target_pct,
+        "flops": flops,
+        "flops_ratio": flops / base_flops,
+        "params": count_params(model),
+        "val_acc_pruned": val_pruned,
+        "test_acc_pruned": test_pruned,
+        "test_acc_finetuned": sum(tuned_acc) / len(tuned_acc),
+        "test_acc_finetuned_all": tuned_acc,
+        "search_s": pruned.search_s,
+        "finetune_s": ft.seconds / max(finetune_seeds, 1),
+        "score_evaluations": pruned.evaluations,
+        "narrowest_layer": f"{narrowest} {widths[narrowest]}/{base_widths[narrowest]}",
+        "widths": widths,
+        **pruned.extra,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run: short training, one target")
+    parser.add_argument("--targets", type=float, nargs="+", default=[50.0, 30.0], help="FLOPs budgets in %%")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--epochs", type=int, default=12, help="baseline training epochs")
+    parser.add_argument("--finetune-epochs", type=int, default=2)
+    parser.add_argument("--finetune-seeds", type=int, default=3, help="fine-tunes per model (mean reported)")
+    parser.add_argument("--divisor", type=int, default=8, help="channel divisor shared by every method")
+    parser.add_argument("--calib-batches", type=int, default=8, help="BN calibration batches of 64 train images")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1: the cores are shared; see BENCHMARKS.md)"
+    )
+    parser.add_argument("--name", default="quality")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.epochs, args.targets, args.finetune_epochs, args.calib_batches, args.finetune_seeds = 3, [50.0], 1, 2, 1
+        args.name = f"{args.name}_quick"
+    set_threads(args.threads)
+
+    splits = task.load_splits()
+    log(f"training the baseline ResNet20 ({args.epochs} epochs)")
+    baseline, train_s = task.trained_model(splits, epochs=args.epochs)
+    base_flops = fvcore_flops(baseline, task.dummy_input())
+    base_widths = conv_widths(baseline)
+    calib = [(xb,) for xb in task.calib_batches(splits, args.calib_batches)]
+    base = {
+        "flops": base_flops,
+        "params": count_params(baseline),
+        "val_acc": task.accuracy(baseline, splits.x_val, splits.y_val),
+        "test_acc": task.accuracy(baseline, splits.x_test, splits.y_test),
+        "train_s": train_s,
+    }
+    log(f"baseline: {base}")
+    rows = []
+    for target in args.targets:
+        for method in args.methods:
+            log(f"{method} @ {target:g}% FLOPs")
+            torch.manual_seed(0)
+            model = task.clone(baseline)
+            score = task.CountingScore(task.val_score(splits))
+            if method == "nasprune":
+                pruned = run_nasprune(model, target, score, calib, args.divisor, fill=True)
+            elif method == "nasprune-nofill":
+                pruned = run_nasprune(model, target, score, calib, args.divisor, fill=False)
+            elif method == "modelopt":
+                pruned = run_modelopt(model, target, score, calib, args.divisor)
+            else:
+                pruned = run_torch_pruning(model, target, args.divisor if method == "torch-pruning" else None)
+            row = evaluate(
+                method,
+                pruned,
+                base_flops,
+                base_widths,
+                splits,
+                calib,
+                target,
+                args.finetune_epochs,
+                args.finetune_seeds,
+            )
+            log(
+                f"  flops {row['flops_ratio']:.3f}  test {row['test_acc_pruned']:.4f} -> "
+                f"{row['test_acc_finetuned']:.4f}"
+                f"  search {row['search_s']:.1f}s  evals {row['score_evaluations']}  narrowest {row['narrowest_layer']}"
+            )
+            rows.append(row)
+    settings = {k: v for k, v in vars(args).items() if k != "name"}
+    settings.update({"input": list(task.dummy_input().shape), "score": "validation accuracy", "seed": task.SEED})
+    path = write_result(args.name, {"settings": settings, "baseline": base, "rows": rows})
+    log(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

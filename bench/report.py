@@ -1,0 +1,323 @@
+"""Render BENCHMARKS.md from bench/results/*.json (stdlib only, so it runs without the bench extra).
+
+Run: python bench/report.py [--results DIR] [--output BENCHMARKS.md] [--suffix _quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+LATENCY_GOAL = 1.15  # latency ratio / FLOPs ratio
+OVERHEAD_GOAL = 0.5  # nasprune time / modelopt time
+FLOPS_WINDOW = (0.95, 1.0)  # achieved / target FLOPs
+
+METHOD_NAMES = {
+    "nasprune": "nasprune fastnas",
+    "nasprune-nofill": "nasprune fastnas, fill=False (seed algorithm)",
+    "modelopt": "modelopt fastnas",
+    "torch-pruning": "Torch-Pruning L1, uniform ratio, widths rounded to the divisor",
+    "torch-pruning-r1": "Torch-Pruning L1, uniform ratio, no rounding",
+}
+
+
+def load_results(results: Path, suffix: str = "") -> dict[str, dict[str, Any]]:
+    """{"quality": ..., "overhead": ..., "latency": ...} from <results>/<name><suffix>.json (missing ones left out)."""
+    out = {}
+    for name in ("quality", "overhead", "latency"):
+        path = results / f"{name}{suffix}.json"
+        if path.is_file():
+            out[name] = json.loads(path.read_text())
+    return out
+
+
+# ---- formatting helpers ------------------------------------------------------------------------------------
+def _pct(x: float | None, digits: int = 1) -> str:
+    return "-" if x is None else f"{100 * x:.{digits}f}%"
+
+
+def _num(x: float | None, digits: int = 2) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _machine(data: Mapping[str, Any]) -> str:
+    m = data.get("machine", {})
+    parts = [
+        f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores, torch {m.get('torch', '?')} "
+        f"({m.get('torch_threads', '?')} thread(s)), load average {m.get('load_avg_1m', '?')} at the start",
+        f"nasprune {m.get('nasprune', '?')}, nvidia-modelopt {m.get('nvidia-modelopt', '?')}, "
+        f"torch-pruning {m.get('torch-pruning', '?')}, fvcore {m.get('fvcore', '?')}",
+    ]
+    return "; ".join(parts)
+
+
+def _provenance(data: Mapping[str, Any]) -> str:
+    return f"Produced by `{data.get('command', '?')}` on {data.get('date', '?')}.  \nMachine: {_machine(data)}."
+
+
+# ---- table 1 -----------------------------------------------------------------------------------------------
+def render_quality(data: Mapping[str, Any]) -> str:
+    """Table 1: one block per FLOPs target, one row per method, plus the goal check."""
+    base = data["baseline"]
+    s = data.get("settings", {})
+    out = [
+        "## 1. Quality at equal FLOPs (ResNet20 on digits)",
+        "",
+        _provenance(data),
+        "",
+        f"Baseline: {base['flops'] / 1e6:.2f} MFLOPs (fvcore, input {s.get('input')}), {base['params']:,} params, "
+        f"test accuracy {_pct(base['test_acc'])} (val {_pct(base['val_acc'])}), trained {s.get('epochs')} epochs "
+        f"in {_num(base.get('train_s'), 1)} s. Shared by every method: channel divisor {s.get('divisor')}, score = "
+        f"{s.get('score')}, {s.get('calib_batches')} BN-calibration batches of 64 train images; every pruned model "
+        f"is BN-recalibrated on those batches, then fine-tuned {s.get('finetune_epochs')} epoch(s).",
+        "",
+    ]
+    targets = sorted({r["target_pct"] for r in data["rows"]}, reverse=True)
+    header = [
+        "method",
+        "FLOPs ratio (fvcore)",
+        "test acc after pruning",
+        "test acc after fine-tune",
+        "search s",
+        "score evals",
+        "narrowest layer (kept/orig)",
+    ]
+    for target in targets:
+        rows = [r for r in data["rows"] if r["target_pct"] == target]
+        out += [f"**Target {target:g}% FLOPs**", ""]
+        out.append(
+            _table(
+                header,
+                [
+                    [
+                        METHOD_NAMES.get(r["method"], r["method"])
+                        + (" *" if r["method"].startswith("nasprune") else ""),
+                        _num(r["flops_ratio"], 3),
+                        _pct(r["test_acc_pruned"]),
+                        _pct(r["test_acc_finetuned"]),
+                        _num(r["search_s"], 1),
+                        str(r["score_evaluations"]),
+                        r.get("narrowest_layer", "-"),
+                    ]
+                    for r in rows
+                ],
+            )
+        )
+        out += ["", _quality_verdict(rows, target), ""]
+    out.append("\\* nasprune rows. Accuracy is on the 360-image test split: one image is 0.28 points.")
+    return "\n".join(out)
+
+
+def _quality_verdict(rows: list[Mapping[str, Any]], target: float) -> str:
+    mine = next((r for r in rows if r["method"] == "nasprune"), None)
+    peers = [r for r in rows if not r["method"].startswith("nasprune")]
+    if mine is None or not peers:
+        return "Goal check: pending (nasprune or peer rows missing)."
+    lo, hi = FLOPS_WINDOW
+    in_window = lo * target / 100 <= mine["flops_ratio"] <= hi * target / 100 + 1e-9
+    parts = [f"FLOPs {mine['flops_ratio']:.3f} {'within' if in_window else 'OUTSIDE'} {lo:.0%}-{hi:.0%} of target"]
+    ok = in_window
+    for key, label in (("test_acc_pruned", "after pruning"), ("test_acc_finetuned", "after fine-tune")):
+        best = max(peers, key=lambda r: r[key])
+        delta = mine[key] - best[key]
+        ok &= delta >= 0
+        parts.append(f"{label} {delta * 100:+.1f} pts vs the better peer ({METHOD_NAMES.get(best['method'])})")
+    return f"Goal check ({'met' if ok else 'NOT met'}): " + "; ".join(parts) + "."
+
+
+# ---- table 2 -----------------------------------------------------------------------------------------------
+def render_overhead(data: Mapping[str, Any]) -> str:
+    """Table 2: wall time side by side, the ratio, and where the time goes."""
+    s = data.get("settings", {})
+    out = [
+        "## 2. Search overhead (nasprune vs modelopt FastNAS)",
+        "",
+        _provenance(data),
+        "",
+        f"Random-init torchvision models at {s.get('size')}x{s.get('size')}, FLOPs budget {s.get('budget')}, default "
+        f"FastNAS rules for both (ratios 0.05..1.0, divisor 32), score = {s.get('score')}, "
+        f"{s.get('calib_batches')} BN-calibration batch of 1 image before every score (modelopt: recalibrated in "
+        "its score function, see the notes), 1 torch thread. Each run is a fresh process (imports and a warm-up "
+        f"search excluded from the time), methods alternating, median of {s.get('repeats')} repeat(s). "
+        "'score forward' is the time spent inside the score's own forward pass.",
+        "",
+    ]
+    header = [
+        "model",
+        "nasprune s",
+        "modelopt s",
+        "ratio (goal <= 0.5)",
+        "score evals (np / mo)",
+        "score forward s (np / mo)",
+        "FLOPs ratio of result (np / mo)",
+    ]
+    rows = []
+    for r in data["rows"]:
+        n, m = r["nasprune"], r["modelopt"]
+        rows.append(
+            [
+                r["model"],
+                _num(n["search_s"], 1),
+                _num(m["search_s"], 1),
+                f"**{r['time_ratio']:.2f}x**" + ("" if r["time_ratio"] <= OVERHEAD_GOAL else " (not met)"),
+                f"{n['score_calls']} / {m['score_calls']}",
+                f"{n['score_forward_s']:.1f} / {m['score_forward_s']:.1f}",
+                f"{n['flops_ratio']:.3f} / {m['flops_ratio']:.3f}",
+            ]
+        )
+    out.append(_table(header, rows))
+    profiles = data.get("profiles") or {}
+    if profiles:
+        out += ["", "### Where the time goes (cProfile, top self time)", ""]
+        for framework, prof in profiles.items():
+            out += [
+                f"**{framework}** on {prof.get('model')} ({_num(prof.get('total_s'), 1)} s profiled; full cumulative "
+                f"listing in `bench/results/{data['name']}_profile_{framework}_{prof.get('model')}.txt`):",
+                "",
+                _table(
+                    ["function", "calls", "self s", "cumulative s"],
+                    [
+                        [f"`{e['function']}`", str(e["calls"]), _num(e["self_s"], 2), _num(e["cum_s"], 2)]
+                        for e in prof.get("by_self_time", [])[:10]
+                    ],
+                ),
+                "",
+            ]
+    return "\n".join(out).rstrip()
+
+
+# ---- table 3 -----------------------------------------------------------------------------------------------
+def render_latency(data: Mapping[str, Any]) -> str:
+    """Table 3: latency of the exported model vs the original next to the FLOPs ratio."""
+    s = data.get("settings", {})
+    batches = s.get("batches", [1, 32])
+    out = [
+        "## 3. Real speedup (CPU latency of the exported model)",
+        "",
+        _provenance(data),
+        "",
+        f"Each CNN of the coverage zoo (`tools/zoo_models.py`), random init, pruned to {s.get('flops')}% FLOPs with "
+        "nasprune's space API: `sort_parameters`, one uniform width ratio found by bisection on the cost model, then "
+        "the relatively narrowest hparams grown while the budget allows; exported to plain torch modules. Latency: "
+        f"`torch.inference_mode`, {s.get('threads')} thread(s); batch 1: {s.get('warmup')} warm-up runs, then the "
+        f"median of {s.get('repeats')} runs; larger batches: {s.get('warmup_large', 1)} warm-up, median of "
+        f"{s.get('repeats_large')} run(s); original and pruned alternate for {s.get('rounds', 2)} rounds and each "
+        f"keeps its best round. Goal: latency ratio / FLOPs ratio <= {LATENCY_GOAL}.",
+        "",
+    ]
+    header = ["model", "input", "GFLOPs", "FLOPs ratio"]
+    for b in batches:
+        header += [f"b{b} ms (orig -> pruned)", f"b{b} latency ratio", f"b{b} lat/FLOPs"]
+    rows, failed = [], []
+    for r in data["rows"]:
+        if "error" in r:
+            failed.append(r)
+            continue
+        row = [r["model"], str(r["input"]), _num(r["gflops"], 2), _num(r["flops_ratio"], 3)]
+        for b in batches:
+            v = r.get(f"b{b}")
+            if v is None:
+                row += ["-", "-", "-"]
+                continue
+            flag = "" if v["latency_over_flops"] <= LATENCY_GOAL else " (over)"
+            row += [
+                f"{v['original_ms']:.1f} -> {v['pruned_ms']:.1f}",
+                _num(v["latency_ratio"], 3),
+                f"{v['latency_over_flops']:.2f}{flag}",
+            ]
+        rows.append(row)
+    out.append(_table(header, rows))
+    ok = [r for r in data["rows"] if "error" not in r]
+    if ok:
+        met = sum(all(r[f"b{b}"]["latency_over_flops"] <= LATENCY_GOAL for b in batches if f"b{b}" in r) for r in ok)
+        out += ["", f"Goal met (every batch size) for {met} of {len(ok)} models."]
+    if failed:
+        out += ["", "Not measured (pruning or export failed):", ""]
+        out += [f"- {r['model']}: {r['error']}" for r in failed]
+    return "\n".join(out)
+
+
+def render_memory(data: Mapping[str, Any]) -> str:
+    """Peak RSS of the searches of table 2 (same runs, each in its own process)."""
+    out = [
+        "### Peak memory of a search",
+        "",
+        "From the table 2 runs (one process per search): RSS after the framework's imports, peak RSS (VmHWM) of the "
+        "process, and the peak over the RSS right before the timed search (model built, warm-up done). Goal: nasprune "
+        "no worse than modelopt.",
+        "",
+    ]
+    rows = []
+    for r in data["rows"]:
+        n, m = r["nasprune"], r["modelopt"]
+        dn, dm = n["rss_peak_mb"] - n["rss_before_mb"], m["rss_peak_mb"] - m["rss_before_mb"]
+        imports = f"{n['rss_imports_mb']:.0f} / {m['rss_imports_mb']:.0f}" if "rss_imports_mb" in n else "-"
+        rows.append(
+            [
+                r["model"],
+                imports,
+                f"{n['rss_peak_mb']:.0f} / {m['rss_peak_mb']:.0f}",
+                f"{dn:.0f} / {dm:.0f}",
+                "yes" if n["rss_peak_mb"] <= m["rss_peak_mb"] else "no",
+            ]
+        )
+    header = ["model", "after imports MiB (np / mo)", "peak MiB (np / mo)", "peak over pre-search MiB", "np <= mo"]
+    out.append(_table(header, rows))
+    return "\n".join(out)
+
+
+def render(results: Mapping[str, Mapping[str, Any]], notes: str = "") -> str:
+    """The whole BENCHMARKS.md."""
+    out = [
+        "# Benchmarks: nasprune vs NVIDIA modelopt and Torch-Pruning",
+        "",
+        "Generated by `make bench` (installs the `bench` extra, runs `bench/quality.py`, `bench/overhead.py` and "
+        "`bench/latency.py`, each writing `bench/results/<name>.json`, then `bench/report.py`). Do not edit by "
+        "hand: the analysis comes from `bench/notes.md`. The peers are used only in `bench/`.",
+        "",
+    ]
+    if "quality" in results:
+        out += [render_quality(results["quality"]), ""]
+    else:
+        out += ["## 1. Quality at equal FLOPs", "", "Not run.", ""]
+    if "overhead" in results:
+        out += [render_overhead(results["overhead"]), ""]
+    else:
+        out += ["## 2. Search overhead", "", "Not run.", ""]
+    if "latency" in results:
+        out += [render_latency(results["latency"]), ""]
+    else:
+        out += ["## 3. Real speedup", "", "Not run.", ""]
+    if "overhead" in results:
+        out += [render_memory(results["overhead"]), ""]
+    if notes.strip():
+        out += [notes.strip(), ""]
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", type=Path, default=HERE / "results")
+    parser.add_argument("--output", type=Path, default=HERE.parent / "BENCHMARKS.md")
+    parser.add_argument("--suffix", default="", help="read <name><suffix>.json, e.g. _quick")
+    parser.add_argument("--notes", type=Path, default=HERE / "notes.md")
+    args = parser.parse_args(argv)
+    results = load_results(args.results, args.suffix)
+    notes = args.notes.read_text() if args.notes.is_file() else ""
+    args.output.write_text(render(results, notes))
+    print(f"wrote {args.output} from {', '.join(sorted(results)) or 'no results'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

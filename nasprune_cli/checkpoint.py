@@ -1,0 +1,262 @@
+"""Files: the resumable search state and the pruned model; atomic writes, weights_only reads.
+
+Both files hold only tensors, dicts, lists, str, int, float, bool and None, so every read uses
+`torch.load(weights_only=True)` and never runs code from the file.
+
+Pruned-model file (`--output pruned.pt`):
+    {kind: "nasprune-pruned", format_version, model: {entry_point, kwargs}, recipe, input: {shape, dtype},
+     config (the subnet), state_dict (of the exported plain model), metrics}
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from nasprune_cli.errors import CheckpointError
+from nasprune_cli.search.state import digest, fingerprint_difference
+
+STATE_KIND = "nasprune-search-state"
+PRUNED_KIND = "nasprune-pruned"
+FORMAT_VERSION = 1
+
+
+def atomic_save(obj: Any, path: str | Path) -> Path:
+    """torch.save to a temporary file next to `path`, then os.replace: readers never see a partial file."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise CheckpointError(f"{path}: directory '{path.parent}' does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot write: {exc}") from exc
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _read(path: Path, what: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: {what} not found")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - corrupt / foreign files fail in many ways
+        raise CheckpointError(
+            f"{path}: not a readable nasprune {what} ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
+        ) from exc
+    return data
+
+
+def _check_kind(path: Path, data: Any, kind: str, what: str) -> None:
+    if not isinstance(data, dict) or data.get("kind") != kind:
+        found = data.get("kind") if isinstance(data, dict) else type(data).__name__
+        raise CheckpointError(f"{path}: not a nasprune {what} (kind {found!r}, expected {kind!r})")
+    if data.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: unsupported format_version {data.get('format_version')!r} (this nasprune reads {FORMAT_VERSION})"
+        )
+
+
+# ---- search state ------------------------------------------------------------------------------------------
+def save_search_state(path: str | Path, state: Mapping[str, Any], fingerprint: Mapping[str, Any]) -> Path:
+    """Write a searcher's state dict with the fingerprint of the search it belongs to."""
+    data = {
+        "kind": STATE_KIND,
+        "format_version": FORMAT_VERSION,
+        "fingerprint": dict(fingerprint),
+        "fingerprint_digest": digest(fingerprint),
+        "state": dict(state),
+    }
+    return atomic_save(data, path)
+
+
+def load_search_state(path: str | Path, fingerprint: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The stored state dict, None when the file does not exist; a checkpoint of another search is refused."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    data = _read(path, "search checkpoint")
+    _check_kind(path, data, STATE_KIND, "search checkpoint")
+    if data.get("fingerprint_digest") != digest(fingerprint):
+        diff = fingerprint_difference(data.get("fingerprint") or {}, fingerprint) or "fingerprint"
+        raise CheckpointError(
+            f"{path}: this checkpoint belongs to a different search ({diff} differs); delete it or pass another "
+            "--checkpoint to start a new search"
+        )
+    state = data.get("state")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: corrupt search checkpoint (no state dict)")
+    return state
+
+
+# ---- pruned model ------------------------------------------------------------------------------------------
+def save_pruned(
+    path: str | Path,
+    model: nn.Module,
+    state: Mapping[str, Any],
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """Write a pruned model (the exported plain model and the `state` returned by `search`) atomically."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise CheckpointError(f"{path}: already exists (pass --overwrite, or overwrite=True, to replace it)")
+    summary = state.get("summary") if isinstance(state, Mapping) else None
+    if not isinstance(summary, Mapping) or "config" not in summary:
+        raise CheckpointError(f"{path}: `state` is not the state returned by nasprune_cli.search (no summary)")
+    data = {
+        "kind": PRUNED_KIND,
+        "format_version": FORMAT_VERSION,
+        "model": dict(summary["model"]),
+        "recipe": summary["recipe"],
+        "input": dict(summary["input"]),
+        "config": dict(summary["config"]),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "metrics": dict(summary["metrics"]),
+    }
+    return atomic_save(data, path)
+
+
+def load_pruned(path: str | Path) -> dict[str, Any]:
+    """Read and check a pruned-model file written by `save_pruned`."""
+    path = Path(path)
+    data = _read(path, "pruned-model file")
+    _check_kind(path, data, PRUNED_KIND, "pruned-model file")
+    for key in ("model", "recipe", "input", "config", "state_dict"):
+        if key not in data:
+            raise CheckpointError(f"{path}: corrupt pruned-model file (missing '{key}')")
+    return data
+
+
+# ---- deployable model --------------------------------------------------------------------------------------
+EXPORT_FORMATS = ("state_dict", "torchscript", "onnx")
+
+
+def write_deployable(
+    model: nn.Module, path: str | Path, fmt: str, dummy_input: Any, *, overwrite: bool = False
+) -> dict[str, Any]:
+    """Write a plain model as a state_dict, TorchScript or ONNX file; TorchScript and ONNX files are run and
+    compared with torch on the dummy input. Returns {"format", "path", "max_abs_diff"}."""
+    import warnings
+
+    path = Path(path)
+    if fmt not in EXPORT_FORMATS:
+        raise CheckpointError(f"--format: unknown format {fmt!r} (expected one of {', '.join(EXPORT_FORMATS)})")
+    if path.exists() and not overwrite:
+        raise CheckpointError(f"{path}: already exists (pass --overwrite to replace it)")
+    model = model.eval()
+    args = dummy_input if isinstance(dummy_input, tuple) else (dummy_input,)
+    gen = torch.Generator().manual_seed(1234)
+    # checked on a fresh random input, not the one the export traced
+    check = tuple(
+        torch.randn(a.shape, generator=gen).to(a.dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+        for a in args
+    )
+    with torch.no_grad():
+        expected = model(*check)
+    diff: float | None = None
+    if fmt == "state_dict":
+        atomic_save({k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, path)
+    elif fmt == "torchscript":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.jit is deprecated in favour of torch.export, still supported
+            traced = torch.jit.trace(model, args)
+            tmp = _tmp_path(path)
+            try:
+                torch.jit.save(traced, str(tmp))
+                loaded = torch.jit.load(str(tmp))
+                with torch.no_grad():
+                    diff = _max_diff(loaded(*check), expected)
+                os.replace(tmp, path)
+            finally:
+                if tmp.exists():
+                    tmp.unlink()
+    else:
+        diff = _write_onnx(model, path, args, check, expected)
+    if diff is not None and diff > 1e-3 * max(1.0, _max_abs(expected)):
+        raise CheckpointError(
+            f"{path}: the {fmt} model's outputs differ from torch's by {diff:.3g} on the dummy input; the export is "
+            "not faithful (try another --format)"
+        )
+    return {"format": fmt, "path": str(path), "max_abs_diff": diff}
+
+
+def _tmp_path(path: Path) -> Path:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def _flat(out: Any) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        return [t for k in out for t in _flat(out[k])]
+    if isinstance(out, (tuple, list)):
+        return [t for x in out for t in _flat(x)]
+    return []
+
+
+def _max_abs(out: Any) -> float:
+    return max((float(t.detach().abs().max()) for t in _flat(out) if t.numel()), default=0.0)
+
+
+def _max_diff(got: Any, expected: Any) -> float:
+    a, b = _flat(got), _flat(expected)
+    if len(a) != len(b):
+        return float("inf")
+    return max(
+        (float((torch.as_tensor(x).float() - y.float()).abs().max()) for x, y in zip(a, b, strict=True) if y.numel()),
+        default=0.0,
+    )
+
+
+def _write_onnx(model: nn.Module, path: Path, args: tuple, check: tuple, expected: Any) -> float:
+    import warnings
+
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise CheckpointError(
+            "--format onnx needs onnx and onnxruntime; install them with `pip install 'nasprune[onnx]'`"
+        ) from exc
+    if not path.parent.is_dir():
+        raise CheckpointError(f"{path}: directory '{path.parent}' does not exist")
+    names = [f"input_{i}" for i in range(len(args))] if len(args) > 1 else ["input"]
+    tmp = _tmp_path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript-based exporter is deprecated, still supported
+            torch.onnx.export(
+                model,
+                args,
+                str(tmp),
+                input_names=names,
+                dynamic_axes={n: {0: "batch"} for n in names},
+                dynamo=False,
+            )
+        session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        feeds = {n: a.detach().cpu().numpy() for n, a in zip(names, check, strict=True)}
+        got = [torch.from_numpy(o) for o in session.run(None, feeds)]
+        diff = _max_diff(got, expected)
+        os.replace(tmp, path)
+    except CheckpointError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the exporter and onnxruntime fail in many ways
+        raise CheckpointError(f"{path}: ONNX export failed ({type(exc).__name__}: {str(exc)[:200]})") from exc
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return diff

@@ -1,0 +1,1 @@
+"""The `nasprune` command line: a Typer app with one file per command."""

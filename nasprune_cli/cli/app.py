@@ -1,0 +1,92 @@
+"""The Typer app and the CLI's single error boundary (known errors -> 'Error: ...', exit 1)."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import typer
+from typer.core import TyperGroup
+from typer.exceptions import TyperException
+
+from nasprune_cli.cli import output
+from nasprune_cli.errors import NasPruneError
+
+_PACKAGE_DIR = str(Path(__file__).resolve().parents[1])
+_COMMANDS = ("convert", "profile", "search", "export")
+
+
+def debug_enabled() -> bool:
+    """Whether NASPRUNE_DEBUG asks for tracebacks instead of one-line errors."""
+    return os.environ.get("NASPRUNE_DEBUG", "").strip() not in ("", "0", "false", "no")
+
+
+class GuardedGroup(TyperGroup):
+    """Runs every command inside the error boundary, so CliRunner and the console script behave alike."""
+
+    def invoke(self, ctx: Any) -> Any:
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            warnings.showwarning = _show_warning
+            try:
+                return super().invoke(ctx)
+            except (typer.Exit, typer.Abort, TyperException):
+                raise  # Typer's own exits and usage errors (exit 2) are not ours to handle
+            except NasPruneError as exc:
+                if debug_enabled():
+                    raise
+                output.error(str(exc))
+                raise typer.Exit(1) from None
+            except KeyboardInterrupt:
+                output.error("interrupted")
+                raise typer.Exit(130) from None
+            except Exception as exc:  # noqa: BLE001 - the boundary: anything else is a bug, reported in one line
+                if debug_enabled() or type(exc).__module__.startswith("typer."):
+                    raise
+                output.error(f"unexpected {type(exc).__name__}: {exc} (set NASPRUNE_DEBUG=1 for the traceback)")
+                raise typer.Exit(1) from None
+
+
+def _show_warning(message: Any, category: type[Warning], filename: str, lineno: int, *_: Any, **__: Any) -> None:
+    """Show nasprune's warnings as one 'Warning: ...' line; third-party noise only with NASPRUNE_DEBUG."""
+    if filename.startswith(_PACKAGE_DIR) or debug_enabled():
+        output.warn(str(message))
+
+
+app = typer.Typer(
+    name="nasprune",
+    cls=GuardedGroup,
+    help="Structured pruning (FastNAS / AutoNAS) of PyTorch models to a FLOPs or params budget.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _register_commands() -> None:
+    """Add every command module that exists (search / export may land later) via its register(app)."""
+    for name in _COMMANDS:
+        module_name = f"nasprune_cli.cli.{name}"
+        if importlib.util.find_spec(module_name) is None:
+            continue
+        importlib.import_module(module_name).register(app)
+
+
+_register_commands()
+
+
+def main() -> None:
+    """Console-script entry point: run the app (the boundary lives in GuardedGroup.invoke)."""
+    try:
+        app()
+    except NasPruneError as exc:  # raised outside a command (e.g. while registering): same one-line format
+        if debug_enabled():
+            raise
+        output.error(str(exc))
+        sys.exit(1)

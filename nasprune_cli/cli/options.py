@@ -1,0 +1,117 @@
+"""Options shared by the commands (Annotated aliases) and the helpers that turn them into library inputs."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from nasprune_cli.errors import NasPruneError
+
+if TYPE_CHECKING:
+    from nasprune_cli.recipe.schema import Recipe
+
+ModelOpt = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        "-m",
+        help="Model builder as 'pkg.module:attr', e.g. torchvision.models:resnet18.",
+        show_default=False,
+    ),
+]
+ModelKwargsOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--model-kwargs", help="Keyword argument for the model builder as key=value (repeatable).", show_default=False
+    ),
+]
+RecipeOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--recipe", "-r", help="Recipe YAML file (layer rules, search and input settings).", show_default=False
+    ),
+]
+InputShapeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--input-shape",
+        help="Dummy input shape, e.g. 1,3,224,224 (';' between several inputs); overrides the recipe's input.shape.",
+        show_default=False,
+    ),
+]
+FlopsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--flops",
+        help="FLOPs budget: a share of the original ('60%') or absolute ('450M', '4.5e8').",
+        show_default=False,
+    ),
+]
+ParamsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--params",
+        help="Parameter budget: a share of the original ('50%') or absolute ('5M', '5e6').",
+        show_default=False,
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout instead of tables.")]
+SeedOpt = Annotated[
+    int | None, typer.Option("--seed", help="Random seed (overrides the recipe's search.seed).", show_default=False)
+]
+OutputOpt = Annotated[Path, typer.Option("--output", "-o", help="File to write.", show_default=False)]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace the output file if it exists.")]
+
+_DIMS = re.compile(r"^\s*\d+(\s*,\s*\d+)*\s*$")
+
+
+def parse_input_shape(text: str) -> list[int] | list[list[int]]:
+    """Parse '1,3,224,224' (or '1,3,224,224;1,10' for several inputs) into a shape or a list of shapes."""
+    parts = [p for p in text.split(";")] if text.strip() else []
+    if not parts or not all(_DIMS.match(p) for p in parts):
+        raise NasPruneError(
+            f"--input-shape: expected comma-separated positive integers such as 1,3,224,224 "
+            f"(';' between several inputs) (got {text!r})"
+        )
+    shapes = [[int(d) for d in p.split(",")] for p in parts]
+    if any(d <= 0 for s in shapes for d in s):
+        raise NasPruneError(f"--input-shape: every dimension must be positive (got {text!r})")
+    return shapes[0] if len(shapes) == 1 else shapes
+
+
+def recipe_overrides(
+    input_shape: str | None = None,
+    flops: str | None = None,
+    params: str | None = None,
+    seed: int | None = None,
+) -> dict[str, Any]:
+    """The recipe keys set on the command line, as nested overrides for `load_recipe`."""
+    overrides: dict[str, Any] = {}
+    if input_shape is not None:
+        overrides["input"] = {"shape": parse_input_shape(input_shape)}
+    search: dict[str, Any] = {}
+    constraints = {name: value for name, value in (("flops", flops), ("params", params)) if value is not None}
+    if constraints:
+        search["constraints"] = constraints
+    if seed is not None:
+        search["seed"] = seed
+    if search:
+        overrides["search"] = search
+    return overrides
+
+
+def dummy_input_from(recipe: Recipe | None, input_shape_override: str | list[int] | list[list[int]] | None) -> Any:
+    """The dummy input: randn (seed 0) for float dtypes, zeros for int64; a tuple for several inputs."""
+    from nasprune_cli.conversion import make_dummy_input
+
+    if isinstance(input_shape_override, str):
+        shape: Any = parse_input_shape(input_shape_override)
+    elif input_shape_override is not None:
+        shape = input_shape_override
+    else:
+        shape = recipe.input.shape if recipe is not None else [1, 3, 224, 224]
+    dtype = recipe.input.dtype if recipe is not None else "float32"
+    return make_dummy_input(list(shape), dtype)

@@ -1,0 +1,110 @@
+"""`nasprune profile`: FLOPs / params of the smallest, middle and largest subnets, and whether budgets fit."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from nasprune_cli.cli import output
+from nasprune_cli.cli.options import (
+    FlopsOpt,
+    InputShapeOpt,
+    JsonOpt,
+    ModelKwargsOpt,
+    ModelOpt,
+    ParamsOpt,
+    RecipeOpt,
+    dummy_input_from,
+    recipe_overrides,
+)
+
+FLOPS_NOTE = "FLOPs: one per multiply-add, counted by fvcore on the dummy input in eval mode"
+StrictOpt = Annotated[bool, typer.Option("--strict", help="Exit with status 1 when a constraint cannot be met.")]
+
+
+def profile_command(
+    model: ModelOpt,
+    model_kwargs: ModelKwargsOpt = None,
+    recipe: RecipeOpt = None,
+    flops: FlopsOpt = None,
+    params: ParamsOpt = None,
+    input_shape: InputShapeOpt = None,
+    strict: StrictOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Profile a model's search space (with --recipe) or the plain model: FLOPs, params, constraints."""
+    from nasprune_cli import profile
+    from nasprune_cli.loading import build_model, parse_kwargs
+    from nasprune_cli.recipe.load import load_recipe
+
+    kwargs = parse_kwargs(model_kwargs)
+    overrides = recipe_overrides(input_shape=input_shape, flops=flops, params=params)
+    # without --recipe the plain model is profiled; the budgets are still validated like a recipe's
+    loaded = load_recipe(recipe, overrides)
+    net = build_model(model, kwargs)
+    report = profile(
+        net,
+        recipe=loaded if recipe is not None else None,
+        dummy_input=dummy_input_from(loaded, None),
+        constraints=dict(loaded.search.constraints),
+    )
+
+    data = report.to_dict()
+    if json_out:
+        output.print_json(data)
+    else:
+        print_report(data)
+    if strict and not data.get("all_satisfiable", True):
+        failed = [c["name"] for c in data["constraints"] if not c["satisfiable"]]
+        output.error(f"--strict: constraint(s) {', '.join(failed)} cannot be met by any subnet of this search space")
+        raise typer.Exit(1)
+
+
+def print_report(data: dict[str, Any]) -> None:
+    """Print the cost table, the search-space size, the constraints and the frozen layers."""
+    flops, params = data["flops"], data["params"]
+    title = "Search space cost" if data["converted"] else "Model cost (not converted: pass --recipe for a space)"
+    output.print_table(
+        output.table(
+            title,
+            ["", "min", "centroid", "max", "max/min"],
+            [
+                ("FLOPs", *(output.human(flops[k]) for k in ("min", "centroid", "max")), f"{data['flops_ratio']:.2f}x"),
+                (
+                    "params",
+                    *(output.human(params[k]) for k in ("min", "centroid", "max")),
+                    f"{data['params_ratio']:.2f}x",
+                ),
+            ],
+        )
+    )
+    output.print_text(FLOPS_NOTE)
+    output.print_text(f"search space: {data['size']} subnets, {data['num_hparams']} hparams")
+    if data["constraints"]:
+        output.print_table(
+            output.table(
+                "Constraints",
+                ["constraint", "limit", "smallest achievable", "satisfiable"],
+                [
+                    (
+                        c["name"],
+                        output.human(c["limit"]),
+                        output.human(c["min_value"]),
+                        "yes" if c["satisfiable"] else "NO",
+                    )
+                    for c in data["constraints"]
+                ],
+            )
+        )
+    if data.get("frozen"):
+        output.print_table(
+            output.table(
+                "Frozen layers (kept whole)", ["layer", "reason"], [(f["name"], f["reason"]) for f in data["frozen"]]
+            )
+        )
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `profile` command to the app."""
+    app.command("profile")(profile_command)

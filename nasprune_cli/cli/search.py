@@ -1,0 +1,245 @@
+"""`nasprune search`: find the best subnet within a FLOPs / params budget, save it and show before / after."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from nasprune_cli.cli import output
+from nasprune_cli.cli.options import (
+    FlopsOpt,
+    InputShapeOpt,
+    JsonOpt,
+    ModelKwargsOpt,
+    ModelOpt,
+    OverwriteOpt,
+    ParamsOpt,
+    RecipeOpt,
+    SeedOpt,
+    dummy_input_from,
+    recipe_overrides,
+)
+from nasprune_cli.errors import CheckpointError
+
+SearcherOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--searcher", help="binary (FastNAS), evolve (AutoNAS) or random; default: the recipe's.", show_default=False
+    ),
+]
+ScoreOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--score",
+        help="Score function 'pkg.module:fn', fn(model) -> float, higher is better. Default: the recipe's, else "
+        "output agreement (R^2) with the original model.",
+        show_default=False,
+    ),
+]
+DataOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--data",
+        help="Data function 'pkg.module:fn' returning an iterable of batches (BN recalibration, default score). "
+        "Default: the recipe's, else random inputs (with a warning).",
+        show_default=False,
+    ),
+]
+CollectOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--collect",
+        help="Function 'pkg.module:fn' turning a batch into the model's inputs. Default: the first element of a "
+        "tuple / list batch, else the batch.",
+        show_default=False,
+    ),
+]
+MaxBatchesOpt = Annotated[
+    int | None,
+    typer.Option("--max-batches", min=1, help="Data batches used per score evaluation.", show_default=False),
+]
+IterationsOpt = Annotated[
+    int | None,
+    typer.Option("--iterations", min=1, help="evolve / random: subnets scored in total.", show_default=False),
+]
+PopulationOpt = Annotated[
+    int | None,
+    typer.Option("--population-size", min=2, help="evolve: subnets per generation.", show_default=False),
+]
+CheckpointOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--checkpoint",
+        help="Search-state file, written after every step; re-running the same command resumes from it.",
+        show_default=False,
+    ),
+]
+FillOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--fill/--no-fill",
+        help="binary: after the threshold search, grow layers greedily while the budget allows (default: on). "
+        "--no-fill keeps the plain threshold subnet, as modelopt does.",
+        show_default=False,
+    ),
+]
+SearchOutputOpt = Annotated[
+    Path | None,
+    typer.Option("--output", "-o", help="Pruned-model file to write (e.g. pruned.pt).", show_default=False),
+]
+
+
+def search_command(
+    model: ModelOpt,
+    model_kwargs: ModelKwargsOpt = None,
+    recipe: RecipeOpt = None,
+    flops: FlopsOpt = None,
+    params: ParamsOpt = None,
+    input_shape: InputShapeOpt = None,
+    searcher: SearcherOpt = None,
+    score: ScoreOpt = None,
+    data: DataOpt = None,
+    collect: CollectOpt = None,
+    max_batches: MaxBatchesOpt = None,
+    iterations: IterationsOpt = None,
+    population_size: PopulationOpt = None,
+    seed: SeedOpt = None,
+    fill: FillOpt = None,
+    checkpoint: CheckpointOpt = None,
+    output_path: SearchOutputOpt = None,
+    overwrite: OverwriteOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Search the best subnet within --flops / --params and write the pruned model (--output)."""
+    from nasprune_cli.api_search import search
+    from nasprune_cli.checkpoint import save_pruned
+    from nasprune_cli.loading import build_model, parse_kwargs
+    from nasprune_cli.recipe.load import load_recipe
+
+    kwargs = parse_kwargs(model_kwargs)
+    overrides = recipe_overrides(input_shape=input_shape, flops=flops, params=params, seed=seed)
+    flags = {
+        "searcher": searcher,
+        "score": score,
+        "data": data,
+        "collect": collect,
+        "max_batches": max_batches,
+        "iterations": iterations,
+        "population_size": population_size,
+        "checkpoint": str(checkpoint) if checkpoint is not None else None,
+    }
+    search_overrides = {k: v for k, v in flags.items() if v is not None}
+    if search_overrides:
+        overrides.setdefault("search", {}).update(search_overrides)
+    loaded = load_recipe(recipe, overrides)
+    if output_path is not None and output_path.exists() and not overwrite:  # fail before the slow part
+        raise CheckpointError(f"{output_path}: already exists (pass --overwrite to replace it)")
+
+    net = build_model(model, kwargs)
+    config: dict[str, Any] = {
+        "recipe": loaded,
+        "model_spec": {"entry_point": model, "kwargs": kwargs},
+        "checkpoint": loaded.search.checkpoint,
+    }
+    if fill is not None:
+        config["fill"] = fill
+    with _Progress(enabled=sys.stderr.isatty()) as on_progress:
+        config["on_progress"] = on_progress
+        pruned, state = search(net, dict(loaded.search.constraints), dummy_input_from(loaded, None), config)
+    if output_path is not None:
+        save_pruned(output_path, pruned, state, overwrite=overwrite)
+
+    summary = state["summary"]
+    if json_out:
+        output.print_json({**summary, "output": str(output_path) if output_path is not None else None})
+    else:
+        print_summary(summary)
+    if output_path is not None:
+        output.info(f"wrote {output_path}")
+    elif not json_out:
+        output.info("pass --output pruned.pt to save the pruned model")
+
+
+class _Progress:
+    """Rich progress bars on stderr, one per stage, fed by the library's on_progress(stage, done, total)."""
+
+    LABELS = {"sensitivity": "sensitivity map", "search": "search"}
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar: Any = None
+        self.tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> Any:
+        if not self.enabled:
+            return None
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+        )
+        self.bar.start()
+        return self.update
+
+    def update(self, stage: str, done: int, total: int) -> None:
+        if stage not in self.tasks:
+            self.tasks[stage] = self.bar.add_task(self.LABELS.get(stage, stage), total=total)
+        self.bar.update(self.tasks[stage], completed=done, total=total)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _score(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _ratio(new: float | None, old: float | None) -> str:
+    if new is None or old is None or old == 0:
+        return "-"
+    return f"{new / old:.1%}"
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    """Original vs pruned FLOPs, params and score, the per-layer channels and the subnet config."""
+    from nasprune_cli.cli.profile import FLOPS_NOTE
+
+    metrics = summary["metrics"]
+    orig, pruned = metrics["original"], metrics["pruned"]
+    rows = [
+        (name, output.human(orig[key]), output.human(pruned[key]), _ratio(pruned[key], orig[key]))
+        for name, key in (("FLOPs", "flops"), ("params", "params"))
+    ]
+    rows.append(("score", _score(orig["score"]), _score(pruned["score"]), _ratio(pruned["score"], orig["score"])))
+    output.print_table(output.table("Search result", ["", "original", "pruned", "pruned / original"], rows))
+    output.print_text(f"{summary['searcher']} searcher, {metrics['evaluations']} score evaluations")
+    limits = ", ".join(
+        f"{name} <= {output.human(bound)} ({_ratio(bound, orig[name])})"
+        for name, bound in summary["constraints"].items()
+    )
+    output.print_text(f"constraints: {limits}")
+    output.print_text(f"score: {metrics['score_name']} (higher is better)")
+    output.print_text(FLOPS_NOTE)
+    layers = summary["layers"]
+    if layers:
+        output.print_table(
+            output.table(
+                "Layers (channels kept; depth / kernel size for those hparams)",
+                ["layer", "hparam", "original", "kept", "kept %"],
+                [(r["layer"], r["hparam"], r["original"], r["kept"], _ratio(r["kept"], r["original"])) for r in layers],
+            )
+        )
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `search` command to the app."""
+    app.command("search")(search_command)

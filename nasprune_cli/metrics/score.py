@@ -1,0 +1,275 @@
+"""Scoring subnets: BN recalibration, the label-free default score and the checked evaluator the searchers call.
+
+Default score (no --score): *output agreement*, the coefficient of determination (R^2) of the subnet's outputs
+against the original model's outputs on the same batches:
+
+    score = 1 - sum((y - y0)^2) / sum((y0 - mean(y0))^2)
+
+summed over every floating-point output tensor (each centred on its own mean), where y0 are the outputs of the
+original model after the same BN recalibration (so the score isolates the effect of pruning; the original scores
+exactly 1.0). 1.0 means identical outputs, 0.0 means no better than predicting the original's mean output, and it
+is unbounded below. Why this measure:
+it needs no labels and no knowledge of the task (logits, regression values and feature maps alike), it is
+continuous (top-1 agreement is a step function: many subnets tie and the FastNAS sensitivity map loses its
+ranking), and, unlike cosine similarity, it also penalises outputs whose scale drifts.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from nasprune_cli.errors import SearchError
+
+Collect = Callable[[Any], Any]
+ScoreFn = Callable[[nn.Module], float]
+
+DEFAULT_SCORE_NAME = "output agreement (R^2 against the original model's outputs)"
+RANDOM_BATCH_SIZE = 8  # random calibration batches: BatchNorm needs more than one value per channel
+
+
+def default_collect(batch: Any) -> Any:
+    """Model inputs of a batch: the first element of a tuple / list batch, else the batch itself."""
+    if isinstance(batch, (tuple, list)) and batch:
+        return batch[0]
+    return batch
+
+
+def call_model(model: nn.Module, inputs: Any) -> Any:
+    """Run a model on inputs given like a dummy input: a tuple is positional args (a trailing dict is kwargs)."""
+    if isinstance(inputs, tuple):
+        if inputs and isinstance(inputs[-1], dict):
+            return model(*inputs[:-1], **inputs[-1])
+        return model(*inputs)
+    return model(inputs)
+
+
+def random_batches(dummy_input: Any, count: int, seed: int = 0) -> list[Any]:
+    """`count` random batches shaped like the dummy input (float tensors randn, batch dim at least 8)."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def one(t: Any) -> Any:
+        if isinstance(t, torch.Tensor):
+            if t.dim() == 0:
+                return t.clone()
+            size = max(t.shape[0], RANDOM_BATCH_SIZE)
+            if t.is_floating_point():
+                return torch.randn((size, *t.shape[1:]), generator=gen).to(t.dtype)
+            return t[:1].expand(size, *t.shape[1:]).clone()  # ids / masks: repeat the dummy values
+        if isinstance(t, tuple):
+            return tuple(one(x) for x in t)
+        if isinstance(t, dict):
+            return {k: one(v) for k, v in t.items()}
+        return t
+
+    return [one(dummy_input) for _ in range(count)]
+
+
+def _norm_layers(model: nn.Module) -> list[nn.modules.batchnorm._NormBase]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats]
+
+
+def recalibrate_bn(model: nn.Module, batches: Sequence[Any], collect: Collect = default_collect) -> None:
+    """Recompute BatchNorm running statistics on the batches (cumulative average from a reset).
+
+    The result depends only on the weights, the active subnet and the batches. Every module's training flag and
+    every norm layer's momentum are put back afterwards.
+    """
+    norms = _norm_layers(model)
+    if not norms:
+        return
+    modes = {m: m.training for m in model.modules()}
+    momenta = {m: m.momentum for m in norms}
+    try:
+        model.eval()
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative moving average: every batch weighs the same
+            m.train()
+        with torch.no_grad():
+            for batch in batches:
+                call_model(model, collect(batch))
+    finally:
+        for m, momentum in momenta.items():
+            m.momentum = momentum
+        for m, training in modes.items():
+            m.training = training
+
+
+def _float_tensors(obj: Any) -> list[torch.Tensor]:
+    """Every floating-point tensor in a (nested) model output, in a fixed order."""
+    if isinstance(obj, torch.Tensor):
+        return [obj.detach().double()] if obj.is_floating_point() else []
+    if isinstance(obj, dict):
+        return [t for k in sorted(obj, key=str) for t in _float_tensors(obj[k])]
+    if isinstance(obj, (tuple, list)):
+        return [t for x in obj for t in _float_tensors(x)]
+    return []
+
+
+def output_agreement(outputs: Sequence[Any], reference: Sequence[Any]) -> float:
+    """R^2 of outputs against reference outputs (1.0 = identical); see the module docstring."""
+    err = 0.0
+    spread = 0.0
+    for out, ref in zip(outputs, reference, strict=True):
+        outs, refs = _float_tensors(out), _float_tensors(ref)
+        if len(outs) != len(refs) or any(a.shape != b.shape for a, b in zip(outs, refs, strict=True)):
+            raise SearchError(
+                "default score: the subnet's outputs do not have the shapes of the original model's outputs; "
+                "pass --score with a task metric"
+            )
+        for a, b in zip(outs, refs, strict=True):
+            err += float(((a - b) ** 2).sum())
+            spread += float(((b - b.mean()) ** 2).sum())
+    if spread == 0.0:
+        return 1.0 if err == 0.0 else -err
+    return 1.0 - err / spread
+
+
+def callable_name(fn: Any) -> str:
+    """'module:qualname' of a callable, for messages and fingerprints."""
+    module = getattr(fn, "__module__", None) or "?"
+    name = getattr(fn, "__qualname__", None) or type(fn).__name__
+    return f"{module}:{name}"
+
+
+def load_batches(data: Any, max_batches: int, name: str) -> list[Any]:
+    """The first `max_batches` batches of `data` (an iterable, or a function returning one), kept in a list."""
+    source = data
+    if callable(data) and not isinstance(data, Iterable):
+        try:
+            source = data()
+        except Exception as exc:  # noqa: BLE001 - the user's function can fail in any way
+            raise SearchError(f"data function '{name}' raised {type(exc).__name__}: {exc}") from exc
+    if not isinstance(source, Iterable) or isinstance(source, (str, bytes, torch.Tensor)):
+        raise SearchError(
+            f"data '{name}' returned {type(source).__name__}, expected an iterable of batches (a list or a DataLoader)"
+        )
+    batches = []
+    try:
+        for batch in source:
+            batches.append(batch)
+            if len(batches) >= max_batches:
+                break
+    except Exception as exc:  # noqa: BLE001
+        raise SearchError(f"data '{name}': iterating the batches raised {type(exc).__name__}: {exc}") from exc
+    if not batches:
+        raise SearchError(f"data '{name}' yielded no batches (expected at least one)")
+    return batches
+
+
+class Evaluator:
+    """Scores the active subnet of a model: BN recalibration on fixed batches, then the score function.
+
+    With `score_fn` None the default label-free score is used; `prepare()` must then run first, on the
+    original (largest) model, to record the reference outputs.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        batches: Sequence[Any],
+        collect: Collect | None = None,
+        score_fn: ScoreFn | None = None,
+        score_name: str | None = None,
+        collect_name: str | None = None,
+    ) -> None:
+        self.model = model
+        self.batches = list(batches)
+        self.collect = collect or default_collect
+        self.collect_name = collect_name or ("default (first element of a tuple batch)" if collect is None else "?")
+        self.score_fn = score_fn
+        self.score_name = score_name or (DEFAULT_SCORE_NAME if score_fn is None else callable_name(score_fn))
+        self.reference: list[Any] | None = None
+        self.evaluations = 0
+
+    def _inputs(self, batch: Any) -> Any:
+        try:
+            return self.collect(batch)
+        except Exception as exc:  # noqa: BLE001
+            raise SearchError(f"collect function '{self.collect_name}' raised {type(exc).__name__}: {exc}") from exc
+
+    def _outputs(self) -> list[Any]:
+        modes = {m: m.training for m in self.model.modules()}
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                return [self._run(self._inputs(b)) for b in self.batches]
+        finally:
+            for m, training in modes.items():
+                m.training = training
+
+    def _run(self, inputs: Any) -> Any:
+        try:
+            return call_model(self.model, inputs)
+        except Exception as exc:  # noqa: BLE001
+            raise SearchError(
+                f"running the model on a data batch failed ({type(exc).__name__}: {exc}); check that --collect "
+                "turns a batch into the model's inputs"
+            ) from exc
+
+    def prepare(self) -> None:
+        """Record the original model's outputs (default score); call on the largest subnet.
+
+        BN is recalibrated first, so the reference and every subnet share the calibration data and the score
+        measures the effect of pruning alone (the original model scores exactly 1.0).
+        """
+        if self.score_fn is None and self.reference is None:
+            self.recalibrate()
+            self.reference = self._outputs()
+
+    def recalibrate(self) -> None:
+        """Recalibrate BatchNorm statistics of the active subnet on the batches."""
+        try:
+            recalibrate_bn(self.model, self.batches, self._inputs)
+        except SearchError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise SearchError(
+                f"BatchNorm recalibration failed on a data batch ({type(exc).__name__}: {exc}); check --data and "
+                "--collect"
+            ) from exc
+
+    def __call__(self) -> float:
+        """Recalibrate BN, then score the active subnet (a finite float, higher is better)."""
+        self.recalibrate()
+        self.evaluations += 1
+        if self.score_fn is None:
+            if self.reference is None:
+                raise SearchError("default score: Evaluator.prepare() must run on the original model first")
+            return output_agreement(self._outputs(), self.reference)
+        modes = {m: m.training for m in self.model.modules()}
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                value = self.score_fn(self.model)
+        except SearchError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the user's score function can fail in any way
+            raise SearchError(f"score function '{self.score_name}' raised {type(exc).__name__}: {exc}") from exc
+        finally:
+            for m, training in modes.items():
+                m.training = training
+        return check_score(value, self.score_name)
+
+
+def check_score(value: Any, name: str) -> float:
+    """A score as a finite float, or a SearchError naming the function."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    elif hasattr(value, "item") and getattr(value, "size", None) == 1:  # numpy scalars
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise SearchError(
+            f"score function '{name}' returned {type(value).__name__} {str(value)[:40]!r}, expected a float "
+            "(higher is better)"
+        )
+    value = float(value)
+    if not math.isfinite(value):
+        raise SearchError(f"score function '{name}' returned {value}, expected a finite float (higher is better)")
+    return value

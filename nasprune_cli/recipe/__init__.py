@@ -1,0 +1,35 @@
+"""Recipes: YAML files of layer rules and search settings, validated with pydantic."""
+
+from __future__ import annotations
+
+from nasprune_cli.recipe.load import load_recipe, recipe_from_dict, recipe_to_dict
+from nasprune_cli.recipe.rules import ResolvedRules, resolve_rules, width_choices
+from nasprune_cli.recipe.schema import (
+    MODULE_TYPES,
+    ConvRule,
+    FeatureRule,
+    GroupNormRule,
+    InputSection,
+    LayerRule,
+    Recipe,
+    SearchSection,
+    SequentialRule,
+)
+
+__all__ = [
+    "MODULE_TYPES",
+    "ConvRule",
+    "FeatureRule",
+    "GroupNormRule",
+    "InputSection",
+    "LayerRule",
+    "Recipe",
+    "ResolvedRules",
+    "SearchSection",
+    "SequentialRule",
+    "load_recipe",
+    "recipe_from_dict",
+    "recipe_to_dict",
+    "resolve_rules",
+    "width_choices",
+]

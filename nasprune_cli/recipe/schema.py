@@ -1,0 +1,317 @@
+"""Pydantic models of a recipe: per-type layer rules, the search and input sections, and the Recipe itself."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WrapValidator,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
+from torch import nn
+
+from nasprune_cli.constraints import CONSTRAINT_NAMES, parse_constraint
+from nasprune_cli.errors import NasPruneError
+
+MODULE_TYPES: dict[str, type[nn.Module]] = {
+    "nn.Conv1d": nn.Conv1d,
+    "nn.Conv2d": nn.Conv2d,
+    "nn.Conv3d": nn.Conv3d,
+    "nn.ConvTranspose1d": nn.ConvTranspose1d,
+    "nn.ConvTranspose2d": nn.ConvTranspose2d,
+    "nn.ConvTranspose3d": nn.ConvTranspose3d,
+    "nn.Linear": nn.Linear,
+    "nn.BatchNorm1d": nn.BatchNorm1d,
+    "nn.BatchNorm2d": nn.BatchNorm2d,
+    "nn.BatchNorm3d": nn.BatchNorm3d,
+    "nn.SyncBatchNorm": nn.SyncBatchNorm,
+    "nn.InstanceNorm1d": nn.InstanceNorm1d,
+    "nn.InstanceNorm2d": nn.InstanceNorm2d,
+    "nn.InstanceNorm3d": nn.InstanceNorm3d,
+    "nn.LayerNorm": nn.LayerNorm,
+    "nn.GroupNorm": nn.GroupNorm,
+    "nn.Sequential": nn.Sequential,
+}
+
+# FastNAS defaults: 0.05, 0.10, ..., 1.0 (rounded, so 0.15 and not 0.15000000000000002) and a divisor of 32.
+DEFAULT_RATIOS: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(1, 21))
+DEFAULT_DIVISOR = 32
+
+
+def _check_ratio(value: float) -> float:
+    if not 0 < value <= 1:
+        raise PydanticCustomError("ratio_range", "must be in (0, 1]")
+    return float(value)
+
+
+def _check_kernel(value: int) -> int:
+    if value <= 0 or value % 2 == 0:
+        raise PydanticCustomError("kernel_odd", "must be an odd positive integer")
+    return value
+
+
+Ratio = Annotated[float, AfterValidator(_check_ratio)]
+KernelSize = Annotated[int, AfterValidator(_check_kernel)]
+Ratios = Annotated[list[Ratio], Field(min_length=1)]
+
+
+class _Rule(BaseModel):
+    """Common configuration of every layer rule: unknown keys and loose types are errors."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class ConvRule(_Rule):
+    """Conv / ConvTranspose: output-channel ratios, channel divisor and optional kernel-size choices."""
+
+    channels_ratio: Ratios = Field(default_factory=lambda: list(DEFAULT_RATIOS))
+    channel_divisor: int = Field(DEFAULT_DIVISOR, ge=1)
+    kernel_size: list[KernelSize] = Field(default_factory=list)
+
+    @property
+    def ratios(self) -> list[float]:
+        """Width ratios of the layer's output channels."""
+        return list(self.channels_ratio)
+
+    @property
+    def divisor(self) -> int:
+        """Every width choice is a multiple of this (unless the layer is narrower)."""
+        return self.channel_divisor
+
+
+class FeatureRule(_Rule):
+    """Linear and the BatchNorm / SyncBatchNorm / InstanceNorm / LayerNorm family: feature ratios and divisor."""
+
+    features_ratio: Ratios = Field(default_factory=lambda: list(DEFAULT_RATIOS))
+    feature_divisor: int = Field(DEFAULT_DIVISOR, ge=1)
+
+    @property
+    def ratios(self) -> list[float]:
+        """Width ratios of the layer's features."""
+        return list(self.features_ratio)
+
+    @property
+    def divisor(self) -> int:
+        """Every width choice is a multiple of this (unless the layer is narrower)."""
+        return self.feature_divisor
+
+
+class GroupNormRule(_Rule):
+    """GroupNorm: channel ratios and divisor (choices are further limited to multiples of num_groups)."""
+
+    channels_ratio: Ratios = Field(default_factory=lambda: list(DEFAULT_RATIOS))
+    channel_divisor: int = Field(DEFAULT_DIVISOR, ge=1)
+
+    @property
+    def ratios(self) -> list[float]:
+        """Width ratios of the layer's channels."""
+        return list(self.channels_ratio)
+
+    @property
+    def divisor(self) -> int:
+        """Every width choice is a multiple of this (unless the layer is narrower)."""
+        return self.channel_divisor
+
+
+class SequentialRule(_Rule):
+    """nn.Sequential: depth search keeps at least `min_depth` leading children."""
+
+    min_depth: int = Field(0, ge=0)
+
+
+LayerRule = ConvRule | FeatureRule | GroupNormRule | SequentialRule
+
+_CONV = ("nn.Conv1d", "nn.Conv2d", "nn.Conv3d", "nn.ConvTranspose1d", "nn.ConvTranspose2d", "nn.ConvTranspose3d")
+_SPECIAL_RULES: dict[str, type[_Rule]] = {"nn.GroupNorm": GroupNormRule, "nn.Sequential": SequentialRule}
+RULE_MODELS: dict[str, type[_Rule]] = {
+    name: ConvRule if name in _CONV else _SPECIAL_RULES.get(name, FeatureRule) for name in MODULE_TYPES
+}
+FASTNAS_TYPES: tuple[str, ...] = tuple(name for name in MODULE_TYPES if name != "nn.Sequential")
+AUTONAS_TYPES: tuple[str, ...] = tuple(MODULE_TYPES)
+
+# After validation: type name -> ordered {glob pattern -> rule, or None = not converted}, or None for the whole type.
+RulesTable = dict[str, dict[str, LayerRule | None] | None]
+
+
+def rule_fields(type_name: str) -> list[str]:
+    """Field names of the rule model of a module type, sorted."""
+    return sorted(RULE_MODELS[type_name].model_fields)
+
+
+def is_unnested(type_name: str, value: Mapping[Any, Any]) -> bool:
+    """Whether a mapping is one rule config (short for {"*": config}) rather than glob pattern -> config."""
+    fields = set(RULE_MODELS[type_name].model_fields)
+    if not value or any(key in fields for key in value):  # `{}` means "this type with default settings"
+        return True
+    # a mapping whose values are not all mappings / null cannot be patterns: treat it as a (misspelled) config
+    return not all(v is None or isinstance(v, Mapping) for v in value.values())
+
+
+def default_rules(mode: str) -> RulesTable:
+    """The rules used when a recipe has no `rules` section: defaults for every type the mode converts."""
+    types = AUTONAS_TYPES if mode == "autonas" else FASTNAS_TYPES
+    return {name: {"*": RULE_MODELS[name]()} for name in types}
+
+
+def _validate_rules(value: Any, handler: Any) -> RulesTable | None:
+    """Normalize and validate the `rules` section; errors keep their full key path."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        return handler(value)  # pydantic reports "expected a mapping"
+    table: RulesTable = {}
+    errors: list[InitErrorDetails] = []
+    for type_name, entry in value.items():
+        if type_name not in MODULE_TYPES:
+            errors.append(_error("unknown_module_type", "unknown module type", (type_name,), type_name))
+            continue
+        if entry is None:
+            table[type_name] = None
+            continue
+        if not isinstance(entry, Mapping):
+            msg = "expected a rule config, a mapping of glob pattern -> config, or null"
+            errors.append(_error("rule_entry_type", msg, (type_name,), entry))
+            continue
+        nested = not is_unnested(type_name, entry)
+        patterns = entry if nested else {"*": entry}
+        table[type_name] = {}
+        for pattern, config in patterns.items():
+            loc = (type_name, pattern) if nested else (type_name,)
+            if not isinstance(pattern, str):
+                errors.append(_error("pattern_type", "glob pattern must be a string", loc, pattern))
+                continue
+            if config is None:
+                table[type_name][pattern] = None
+                continue
+            if not isinstance(config, (Mapping, _Rule)):
+                msg = "expected a mapping of rule fields, or null"
+                errors.append(_error("rule_config_type", msg, loc, config))
+                continue
+            try:
+                table[type_name][pattern] = RULE_MODELS[type_name].model_validate(config)
+            except ValidationError as exc:
+                for err in exc.errors():
+                    errors.append(
+                        _error(err["type"], err["msg"], loc + tuple(err["loc"]), err["input"], err.get("ctx"))
+                    )
+    if errors:
+        raise ValidationError.from_exception_data("rules", errors)
+    return table
+
+
+def _error(
+    kind: str, msg: str, loc: tuple[Any, ...], value: Any, ctx: Mapping[str, Any] | None = None
+) -> InitErrorDetails:
+    """An error detail that keeps its type, message and context when re-raised under a longer key path."""
+    escaped = msg.replace("{", "{{").replace("}", "}}")
+    context = {k: v for k, v in (ctx or {}).items() if isinstance(v, (str, int, float, bool))}
+    return InitErrorDetails(type=PydanticCustomError(kind, escaped, context or None), loc=loc, input=value)
+
+
+class SearchSection(BaseModel):
+    """How `nasprune search` runs: budgets, searcher, score and data entry points, searcher parameters."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    constraints: dict[str, str | float] = Field(default_factory=dict)  # flops / params: "60%", "450M", 4.5e8
+    searcher: Literal["binary", "evolve", "random"] | None = None  # None: binary (fastnas) / evolve (autonas)
+    checkpoint: str | None = None  # search state file, resumed when it exists
+    score: str | None = None  # "pkg.module:fn", fn(model) -> float, higher is better
+    data: str | None = None  # "pkg.module:fn", fn() -> iterable of batches (BN recalibration, default score)
+    collect: str | None = None  # "pkg.module:fn", fn(model, batch) -> output; default: model(batch) or model(*batch)
+    max_batches: int = Field(8, ge=1)  # batches of `data` used per evaluation
+    seed: int = 0
+    iterations: int = Field(100, ge=1)  # evolve / random: number of subnets evaluated
+    population_size: int = Field(20, ge=2)  # evolve: subnets per generation
+    candidate_size: int = Field(10, ge=1)  # evolve: best subnets kept as parents of the next generation
+    mutation_prob: float = Field(0.1, ge=0, le=1)  # evolve: probability to resample each hparam when mutating
+    crossover_size: int = Field(10, ge=0)  # evolve: children made by crossover per generation
+    mutation_size: int = Field(10, ge=0)  # evolve: children made by mutation per generation
+
+    @field_validator("constraints")
+    @classmethod
+    def _check_constraints(cls, value: dict[str, str | float]) -> dict[str, str | float]:
+        errors: list[InitErrorDetails] = []
+        for name, budget in value.items():
+            if name not in CONSTRAINT_NAMES:
+                msg = f"unknown constraint (expected one of {', '.join(CONSTRAINT_NAMES)})"
+                errors.append(_error("constraint_name", msg, (name,), name))
+                continue
+            try:
+                parse_constraint(name, budget, 1.0)
+            except NasPruneError as exc:
+                # "constraint 'flops': <problem> (got '160%')" -> "<problem>"; the key path and value are added later
+                problem = re.sub(r"^constraint '[^']*': | \(got .*\)$", "", str(exc))
+                errors.append(_error("constraint_value", problem, (name,), budget))
+        if errors:
+            raise ValidationError.from_exception_data("constraints", errors)
+        return value
+
+    @model_validator(mode="after")
+    def _check_sizes(self) -> SearchSection:
+        if self.candidate_size > self.population_size:
+            raise PydanticCustomError(
+                "candidate_size",
+                "candidate_size must be <= population_size (got {candidate} > {population})",
+                {"candidate": self.candidate_size, "population": self.population_size},
+            )
+        return self
+
+
+def _check_shape(value: Any) -> list[int] | list[list[int]]:
+    """A shape is a non-empty list of positive ints; several inputs are a non-empty list of shapes."""
+    if isinstance(value, list) and value and all(isinstance(s, list) for s in value):
+        return [_check_shape(s) for s in value]  # type: ignore[misc]
+    if not (isinstance(value, list) and value and all(type(d) is int and d > 0 for d in value)):
+        raise PydanticCustomError(
+            "shape", "expected a list of positive integers such as [1, 3, 224, 224], or a list of such lists"
+        )
+    return list(value)
+
+
+class InputSection(BaseModel):
+    """The dummy input: one shape (or a list of shapes for several positional inputs) and a dtype."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    shape: Annotated[Any, BeforeValidator(_check_shape)] = Field(default_factory=lambda: [1, 3, 224, 224])
+    dtype: Literal["float32", "float16", "bfloat16", "int64"] = "float32"
+
+    @property
+    def shapes(self) -> list[list[int]]:
+        """Every input's shape, as a list even for a single input."""
+        return [list(s) for s in self.shape] if self.shape and isinstance(self.shape[0], list) else [list(self.shape)]
+
+
+class Recipe(BaseModel):
+    """A whole recipe file: mode, layer rules, search and input sections."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    version: Literal[1] = 1
+    mode: Literal["fastnas", "autonas"] = "fastnas"
+    description: str = ""
+    rules: Annotated[RulesTable | None, WrapValidator(_validate_rules)] = None
+    search: SearchSection = Field(default_factory=SearchSection)
+    input: InputSection = Field(default_factory=InputSection)
+
+    @property
+    def searcher(self) -> str:
+        """The searcher to run: search.searcher, or the mode's default (binary for fastnas, evolve for autonas)."""
+        if self.search.searcher is not None:
+            return self.search.searcher
+        return "evolve" if self.mode == "autonas" else "binary"
+
+    def rules_table(self) -> RulesTable:
+        """The effective rules: the `rules` section, or the mode's defaults when it is absent."""
+        return default_rules(self.mode) if self.rules is None else self.rules

@@ -1,0 +1,170 @@
+"""The searcher template: `search()` = sanitize, load checkpoint, before, run, after; the whole state is one dict.
+
+Every score evaluation is a pure function of (weights, subnet config, data): BatchNorm statistics are recomputed
+from a reset before each one. With the state written after every step, a resumed search therefore ends with the
+same result as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import random
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+from nasprune_cli.checkpoint import load_search_state, save_search_state
+from nasprune_cli.constraints import Cost, satisfies
+from nasprune_cli.errors import SearchError
+from nasprune_cli.search.state import SearchSettings, rng_state, set_rng_state
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+def unsatisfiable_message(bounds: Mapping[str, float], smallest: Cost, original: Cost) -> str | None:
+    """One-line error when even the smallest subnet breaks a budget, else None."""
+    failed = [name for name, bound in bounds.items() if smallest.get(name) > bound]
+    if not failed:
+        return None
+    parts = [
+        f"{name} <= {bounds[name]:.4g} ({bounds[name] / max(original.get(name), 1.0):.1%} of the original) but the "
+        f"smallest subnet has {smallest.get(name):.4g} ({smallest.get(name) / max(original.get(name), 1.0):.1%})"
+        for name in failed
+    ]
+    return (
+        f"constraints cannot be met: {'; '.join(parts)}; raise the budget, or widen the search space in the recipe "
+        "(smaller channels_ratio / channel_divisor); `nasprune profile` shows the achievable range"
+    )
+
+
+class Searcher(ABC):
+    """Base searcher: subclasses fill in `before_search`, `run_search` and `after_search` steps."""
+
+    name: ClassVar[str] = "base"
+
+    def __init__(
+        self,
+        space: Any,
+        evaluate: Callable[[], float],
+        bounds: Mapping[str, float],
+        settings: SearchSettings,
+        *,
+        checkpoint: str | Path | None = None,
+        fingerprint: Mapping[str, Any] | None = None,
+        on_progress: Progress | None = None,
+    ) -> None:
+        self.space = space
+        self._evaluate = evaluate
+        self.bounds = dict(bounds)
+        self.settings = settings
+        self.checkpoint = Path(checkpoint) if checkpoint is not None else None
+        self.fingerprint = dict(fingerprint or {})
+        self.on_progress = on_progress
+        self.rng = random.Random(settings.seed)
+        self.state: dict[str, Any] = {}
+
+    # ---- the template ------------------------------------------------------------------------------------
+    def search(self) -> dict[str, Any]:
+        """Run the whole search (resuming from the checkpoint when it exists) and return the state dict."""
+        self.sanitize()
+        self.state = self.default_state()
+        self.load_checkpoint()
+        self.before_search()
+        self.run_search()
+        self.after_search()
+        return self.state
+
+    def sanitize(self) -> None:
+        """Check settings and budgets; fail before any score evaluation when no subnet can meet the budgets."""
+        self.settings.check()
+        if not self.bounds:
+            raise SearchError("no constraints: pass --flops and/or --params (e.g. --flops 60%)")
+        message = unsatisfiable_message(self.bounds, self.space.cost(self.space.min()), self.space.original_cost)
+        if message:
+            raise SearchError(message)
+
+    def default_state(self) -> dict[str, Any]:
+        """The state of a fresh search; subclasses add their keys."""
+        return {
+            "searcher": self.name,
+            "iteration": 0,
+            "evaluations": 0,
+            "original_score": None,
+            "best": None,  # {"config", "score", "flops", "params"}
+            "history": [],
+            "rng": rng_state(self.rng),
+            "done": False,
+        }
+
+    def load_checkpoint(self) -> bool:
+        """Merge a stored state into the fresh one; False when there is no checkpoint to resume."""
+        if self.checkpoint is None:
+            return False
+        stored = load_search_state(self.checkpoint, self.fingerprint)
+        if stored is None:
+            return False
+        self.state.update(stored)
+        set_rng_state(self.rng, self.state["rng"])
+        return True
+
+    def save_checkpoint(self) -> None:
+        """Write the state (with the RNG state) atomically, when a checkpoint path is set."""
+        self.state["rng"] = rng_state(self.rng)
+        if self.checkpoint is not None:
+            save_search_state(self.checkpoint, self.state, self.fingerprint)
+
+    def before_search(self) -> None:
+        """Score the original (largest) subnet once."""
+        if self.state["original_score"] is None:
+            self.state["original_score"] = self.evaluate(self.space.max())
+            self.save_checkpoint()
+
+    @abstractmethod
+    def run_search(self) -> None:
+        """The search loop; writes the checkpoint after every step."""
+
+    def after_search(self) -> None:
+        """Make the best subnet active, score it if needed and leave its BN statistics recalibrated."""
+        best = self.state["best"]
+        if best is None:  # pragma: no cover - every searcher records at least one feasible subnet
+            raise SearchError(f"{self.name} search found no subnet within the constraints")
+        if best.get("score") is None:
+            best["score"] = self.evaluate(best["config"])  # also recalibrates BN for this subnet
+        else:
+            self.space.select(best["config"])
+            recalibrate = getattr(self._evaluate, "recalibrate", None)
+            if recalibrate is not None:
+                recalibrate()
+        self.state["done"] = True
+        self.save_checkpoint()
+
+    # ---- helpers -----------------------------------------------------------------------------------------
+    def evaluate(self, config: Mapping[str, int]) -> float:
+        """Select a subnet and score it (BN recalibrated first); counts the evaluation."""
+        self.space.select(config)
+        score = float(self._evaluate())
+        self.state["evaluations"] += 1
+        return score
+
+    def cost(self, config: Mapping[str, int]) -> Cost:
+        """Fast-cost-model figures of a subnet (no model run)."""
+        return self.space.cost(config)
+
+    def fits(self, config: Mapping[str, int]) -> bool:
+        """Whether a subnet meets every budget."""
+        return satisfies(self.cost(config), self.bounds)
+
+    def record(self, config: Mapping[str, int], score: float) -> dict[str, Any]:
+        """Append a scored subnet to the history and keep the best (ties: the earlier one)."""
+        cost = self.cost(config)
+        entry = {"config": dict(config), "score": float(score), "flops": cost.flops, "params": cost.params}
+        self.state["history"].append(entry)
+        best = self.state["best"]
+        if best is None or entry["score"] > best["score"]:
+            self.state["best"] = dict(entry)
+        return entry
+
+    def progress(self, stage: str, done: int, total: int) -> None:
+        """Report progress to the caller's callback (the library never prints)."""
+        if self.on_progress is not None:
+            self.on_progress(stage, done, total)

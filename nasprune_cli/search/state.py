@@ -1,0 +1,134 @@
+"""Search settings, the fingerprint that ties a checkpoint to one search, and RNG state as plain lists.
+
+A searcher's whole state is one dict of plain values (dicts, lists, str, int, float, bool, None), so it can be
+written with torch.save and read back with torch.load(weights_only=True).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from nasprune_cli.errors import SearchError
+
+SEARCHERS = ("binary", "evolve", "random")
+
+
+@dataclass
+class SearchSettings:
+    """How a search runs (the recipe's `search` section, command-line flags win)."""
+
+    searcher: str = "binary"
+    seed: int = 0
+    max_batches: int = 8  # data batches per evaluation (BN recalibration and the default score)
+    fill: bool = True  # binary: after the threshold search, grow hparams greedily while the budget allows
+    iterations: int = 100  # evolve / random: subnets evaluated in total
+    population_size: int = 20  # evolve: subnets per generation
+    candidate_size: int = 10  # evolve: best subnets kept as parents
+    mutation_prob: float = 0.1  # evolve: chance to resample each hparam of a mutated child
+    crossover_size: int = 10  # evolve: children made by crossover per generation
+    mutation_size: int = 10  # evolve: children made by mutation per generation
+
+    def check(self) -> SearchSettings:
+        """Raise a SearchError for a value out of range; return self."""
+        if self.searcher not in SEARCHERS:
+            raise SearchError(f"search.searcher: unknown searcher {self.searcher!r} (expected one of {SEARCHERS})")
+        positive = ("max_batches", "iterations", "population_size", "candidate_size")
+        for name in positive:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise SearchError(f"search.{name}: expected an integer >= 1 (got {value!r})")
+        for name in ("crossover_size", "mutation_size", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or (name != "seed" and value < 0):
+                raise SearchError(f"search.{name}: expected an integer >= 0 (got {value!r})")
+        if not 0.0 <= float(self.mutation_prob) <= 1.0:
+            raise SearchError(f"search.mutation_prob: expected a number in [0, 1] (got {self.mutation_prob!r})")
+        if self.candidate_size > self.population_size:
+            raise SearchError(
+                f"search.candidate_size: must be <= population_size (got {self.candidate_size} > "
+                f"{self.population_size})"
+            )
+        return self
+
+    @classmethod
+    def names(cls) -> list[str]:
+        """Field names."""
+        return [f.name for f in fields(cls)]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of the settings."""
+        return asdict(self)
+
+
+def fingerprint(
+    *,
+    model: Mapping[str, Any],
+    recipe: Mapping[str, Any] | None,
+    settings: SearchSettings,
+    bounds: Mapping[str, float],
+    input_spec: Mapping[str, Any],
+    hparams: Mapping[str, list[int]],
+    score: str,
+    data: str,
+    collect: str,
+) -> dict[str, Any]:
+    """Everything a search result depends on, as plain JSON-able values (compared key by key on resume)."""
+    rules = None
+    if recipe is not None:
+        rules = {k: v for k, v in recipe.items() if k not in ("search", "description")}
+    return {
+        "model": {"entry_point": model.get("entry_point"), "kwargs": dict(model.get("kwargs") or {})},
+        "recipe": rules,
+        "settings": settings.to_dict(),
+        "constraints": {k: float(v) for k, v in sorted(bounds.items())},
+        "input": dict(input_spec),
+        "hparams": {k: list(v) for k, v in hparams.items()},
+        "score": score,
+        "data": data,
+        "collect": collect,
+    }
+
+
+def digest(obj: Any) -> str:
+    """Stable short hash of a JSON-able object."""
+    text = json.dumps(obj, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def fingerprint_difference(stored: Mapping[str, Any], current: Mapping[str, Any]) -> str:
+    """A short description of the first key whose value differs, e.g. "model ('a:b' vs 'c:d')"."""
+    for key in sorted(set(stored) | set(current)):
+        a, b = stored.get(key), current.get(key)
+        if digest(a) != digest(b):
+            if isinstance(a, Mapping) and isinstance(b, Mapping):
+                inner = fingerprint_difference(a, b)
+                return f"{key}.{inner}" if inner else key
+            return f"{key} ({_short(a)} in the checkpoint vs {_short(b)} now)"
+    return ""
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def rng_state(rng: random.Random) -> list[Any]:
+    """random.Random state as nested lists (weights_only-safe)."""
+    version, internal, gauss = rng.getstate()
+    return [version, list(internal), gauss]
+
+
+def set_rng_state(rng: random.Random, state: list[Any]) -> None:
+    """Restore a state written by rng_state."""
+    version, internal, gauss = state
+    rng.setstate((version, tuple(internal), gauss))
+
+
+def config_key(config: Mapping[str, int]) -> str:
+    """A hashable, stable key of a subnet config."""
+    return ",".join(f"{k}={config[k]}" for k in sorted(config))

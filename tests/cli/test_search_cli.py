@@ -1,0 +1,250 @@
+"""`nasprune search` / `nasprune export`: the digits demo, interruption and resume, errors (exit 1, one line)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from nasprune_cli.cli.app import app
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO_RECIPE = str(ROOT / "recipes" / "demo.yaml")
+DEMO = ["search", "--model", "nasprune_cli.demo:build", "--recipe", DEMO_RECIPE]
+
+HELPERS = """
+import math
+
+
+def nan_score(model):
+    return math.nan
+
+
+def text_score(model):
+    return "high"
+"""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def trained_demo() -> Iterator[None]:
+    """One torch thread (tiny convolutions: a second thread mostly waits, and on a busy two-core machine it makes
+    them many times slower); train or load the cached demo model once, so subprocesses do not race to train it."""
+    from nasprune_cli.demo import build
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    build()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture()
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.fixture()
+def helpers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    (tmp_path / "np_search_helpers.py").write_text(textwrap.dedent(HELPERS))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return tmp_path
+
+
+def assert_one_error(result: object, *fragments: str) -> str:
+    assert result.exit_code == 1, (result.stdout, result.stderr)
+    assert "Traceback" not in result.output
+    lines = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def run_json(runner: CliRunner, *args: str) -> dict:
+    result = runner.invoke(app, [*DEMO, *args, "--json"])
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    return json.loads(result.stdout)
+
+
+# ---- the demo ----------------------------------------------------------------------------------------------
+def test_demo_search_table_output_and_export(runner: CliRunner, tmp_path: Path) -> None:
+    pruned = tmp_path / "pruned.pt"
+    result = runner.invoke(app, [*DEMO, "--flops", "50%", "--output", str(pruned)])
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    out = result.stdout
+    assert "Search result" in out and "FLOPs" in out and "params" in out and "score" in out
+    assert "binary searcher" in out and "score evaluations" in out
+    assert "Layers" in out and "layer2.conv1" in out
+    assert "score: nasprune_cli.demo:score (higher is better)" in out
+    assert f"wrote {pruned}" in result.stderr
+    assert pruned.is_file()
+
+    again = runner.invoke(app, [*DEMO, "--flops", "50%", "--output", str(pruned)])
+    assert_one_error(again, f"{pruned}: already exists (pass --overwrite to replace it)")
+
+    onnx = tmp_path / "model.onnx"
+    exported = runner.invoke(app, ["export", "--pruned", str(pruned), "--output", str(onnx), "--format", "onnx"])
+    assert exported.exit_code == 0, (exported.stdout, exported.stderr)
+    assert "max |difference| to torch" in exported.stdout and onnx.is_file()
+    sd = tmp_path / "model.sd.pt"
+    args = ["export", "--model", "nasprune_cli.demo:build", "--pruned", str(pruned), "--output", str(sd), "--json"]
+    exported = runner.invoke(app, args)
+    assert exported.exit_code == 0, exported.stderr
+    assert json.loads(exported.stdout)["format"] == "state_dict"
+    assert torch.load(sd, weights_only=True)["fc.weight"].shape[0] == 10
+
+
+@pytest.mark.parametrize("flag", ["--flops", "--params"])
+def test_demo_json_reports_before_and_after(runner: CliRunner, flag: str) -> None:
+    data = run_json(runner, flag, "50%")
+    metrics = data["metrics"]
+    name = flag.lstrip("-")
+    assert 0.45 <= metrics[f"{name}_ratio"] <= 0.50
+    assert metrics["original"]["score"] > 0.9 and metrics["pruned"]["score"] > 0.9  # accuracy before / after
+    assert data["output"] is None
+    assert data["config"] and data["layers"]
+
+
+def test_evolve_searcher_flags(runner: CliRunner) -> None:
+    data = run_json(runner, "--flops", "60%", "--searcher", "evolve", "--iterations", "4", "--population-size", "10")
+    assert data["searcher"] == "evolve"
+    assert data["metrics"]["flops_ratio"] <= 0.60
+    assert data["metrics"]["evaluations"] <= 5
+
+
+# ---- interruption and resume -------------------------------------------------------------------------------
+def _wait_for_write(path: Path, proc: subprocess.Popen, writes: int) -> None:
+    """Wait until `path` has been (re)written `writes` times (os.replace gives each write a new inode)."""
+    seen: set[tuple[int, int]] = set()
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            st = os.stat(path)
+            seen.add((st.st_ino, st.st_mtime_ns))
+        except FileNotFoundError:
+            pass
+        if len(seen) >= writes:
+            return
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"search ended before it could be interrupted: {err[-2000:]}")
+        time.sleep(0.002)
+    proc.kill()
+    raise AssertionError("the checkpoint was never written")
+
+
+@pytest.mark.parametrize(("sig", "writes"), [(signal.SIGINT, 4), (signal.SIGKILL, 1)])
+def test_interrupted_search_resumes_to_the_same_subnet(
+    runner: CliRunner, tmp_path: Path, sig: signal.Signals, writes: int
+) -> None:
+    args = ["--flops", "50%", "--seed", "3"]
+    reference = tmp_path / "reference.pt"
+    uninterrupted = runner.invoke(app, [*DEMO, *args, "--output", str(reference), "--json"])
+    assert uninterrupted.exit_code == 0, uninterrupted.stderr
+    expected = json.loads(uninterrupted.stdout)
+
+    ckpt = tmp_path / "search_state.pt"
+    resumed_out = tmp_path / "resumed.pt"
+    command = [*DEMO, *args, "--checkpoint", str(ckpt), "--output", str(resumed_out), "--json"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nasprune_cli", *command],
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},  # the same thread count as this process: the same numerics
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _wait_for_write(ckpt, proc, writes)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130 and "Error: interrupted" in err
+    else:
+        assert proc.returncode == -signal.SIGKILL
+    assert not resumed_out.exists()
+    state = torch.load(ckpt, weights_only=True)["state"]
+    assert state["done"] is False  # really stopped in the middle
+
+    resumed = runner.invoke(app, command)
+    assert resumed.exit_code == 0, resumed.stderr
+    got = json.loads(resumed.stdout)
+    assert got["config"] == expected["config"]
+    assert got["metrics"] == expected["metrics"]
+    a = torch.load(reference, weights_only=True)["state_dict"]
+    b = torch.load(resumed_out, weights_only=True)["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---- errors ------------------------------------------------------------------------------------------------
+def test_unsatisfiable_budget(runner: CliRunner) -> None:
+    result = runner.invoke(app, [*DEMO, "--flops", "1%"])
+    assert_one_error(result, "constraints cannot be met: flops <= ", "smallest subnet has", "nasprune profile")
+
+
+def test_no_budget(runner: CliRunner) -> None:
+    assert_one_error(runner.invoke(app, DEMO), "no constraints: pass --flops and/or --params")
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (
+            ["--model", "np_no_such_module:build"],
+            "model 'np_no_such_module:build': module 'np_no_such_module' not found",
+        ),
+        (["--score", "nasprune_cli.demo:acc"], "score 'nasprune_cli.demo:acc': module 'nasprune_cli.demo' has no"),
+        (["--data", "np_nope:data"], "data 'np_nope:data': module 'np_nope' not found"),
+        (["--collect", "nasprune_cli.demo"], "collect 'nasprune_cli.demo': expected 'pkg.module:attr'"),
+    ],
+)
+def test_bad_entry_points(runner: CliRunner, args: list[str], fragment: str) -> None:
+    base = ["search", "--model", "nasprune_cli.demo:build", "--recipe", DEMO_RECIPE, "--flops", "50%"]
+    if args[0] == "--model":
+        base[2] = args[1]
+        args = []
+    assert_one_error(runner.invoke(app, [*base, *args]), fragment)
+
+
+@pytest.mark.parametrize(
+    ("fn", "fragment"),
+    [
+        ("nan_score", "score function 'np_search_helpers:nan_score' returned nan, expected a finite float"),
+        ("text_score", "score function 'np_search_helpers:text_score' returned str 'high', expected a float"),
+    ],
+)
+def test_bad_score_values(runner: CliRunner, helpers: Path, fn: str, fragment: str) -> None:
+    result = runner.invoke(app, [*DEMO, "--flops", "50%", "--score", f"np_search_helpers:{fn}"])
+    assert_one_error(result, fragment)
+
+
+def test_foreign_checkpoint_is_refused(runner: CliRunner, tmp_path: Path) -> None:
+    ckpt = tmp_path / "search_state.pt"
+    first = runner.invoke(app, [*DEMO, "--flops", "50%", "--checkpoint", str(ckpt)])
+    assert first.exit_code == 0, first.stderr
+    other = runner.invoke(app, [*DEMO, "--flops", "40%", "--checkpoint", str(ckpt)])
+    assert_one_error(other, f"{ckpt}: this checkpoint belongs to a different search (constraints.flops ")
+    seed = runner.invoke(app, [*DEMO, "--flops", "50%", "--seed", "7", "--checkpoint", str(ckpt)])
+    assert_one_error(seed, "different search (settings.seed (0 in the checkpoint vs 7 now)")
+
+
+def test_export_errors(runner: CliRunner, tmp_path: Path) -> None:
+    missing = runner.invoke(app, ["export", "--pruned", str(tmp_path / "nope.pt"), "--output", str(tmp_path / "m")])
+    assert_one_error(missing, "nope.pt: pruned-model file not found")
+    other = tmp_path / "other.pt"
+    torch.save({"kind": "something-else"}, other)
+    wrong = runner.invoke(app, ["export", "--pruned", str(other), "--output", str(tmp_path / "m")])
+    assert_one_error(wrong, "not a nasprune pruned-model file (kind 'something-else'")
+    bad_format = runner.invoke(
+        app, ["export", "--pruned", str(other), "--output", str(tmp_path / "m"), "--format", "tflite"]
+    )
+    assert_one_error(bad_format, "--format: unknown format 'tflite'")

@@ -1,0 +1,188 @@
+"""search() / restore() / export on real search spaces: the digits demo, toys and resnet18 (small inputs)."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+from nasprune_cli.api_search import config_keys, restore, search
+from nasprune_cli.checkpoint import load_pruned, save_pruned, write_deployable
+from nasprune_cli.conversion import convert
+from nasprune_cli.demo import DigitsResNet, build, score
+from nasprune_cli.dynamic import is_dynamic
+from nasprune_cli.errors import LoadError, SearchError
+from nasprune_cli.metrics.flops import count_params, fvcore_flops
+from nasprune_cli.recipe.load import load_recipe
+from tests.toys import TOYS, Residual
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = load_recipe(ROOT / "recipes" / "demo.yaml")
+DIGIT = torch.zeros(1, 1, 8, 8)
+
+
+def demo_search(constraints: dict, **config: object) -> tuple[torch.nn.Module, dict]:
+    config = {"recipe": DEMO, "model_spec": {"entry_point": "nasprune_cli.demo:build", "kwargs": {}}, **config}
+    return search(build(), constraints, None, config)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny convolutions: a second torch thread mostly waits (and is far slower on a busy two-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def flops_half() -> tuple[torch.nn.Module, dict]:
+    return demo_search({"flops": "50%"})
+
+
+@pytest.mark.parametrize("name", ["flops", "params"])
+def test_demo_at_half_budget_lands_between_45_and_50_percent(name: str, flops_half: tuple) -> None:
+    pruned, state = flops_half if name == "flops" else demo_search({"params": "50%"})
+    original = build()
+    measured = {"flops": fvcore_flops(pruned, DIGIT), "params": count_params(pruned)}[name]
+    reference = {"flops": fvcore_flops(original, DIGIT), "params": count_params(original)}[name]
+    assert 0.45 <= measured / reference <= 0.50
+    metrics = state["summary"]["metrics"]
+    assert metrics["pruned"][name] == measured and metrics["original"][name] == reference
+    assert metrics["original"]["score"] == pytest.approx(score(original), abs=0.01)
+    assert metrics["pruned"]["score"] == pytest.approx(score(pruned))  # accuracy after, as reported
+    assert metrics["pruned"]["score"] > 0.9
+    assert metrics["score_name"] == "nasprune_cli.demo:score"
+    assert state["summary"]["layers"] and all(r["kept"] <= r["original"] for r in state["summary"]["layers"])
+
+
+def test_same_seed_same_pruned_model(flops_half: tuple) -> None:
+    pruned, state = flops_half
+    again, state2 = demo_search({"flops": "50%"})
+    assert state2["summary"]["config"] == state["summary"]["config"]
+    for (k, a), (_, b) in zip(pruned.state_dict().items(), again.state_dict().items(), strict=True):
+        assert torch.equal(a, b), k
+
+
+def test_restore_rebuilds_the_exported_model(tmp_path: Path, flops_half: tuple) -> None:
+    pruned, state = flops_half
+    path = tmp_path / "pruned.pt"
+    save_pruned(path, pruned, state)
+    data = load_pruned(path)
+    assert data["model"] == {"entry_point": "nasprune_cli.demo:build", "kwargs": {}}
+    assert data["input"] == {"shape": [1, 1, 8, 8], "dtype": "float32"}
+    fresh = DigitsResNet()  # untrained: every weight comes from the file
+    rebuilt = restore(fresh, path)
+    assert not any(is_dynamic(m) for m in rebuilt.modules())
+    x = torch.randn(16, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(rebuilt.eval()(x), pruned.eval()(x))
+    from_spec = restore(None, path)  # built from the stored entry point
+    with torch.no_grad():
+        assert torch.equal(from_spec.eval()(x), pruned(x))
+
+
+def test_exported_onnx_matches_torch(tmp_path: Path, flops_half: tuple) -> None:
+    pytest.importorskip("onnxruntime")
+    import onnxruntime as ort
+
+    pruned, _ = flops_half
+    path = tmp_path / "model.onnx"
+    result = write_deployable(pruned, path, "onnx", torch.randn(1, 1, 8, 8))
+    assert result["max_abs_diff"] < 1e-4
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = torch.randn(5, 1, 8, 8)  # another batch size: the batch axis is dynamic
+    (got,) = session.run(None, {"input": x.numpy()})
+    with torch.no_grad():
+        assert torch.allclose(torch.from_numpy(got), pruned.eval()(x), atol=1e-4)
+
+
+@pytest.mark.parametrize("searcher", ["evolve", "random"])
+def test_population_searchers_meet_constraints_on_resnet18(searcher: str) -> None:
+    model = torchvision.models.resnet18()
+    config = {
+        "searcher": searcher,
+        "iterations": 6,
+        "population_size": 3,
+        "candidate_size": 2,
+        "mutation_size": 1,
+        "crossover_size": 1,
+        "max_batches": 1,
+    }
+    with pytest.warns(UserWarning, match="no --data given"):
+        pruned, state = search(model, {"flops": "60%", "params": "70%"}, torch.randn(1, 3, 32, 32), config)
+    bounds = state["summary"]["constraints"]
+    assert fvcore_flops(pruned, torch.randn(1, 3, 32, 32)) <= bounds["flops"]
+    assert count_params(pruned) <= bounds["params"]
+    assert len(state["history"]) == 6
+    assert state["summary"]["metrics"]["original"]["score"] == pytest.approx(1.0)  # default score of the original
+    assert state["evaluations"] <= 7
+
+
+def test_binary_on_a_converted_space_with_default_score() -> None:
+    torch.manual_seed(0)
+    dummy = torch.randn(1, 3, 16, 16)
+    space = convert(Residual(), None, dummy)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pruned, state = search(space, {"flops": "40%"}, None, {"max_batches": 2})
+    assert fvcore_flops(pruned, dummy) <= 0.4 * space.original_cost.flops
+    assert state["summary"]["metrics"]["pruned"]["score"] <= 1.0
+    assert space.config() == state["summary"]["config"]
+
+
+AUTONAS = load_recipe(
+    ROOT / "recipes" / "autonas.yaml",
+    {"rules": {"nn.Conv2d": {"*": {"kernel_size": [1, 3]}}}, "input": {"shape": [1, 3, 16, 16]}},
+)
+
+
+@pytest.mark.parametrize(
+    ("toy", "mode"), [*((name, "fastnas") for name in TOYS), ("chain", "autonas"), ("residual", "autonas")]
+)
+def test_search_then_restore_on_every_toy(tmp_path: Path, toy: str, mode: str) -> None:
+    make, shape = TOYS[toy]
+    torch.manual_seed(0)
+    dummy = torch.randn(*shape)
+    config = {"max_batches": 2, "recipe": AUTONAS if mode == "autonas" else None}
+    if mode == "autonas":
+        config.update(searcher="evolve", iterations=4, population_size=4, candidate_size=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pruned, state = search(make(), {"flops": "70%"}, dummy, config)
+    assert fvcore_flops(pruned, dummy) <= state["summary"]["constraints"]["flops"]
+    path = tmp_path / "pruned.pt"
+    save_pruned(path, pruned, state)
+    torch.manual_seed(1)  # another initialisation: every weight must come from the file
+    rebuilt = restore(make(), path, dummy_input=dummy)
+    x = torch.randn(*shape)
+    with torch.no_grad():
+        assert torch.allclose(rebuilt.eval()(x), pruned.eval()(x))
+
+
+def test_unsatisfiable_constraints_fail_before_any_score_evaluation() -> None:
+    calls = []
+    with pytest.raises(
+        SearchError, match=r"constraints cannot be met: flops <= .*smallest subnet has .*nasprune profile"
+    ):
+        demo_search({"flops": "1%"}, score=lambda m: calls.append(1) or 1.0)
+    assert calls == []
+
+
+def test_nan_score_and_bad_entry_points() -> None:
+    with pytest.raises(SearchError, match=r"score function '.*<lambda>' returned nan"):
+        demo_search({"flops": "50%"}, score=lambda m: float("nan"))
+    with pytest.raises(LoadError, match="score 'nasprune_cli.demo:nope': module 'nasprune_cli.demo' has no attribute"):
+        demo_search({"flops": "50%"}, score="nasprune_cli.demo:nope")
+
+
+def test_config_keys_are_checked() -> None:
+    assert {"score_func", "data_loader", "checkpoint", "fill", "seed"} <= set(config_keys())
+    with pytest.raises(SearchError, match="search config: unknown key 'scor'"):
+        demo_search({"flops": "50%"}, scor=None)
+    with pytest.raises(SearchError, match="no constraints"):
+        search(build(), {}, DIGIT, {})

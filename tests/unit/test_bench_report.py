@@ -1,0 +1,127 @@
+"""bench/report.py renders BENCHMARKS.md from the bench JSON results (no peers needed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bench.report import load_results, main, render
+
+MACHINE = {"cpu": "Test CPU", "cores": 2, "torch": "2.x", "torch_threads": 1, "load_avg_1m": 0.1}
+
+
+def _quality() -> dict:
+    def row(method: str, target: float, ratio: float, pruned: float, tuned: float) -> dict:
+        return {
+            "method": method,
+            "target_pct": target,
+            "flops_ratio": ratio,
+            "test_acc_pruned": pruned,
+            "test_acc_finetuned": tuned,
+            "search_s": 1.5,
+            "score_evaluations": 10,
+            "narrowest_layer": "conv1 8/16",
+        }
+
+    return {
+        "name": "quality",
+        "command": "python bench/quality.py",
+        "date": "2026-01-01 00:00 UTC",
+        "machine": MACHINE,
+        "settings": {
+            "input": [1, 1, 8, 8],
+            "epochs": 12,
+            "divisor": 8,
+            "score": "validation accuracy",
+            "calib_batches": 8,
+            "finetune_epochs": 2,
+        },
+        "baseline": {"flops": 2.5e6, "params": 272186, "val_acc": 0.98, "test_acc": 0.983, "train_s": 10.0},
+        "rows": [
+            row("nasprune", 50.0, 0.49, 0.95, 0.97),
+            row("modelopt", 50.0, 0.48, 0.94, 0.96),
+            row("torch-pruning", 50.0, 0.45, 0.90, 0.965),
+        ],
+    }
+
+
+def _overhead() -> dict:
+    def run(seconds: float, rss: float) -> dict:
+        return {
+            "search_s": seconds,
+            "score_calls": 80,
+            "score_forward_s": 1.0,
+            "rss_before_mb": 500.0,
+            "rss_peak_mb": rss,
+            "flops_ratio": 0.6,
+        }
+
+    return {
+        "name": "overhead",
+        "command": "python bench/overhead.py",
+        "date": "d",
+        "machine": MACHINE,
+        "settings": {"size": 224, "budget": "60%", "repeats": 1, "score": "-MSE", "calib_batches": 1},
+        "rows": [{"model": "resnet18", "nasprune": run(4.0, 600.0), "modelopt": run(10.0, 700.0), "time_ratio": 0.4}],
+        "profiles": {
+            "nasprune": {
+                "model": "resnet18",
+                "total_s": 4.0,
+                "by_self_time": [{"function": "torch.conv2d", "calls": 3, "self_s": 2.0, "cum_s": 2.0}],
+            }
+        },
+    }
+
+
+def _latency() -> dict:
+    return {
+        "name": "latency",
+        "command": "python bench/latency.py",
+        "date": "d",
+        "machine": MACHINE,
+        "settings": {"flops": 60.0, "batches": [1], "threads": 1, "warmup": 2, "repeats": 20, "repeats_large": 3},
+        "rows": [
+            {
+                "model": "resnet18",
+                "input": 224,
+                "gflops": 1.8,
+                "flops_ratio": 0.6,
+                "b1": {"original_ms": 10.0, "pruned_ms": 6.5, "latency_ratio": 0.65, "latency_over_flops": 1.08},
+            },
+            {"model": "vit_b_16", "input": 224, "error": "TraceError: boom"},
+        ],
+    }
+
+
+def test_render_has_every_table_and_goal_checks() -> None:
+    text = render({"quality": _quality(), "overhead": _overhead(), "latency": _latency()}, notes="## Notes\nhello")
+    assert "## 1. Quality at equal FLOPs" in text
+    assert "**Target 50% FLOPs**" in text
+    assert "Goal check (met)" in text  # 0.49 is within 95-100% of 50% and nasprune beats both peers
+    assert "| modelopt fastnas | 0.480 | 94.0% | 96.0% |" in text
+    assert "**0.40x**" in text
+    assert "`torch.conv2d`" in text
+    assert "| resnet18 | 224 | 1.80 | 0.600 | 10.0 -> 6.5 | 0.650 | 1.08 |" in text
+    assert "Goal met (every batch size) for 1 of 1 models." in text
+    assert "- vit_b_16: TraceError: boom" in text
+    assert "| resnet18 | - | 600 / 700 | 100 / 200 | yes |" in text
+    assert "Test CPU, 2 cores" in text
+    assert text.rstrip().endswith("hello")
+
+
+def test_quality_goal_not_met_when_a_peer_is_better_after_fine_tune() -> None:
+    data = _quality()
+    data["rows"][2]["test_acc_finetuned"] = 0.99
+    text = render({"quality": data})
+    assert "Goal check (NOT met)" in text
+    assert "after fine-tune -2.0 pts" in text
+
+
+def test_main_writes_markdown_from_a_results_dir(tmp_path: Path) -> None:
+    (tmp_path / "quality_quick.json").write_text(json.dumps(_quality()))
+    out = tmp_path / "B.md"
+    assert main(["--results", str(tmp_path), "--suffix", "_quick", "--output", str(out), "--notes", "none"]) == 0
+    text = out.read_text()
+    assert "## 1. Quality at equal FLOPs" in text
+    assert "## 2. Search overhead\n\nNot run." in text
+    assert set(load_results(tmp_path, "_quick")) == {"quality"}

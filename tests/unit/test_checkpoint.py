@@ -1,0 +1,116 @@
+"""Atomic writes and weights_only reads of search states and pruned-model files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from nasprune_cli.checkpoint import (
+    atomic_save,
+    load_pruned,
+    load_search_state,
+    save_pruned,
+    save_search_state,
+    write_deployable,
+)
+from nasprune_cli.errors import CheckpointError
+
+FP = {"model": {"entry_point": "pkg:build"}, "constraints": {"flops": 1.0}}
+
+
+def test_search_state_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / "state.pt"
+    state = {"sensitivity_map": {"h": {8: 0.5}}, "rng": [3, [1, 2], None], "best": None, "history": [{"a": 1.0}]}
+    save_search_state(path, state, FP)
+    assert load_search_state(path, FP) == state
+    assert not list(tmp_path.glob(".*"))  # no temporary file left behind
+    assert load_search_state(tmp_path / "missing.pt", FP) is None
+
+
+def test_foreign_search_state_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "state.pt"
+    save_search_state(path, {"x": 1}, FP)
+    other = {"model": {"entry_point": "pkg:other"}, "constraints": {"flops": 1.0}}
+    with pytest.raises(CheckpointError, match=r"different search \(model.entry_point .*pkg:build.* vs .*pkg:other"):
+        load_search_state(path, other)
+
+
+def test_wrong_kind_corrupt_and_unsafe_files_are_refused(tmp_path: Path) -> None:
+    pruned_like = tmp_path / "p.pt"
+    torch.save({"kind": "nasprune-pruned", "format_version": 1}, pruned_like)
+    with pytest.raises(CheckpointError, match="not a nasprune search checkpoint \\(kind 'nasprune-pruned'"):
+        load_search_state(pruned_like, FP)
+    corrupt = tmp_path / "c.pt"
+    corrupt.write_bytes(b"not a torch file")
+    with pytest.raises(CheckpointError, match="c.pt: not a readable nasprune search checkpoint"):
+        load_search_state(corrupt, FP)
+    unsafe = tmp_path / "u.pt"
+    torch.save({"kind": "nasprune-search-state", "obj": nn.Linear(1, 1)}, unsafe)
+    with pytest.raises(CheckpointError, match="u.pt: not a readable"):
+        load_search_state(unsafe, FP)
+    future = tmp_path / "f.pt"
+    torch.save({"kind": "nasprune-search-state", "format_version": 99}, future)
+    with pytest.raises(CheckpointError, match="unsupported format_version 99"):
+        load_search_state(future, FP)
+
+
+def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path: Path) -> None:
+    path = tmp_path / "x.pt"
+    atomic_save({"v": 1}, path)
+
+    class Unpicklable:
+        def __reduce__(self):  # noqa: ANN204
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        atomic_save({"v": Unpicklable()}, path)
+    assert torch.load(path, weights_only=True) == {"v": 1}
+    assert not list(tmp_path.glob(".*"))
+    with pytest.raises(CheckpointError, match="does not exist"):
+        atomic_save({}, tmp_path / "nope" / "x.pt")
+
+
+def summary_state() -> dict:
+    return {
+        "summary": {
+            "model": {"entry_point": "pkg:build", "kwargs": {}},
+            "recipe": None,
+            "input": {"shape": [1, 4], "dtype": "float32"},
+            "config": {"h": 2},
+            "metrics": {"original": {"flops": 8.0}},
+        }
+    }
+
+
+def test_pruned_file_round_trip_and_overwrite(tmp_path: Path) -> None:
+    path = tmp_path / "pruned.pt"
+    model = nn.Linear(4, 2)
+    save_pruned(path, model, summary_state())
+    data = load_pruned(path)
+    assert data["config"] == {"h": 2} and data["model"]["entry_point"] == "pkg:build"
+    assert torch.equal(data["state_dict"]["weight"], model.weight)
+    with pytest.raises(CheckpointError, match="pruned.pt: already exists \\(pass --overwrite"):
+        save_pruned(path, model, summary_state())
+    save_pruned(path, nn.Linear(4, 2), summary_state(), overwrite=True)
+    with pytest.raises(CheckpointError, match="not the state returned by nasprune_cli.search"):
+        save_pruned(tmp_path / "other.pt", model, {"best": {}})
+
+
+@pytest.mark.parametrize("fmt", ["state_dict", "torchscript", "onnx"])
+def test_write_deployable(tmp_path: Path, fmt: str) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(64, 2)).eval()
+    path = tmp_path / f"m.{fmt}"
+    result = write_deployable(model, path, fmt, torch.randn(1, 3, 6, 6))
+    assert path.is_file() and result["format"] == fmt
+    if fmt == "state_dict":
+        assert set(torch.load(path, weights_only=True)) == set(model.state_dict())
+    else:
+        assert result["max_abs_diff"] < 1e-4
+    with pytest.raises(CheckpointError, match="already exists"):
+        write_deployable(model, path, fmt, torch.randn(1, 3, 6, 6))
+    with pytest.raises(CheckpointError, match="unknown format 'tflite'"):
+        write_deployable(model, tmp_path / "m.x", "tflite", torch.randn(1, 3, 6, 6))
