@@ -60,8 +60,7 @@ def run_nasprune(
     model: nn.Module, flops_pct: float, score: task.CountingScore, calib: list, divisor: int, fill: bool
 ) -> Pruned:
     """nasprune_cli.search (FastNAS binary searcher) under a FLOPs budget given as a percentage."""
-    # not `nasprune_cli.search`: once the subpackage nasprune_cli.search is imported it shadows the lazy function
-    from nasprune_cli.api_search import search
+    from nasprune_cli import search
 
     config = {
         "recipe": nasprune_recipe(divisor),

@@ -13,9 +13,9 @@ from torch import nn
 from nasprune_cli.constraints import Cost, parse_constraints, satisfies
 from nasprune_cli.errors import CheckpointError, LoadError, NasPruneError, SearchError
 from nasprune_cli.metrics.score import DEFAULT_SCORE_NAME, Evaluator, callable_name, load_batches, random_batches
-from nasprune_cli.search import searcher_class
-from nasprune_cli.search.base import unsatisfiable_message
-from nasprune_cli.search.state import SearchSettings, fingerprint
+from nasprune_cli.searchers import searcher_class
+from nasprune_cli.searchers.base import unsatisfiable_message
+from nasprune_cli.searchers.state import SearchSettings, fingerprint
 
 _DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16", torch.int64: "int64"}
 # modelopt's names for the same settings are accepted too

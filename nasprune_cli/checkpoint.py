@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from nasprune_cli.errors import CheckpointError
-from nasprune_cli.search.state import digest, fingerprint_difference
+from nasprune_cli.searchers.state import digest, fingerprint_difference
 
 STATE_KIND = "nasprune-search-state"
 PRUNED_KIND = "nasprune-pruned"

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from nasprune_cli.errors import SearchError
-from nasprune_cli.search.state import (
+from nasprune_cli.searchers.state import (
     SearchSettings,
     config_key,
     digest,

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 from nasprune_cli.checkpoint import load_search_state, save_search_state
 from nasprune_cli.constraints import Cost, satisfies
 from nasprune_cli.errors import SearchError
-from nasprune_cli.search.state import SearchSettings, rng_state, set_rng_state
+from nasprune_cli.searchers.state import SearchSettings, rng_state, set_rng_state
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 

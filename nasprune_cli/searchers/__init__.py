@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import importlib
 
-from nasprune_cli.search.state import SEARCHERS, SearchSettings
+from nasprune_cli.searchers.state import SEARCHERS, SearchSettings
 
 _CLASSES = {
-    "binary": ("nasprune_cli.search.binary", "BinarySearcher"),
-    "evolve": ("nasprune_cli.search.evolve", "EvolveSearcher"),
-    "random": ("nasprune_cli.search.random", "RandomSearcher"),
+    "binary": ("nasprune_cli.searchers.binary", "BinarySearcher"),
+    "evolve": ("nasprune_cli.searchers.evolve", "EvolveSearcher"),
+    "random": ("nasprune_cli.searchers.random", "RandomSearcher"),
 }
 
 __all__ = ["SEARCHERS", "SearchSettings", "searcher_class"]

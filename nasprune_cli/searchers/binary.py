@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from nasprune_cli.search.base import Searcher
+from nasprune_cli.searchers.base import Searcher
 
 
 class BinarySearcher(Searcher):
