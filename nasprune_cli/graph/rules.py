@@ -526,6 +526,14 @@ def view(ctx: TraceContext, name: str, args: tuple, kwargs: dict, out: Any) -> N
         if len(out_dims) != 1:
             ctx.freeze(lab, f"'{name}' splits the channel dim {tuple(x.shape)} -> {tuple(out.shape)} at {ctx.where()}")
             return ctx.set_outputs(out, None)
+        literal = _literal_size(name, args, kwargs, out_dims[0])
+        if literal is not None:
+            ctx.freeze(
+                lab,
+                f"'{name}' gives the channel dim a fixed size ({literal}) at {ctx.where()}; it would be stale once "
+                "channels are removed (write -1 or flatten())",
+            )
+            return ctx.set_outputs(out, None)
         sizes = [x.shape[d] for d in in_dims]
         shape = [1] * len(in_dims)
         shape[in_dims.index(lab.dim)] = x.shape[lab.dim]
@@ -534,6 +542,20 @@ def view(ctx: TraceContext, name: str, args: tuple, kwargs: dict, out: Any) -> N
     # the channel dim had size 1 and vanished
     ctx.freeze(lab, f"'{name}' drops the channel dim at {ctx.where()}")
     ctx.set_outputs(out, None)
+
+
+def _literal_size(name: str, args: tuple, kwargs: dict, out_dim: int) -> int | None:
+    """The size a view/reshape call spells out for output dim `out_dim` (None: -1, or derived by torch)."""
+    if name not in ("view", "reshape"):
+        return None  # flatten / unflatten of other dims / *_as derive the merged size themselves
+    shape: Any = kwargs.get("shape", kwargs.get("size"))
+    if shape is None:
+        rest = args[1:]
+        shape = rest[0] if len(rest) == 1 and isinstance(rest[0], (list, tuple, torch.Size)) else rest
+    if not isinstance(shape, (list, tuple, torch.Size)) or out_dim >= len(shape):
+        return None  # view(dtype) and the like
+    size = shape[out_dim]
+    return None if isinstance(size, int) and size == -1 else int(size)
 
 
 def _reshape_groups(src: list[int], dst: list[int]) -> list[tuple[list[int], list[int]]]:

@@ -198,3 +198,36 @@ def test_trace_leaves_hooks_and_modes_as_they_were() -> None:
 )
 def test_reshape_groups(src: list[int], dst: list[int], expected: list) -> None:
     assert _reshape_groups(src, dst) == expected
+
+
+class _Reshaper(nn.Module):
+    """A conv whose output is reshaped with the given shape function (x -> shape args), then read by a linear."""
+
+    def __init__(self, shape_of) -> None:  # noqa: ANN001
+        super().__init__()
+        self.a = nn.Conv2d(3, 64, 3, padding=1)
+        self.fc = nn.Linear(64 * 16, 10)
+        self.shape_of = shape_of
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.a(x)
+        return self.fc(y.reshape(*self.shape_of(y)).flatten(1))
+
+
+@pytest.mark.parametrize(
+    ("shape_of", "reason"),
+    [
+        (lambda y: (y.shape[0], -1), None),  # channels merged into a -1 dim follow the pruned width
+        (lambda y: (2, -1, 16), None),
+        (lambda y: (2, 64, 16), "fixed size"),  # a literal channel count would be stale once channels are removed
+        (lambda y: (2, 64 * 16), "fixed size"),  # VGG-style literal flatten size
+        (lambda y: [2, 32, 32], "splits the channel dim"),
+    ],
+)
+def test_reshape_with_a_literal_channel_size_freezes(shape_of, reason: str | None) -> None:  # noqa: ANN001
+    gmap = build_groups(trace_model(_Reshaper(shape_of), torch.randn(2, 3, 4, 4)))
+    group = next(g for g in gmap.groups if g.name == "a.out_channels")
+    if reason is None:
+        assert group.frozen_reason is None
+    else:
+        assert reason in (group.frozen_reason or ""), group.frozen_reason
