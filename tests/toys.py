@@ -210,6 +210,28 @@ class Attention(nn.Module):
         return self.head(x[:, 0])
 
 
+class Windowed(nn.Module):
+    """MaxViT-style window partition: the model reads its channel count and reshapes with it (still prunable)."""
+
+    def __init__(self, p: int = 4) -> None:
+        super().__init__()
+        self.p = p
+        self.stem = cbr(3, 64)
+        self.norm = nn.LayerNorm(64)
+        self.mlp = nn.Sequential(nn.Linear(64, 96), nn.GELU(), nn.Linear(96, 64))
+        self.head = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        b, c, h, w = x.shape
+        p = self.p
+        y = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1).reshape(b, (h // p) * (w // p), p * p, c)
+        y = y + self.mlp(self.norm(y))
+        _, _, _, c2 = y.shape
+        y = y.reshape(b, h // p, w // p, p, p, c2).permute(0, 5, 1, 3, 2, 4).reshape(b, c2, h, w)
+        return self.head(y.mean((2, 3)))
+
+
 class Norms(nn.Module):
     """GroupNorm, InstanceNorm and 1-d / 3-d / transposed convs."""
 
@@ -246,5 +268,6 @@ TOYS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "shuffle": (Shuffle, (2, 3, 16, 16)),
     "attention": (Attention, (2, 8, 16)),
     "norms": (Norms, (2, 3, 32)),
+    "windowed": (Windowed, (2, 3, 16, 16)),
     "grouped_uniform": (GroupedUniform, (2, 3, 16, 16)),
 }

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from nasprune_cli.graph.labels import Lab, fixed_vec
+from nasprune_cli.graph.watch import WatchedInt, WatchedSize, use_all, watched_ints
 
 if TYPE_CHECKING:
     from nasprune_cli.graph.trace import TraceContext
@@ -517,21 +518,29 @@ def view(ctx: TraceContext, name: str, args: tuple, kwargs: dict, out: Any) -> N
     """view/reshape/flatten: merging the channel dim with others is safe; splitting it is not."""
     x = args[0]
     lab = ctx.lab(x)
+    watched = list(watched_ints((args[1:], kwargs)))
     if lab is None or not isinstance(out, torch.Tensor):
+        use_all(watched)
         return ctx.set_outputs(out, None)
     groups = _reshape_groups(list(x.shape), list(out.shape))
     for in_dims, out_dims in groups:
         if lab.dim not in in_dims:
             continue
         if len(out_dims) != 1:
+            use_all(watched)
             ctx.freeze(lab, f"'{name}' splits the channel dim {tuple(x.shape)} -> {tuple(out.shape)} at {ctx.where()}")
             return ctx.set_outputs(out, None)
         literal = _literal_size(name, args, kwargs, out_dims[0])
+        if isinstance(literal, WatchedInt) and len(in_dims) == 1 and torch.equal(literal.origin.vec, lab.vec):
+            # the count was read from this tensor's own channels: the pruned model reads the pruned count there
+            watched = [w for w in watched if w is not literal]
+            literal = None
+        use_all(watched)
         if literal is not None:
             ctx.freeze(
                 lab,
-                f"'{name}' gives the channel dim a fixed size ({literal}) at {ctx.where()}; it would be stale once "
-                "channels are removed (write -1 or flatten())",
+                f"'{name}' gives the channel dim a fixed size ({int.__int__(literal)}) at {ctx.where()}; it would be "
+                "stale once channels are removed (write -1 or flatten())",
             )
             return ctx.set_outputs(out, None)
         sizes = [x.shape[d] for d in in_dims]
@@ -540,6 +549,7 @@ def view(ctx: TraceContext, name: str, args: tuple, kwargs: dict, out: Any) -> N
         vec = lab.vec.view(shape).expand(sizes).reshape(-1)
         return ctx.set_outputs(out, Lab(out_dims[0], vec))
     # the channel dim had size 1 and vanished
+    use_all(watched)
     ctx.freeze(lab, f"'{name}' drops the channel dim at {ctx.where()}")
     ctx.set_outputs(out, None)
 
@@ -554,8 +564,10 @@ def _literal_size(name: str, args: tuple, kwargs: dict, out_dim: int) -> int | N
         shape = rest[0] if len(rest) == 1 and isinstance(rest[0], (list, tuple, torch.Size)) else rest
     if not isinstance(shape, (list, tuple, torch.Size)) or out_dim >= len(shape):
         return None  # view(dtype) and the like
-    size = shape[out_dim]
-    return None if isinstance(size, int) and size == -1 else int(size)
+    size = tuple.__getitem__(tuple(shape), out_dim)
+    if isinstance(size, WatchedInt):
+        return size
+    return None if size == -1 else int(size)
 
 
 def _reshape_groups(src: list[int], dst: list[int]) -> list[tuple[list[int], list[int]]]:
@@ -677,55 +689,25 @@ def roll_flip(ctx: TraceContext, name: str, args: tuple, kwargs: dict, out: Any)
     ctx.set_outputs(out, lab)
 
 
-class WatchedSize(tuple):
-    """x.shape of a tensor with channels: reading the channel entry into Python freezes the channels."""
-
-    def __new__(cls, size: torch.Size, channel_dim: int, on_read: Callable[[], None]) -> WatchedSize:
-        obj = super().__new__(cls, tuple(size))
-        obj._channel_dim = channel_dim
-        obj._on_read = on_read
-        return obj
-
-    def __getitem__(self, idx: Any) -> Any:
-        positions = range(len(self))[idx]
-        if self._channel_dim in (positions if isinstance(positions, range) else [positions]):
-            self._on_read()
-        return tuple.__getitem__(self, idx) if not isinstance(idx, slice) else torch.Size(tuple.__getitem__(self, idx))
-
-    def __iter__(self):  # noqa: ANN204 - unpacking `n, c, h, w = x.shape` reads every entry
-        self._on_read()
-        return tuple.__iter__(self)
-
-    def __eq__(self, other: object) -> bool:
-        self._on_read()
-        return tuple.__eq__(self, other)
-
-    def __ne__(self, other: object) -> bool:
-        return not self.__eq__(other)
-
-    __hash__ = tuple.__hash__
-
-    def numel(self) -> int:
-        """Product of the sizes (reads the channel count)."""
-        self._on_read()
-        return torch.Size(self).numel()
-
-
 def size_read(ctx: TraceContext, name: str, args: tuple, kwargs: dict, out: Any) -> Any:
-    """Reading the channel count into Python (x.shape[1], x.size(1)) freezes it: a Python int cannot be tracked."""
+    """Reading the channel count (x.shape, x.size(1)) gives a WatchedInt: using it freezes the channels."""
     x = args[0]
     lab = ctx.lab(x)
     if lab is None:
         return None
-    reason = f"the model reads its channel count into Python ({name}) at {ctx.where()}"
+    where = ctx.where()
+    reason = f"the model computes with its channel count (read by {name} at {where})"
+
+    def on_use() -> None:
+        ctx.freeze(lab, reason)
+
     dim = _arg(args, kwargs, 1, "dim") if name == "size" else None
     if name in ("shape.__get__", "size") and dim is None and isinstance(out, torch.Size):
-        return WatchedSize(out, lab.dim, lambda: ctx.freeze(lab, reason))
-    reads_channels = name in ("numel", "nelement") or (name == "__len__" and lab.dim == 0)
+        return WatchedSize(out, lab.dim, lab, on_use)
     if dim is not None and _norm_dim(int(dim), x.dim()) == lab.dim:
-        reads_channels = True
-    if reads_channels:
-        ctx.freeze(lab, reason)
+        return WatchedInt(int(out), lab, on_use)
+    if name in ("numel", "nelement") or (name == "__len__" and lab.dim == 0):
+        on_use()
     return None
 
 

@@ -18,6 +18,9 @@ from nasprune_cli.errors import TraceError
 from nasprune_cli.graph.labels import ChannelBook, Lab
 from nasprune_cli.graph.layers import ATOMIC_TYPES, handle_layer
 from nasprune_cli.graph.rules import TABLE, unknown
+from nasprune_cli.graph.watch import use_all, watched_ints
+
+_WATCH_AWARE = frozenset(("view", "reshape"))  # rules that decide themselves which channel counts are used
 
 
 @dataclass
@@ -169,6 +172,8 @@ class TraceContext:
             name = _canonical(func)
             self._name_cache[func] = name
         has_labels = any(self.lab(t) is not None for t in _flat_tensors(args, kwargs))
+        if name not in _WATCH_AWARE or not has_labels:  # a channel count passed to a torch function is used by it
+            use_all(watched_ints((args, kwargs)))
         if not has_labels:
             self.set_outputs(out, None)
             return out

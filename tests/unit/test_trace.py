@@ -231,3 +231,70 @@ def test_reshape_with_a_literal_channel_size_freezes(shape_of, reason: str | Non
         assert group.frozen_reason is None
     else:
         assert reason in (group.frozen_reason or ""), group.frozen_reason
+
+
+class _ShapeUser(nn.Module):
+    """conv a -> fn(y) -> conv b: `fn` reads the channel count of y in some way."""
+
+    def __init__(self, fn) -> None:  # noqa: ANN001
+        super().__init__()
+        self.a = nn.Conv2d(3, 64, 3, padding=1)
+        self.b = nn.Conv2d(64, 10, 1)
+        self.fn = fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(self.fn(self.a(x)))
+
+
+def _reshape_own_count(y: torch.Tensor) -> torch.Tensor:
+    b, c, h, w = y.shape
+    return F.relu(y.reshape(b, c, h * w)).reshape(b, c, h, w)
+
+
+def _channels_last_unused_count(y: torch.Tensor) -> torch.Tensor:
+    z = y.permute(0, 2, 3, 1)
+    h, w, _ = z.shape[-3:]  # the channel entry is read but never used
+    return z.reshape(-1, h, w, z.shape[-1]).permute(0, 3, 1, 2)
+
+
+def _scale_by_count(y: torch.Tensor) -> torch.Tensor:
+    return y * y.shape[1] ** -0.5
+
+
+def _new_tensor_of_count(y: torch.Tensor) -> torch.Tensor:
+    return y + torch.zeros(y.size(1), 1, 1)
+
+
+def _split_by_count(y: torch.Tensor) -> torch.Tensor:
+    b, c, h, w = y.shape
+    return y.view(b, c // 2, 2, h, w).flatten(1, 2)
+
+
+def _slice_by_count(y: torch.Tensor) -> torch.Tensor:
+    return y[:, : y.size(1)]
+
+
+def _count_of_another_tensor(y: torch.Tensor) -> torch.Tensor:
+    c = y.shape[1]
+    return (y + 1).reshape(y.shape[0], c, -1).view_as(y)
+
+
+@pytest.mark.parametrize(
+    ("fn", "reason"),
+    [
+        (_reshape_own_count, None),
+        (_channels_last_unused_count, None),
+        (_count_of_another_tensor, None),  # y + 1 carries y's channels: the same count
+        (_scale_by_count, "computes with its channel count"),
+        (_new_tensor_of_count, "computes with its channel count"),
+        (_split_by_count, "computes with its channel count"),
+        (_slice_by_count, "computes with its channel count"),
+    ],
+)
+def test_reading_the_channel_count_freezes_only_when_it_is_used(fn, reason: str | None) -> None:  # noqa: ANN001
+    gmap = build_groups(trace_model(_ShapeUser(fn), torch.randn(2, 3, 4, 4)))
+    group = next(g for g in gmap.groups if g.name == "a.out_channels")
+    if reason is None:
+        assert group.frozen_reason is None
+    else:
+        assert reason in (group.frozen_reason or ""), group.frozen_reason
