@@ -10,8 +10,10 @@ from torch import nn
 
 from nasprune_cli.constraints import Cost
 from nasprune_cli.dynamic import make_dynamic
+from nasprune_cli.dynamic.base import type_label
 from nasprune_cli.errors import NasPruneError
 from nasprune_cli.graph.groups import GroupMap, apply_block_constraints, build_groups
+from nasprune_cli.graph.layers import ATTENTION_TYPES
 from nasprune_cli.graph.trace import Trace, trace_model
 from nasprune_cli.metrics.flops import CostModel, count_params, fvcore_flops
 from nasprune_cli.recipe.rules import resolve_rules, width_choices
@@ -52,6 +54,9 @@ def convert(model: nn.Module, recipe: Any = None, dummy_input: Any = None) -> Se
     rules = resolved.by_module
     converted = {name for name, rule in rules.items() if rule is not None}
     modules = dict(model.named_modules())
+    attention = [n for n in converted if isinstance(modules[n], ATTENTION_TYPES)]
+    # an attention block slices its own projections: its inner layers are not converted on their own
+    converted -= {n for n in converted if any(n.startswith(f"{a}.") for a in attention)}
     depth_seqs = [n for n in converted if isinstance(modules[n], nn.Sequential)]
 
     original_flops = fvcore_flops(model, dummy_input, by_module=bool(depth_seqs))
@@ -70,7 +75,9 @@ def convert(model: nn.Module, recipe: Any = None, dummy_input: Any = None) -> Se
         if group.frozen_reason is not None:
             continue
         choices = [
-            c for c in _group_choices(group.size, group.sources, group.members, rules, trace) if c % group.blocks == 0
+            c
+            for c in _group_choices(group.size, group.sources, group.members, rules, trace)
+            if c % group.blocks == 0 and c % group.unit == 0
         ]
         if len(choices) > 1:
             hparams[group.name] = Hparam(group.name, "width", tuple(choices), group.size, tuple(group.members))
@@ -95,10 +102,8 @@ def _freeze_unconverted(gmap: GroupMap, converted: set[str], modules: dict[str, 
         for member in group.members:
             layer = member.rsplit(".", 1)[0]
             if layer not in converted:
-                kind = type(modules[layer]).__name__ if layer in modules else "?"
-                group.frozen_reason = (
-                    f"layer {layer} (nn.{kind}) reads these channels but is not converted by the recipe"
-                )
+                kind = type_label(type(modules[layer])) if layer in modules else "?"
+                group.frozen_reason = f"layer {layer} ({kind}) reads these channels but is not converted by the recipe"
                 break
 
 
@@ -112,9 +117,13 @@ def _group_choices(size: int, sources: list[str], members: list[str], rules: dic
         choices = mine if choices is None else choices & mine
     result = sorted(choices or {size})
     for member in members:
-        num_groups = trace.layer_info.get(member.rsplit(".", 1)[0], {}).get("num_groups")
-        if num_groups:
-            result = [c for c in result if c % num_groups == 0]
+        layer = member.rsplit(".", 1)[0]
+        info = trace.layer_info.get(layer, {})
+        if info.get("num_groups"):
+            result = [c for c in result if c % info["num_groups"] == 0]
+        if info.get("head_width") and rules.get(layer) is not None:
+            least = info["head_width"] * getattr(rules[layer], "min_heads", 1)
+            result = [c for c in result if c >= least]
     return result or [size]
 
 
@@ -200,14 +209,17 @@ def _build_cost_model(
     sizes = {g: gmap.groups[g].size for g in group_hparams.values()}
     kernels = {hp.name[: -len(".kernel_size")]: hp for hp in hparams.values() if hp.kind == "kernel"}
 
-    def term(factor: float, vecs: list[torch.Tensor], scope: tuple[str, ...], kernel_of: str | None):
+    def term(
+        factor: float, vecs: list[torch.Tensor], scope: tuple[str, ...], kernel_of: str | None, einsum: bool = False
+    ):
         kernel = None
         if kernel_of in kernels:
             hp = kernels[kernel_of]
             kernel = (hp.name, hp.original, len(trace.layer_info[kernel_of]["kernel_size"]))
-        return CostModel.make_term(factor, vecs, gmap.group_of, gmap.pos_of, sizes, _gates(scope, hparams), kernel)
+        gates = _gates(scope, hparams)
+        return CostModel.make_term(factor, vecs, gmap.group_of, gmap.pos_of, sizes, gates, kernel, einsum)
 
-    flop_terms = [term(t.factor, t.vecs, t.scope, t.kernel_of) for t in trace.flops]
+    flop_terms = [term(t.factor, t.vecs, t.scope, t.kernel_of, t.einsum) for t in trace.flops]
     param_terms = [term(t.factor, t.vecs, t.scope, t.kernel_of) for t in trace.params]
     model_cost = CostModel(flop_terms, param_terms, sizes)
     at_max = model_cost.cost({}, {hp.name: hp.original for hp in hparams.values()})
@@ -221,7 +233,9 @@ def _build_cost_model(
         for child in hp.members:
             inside = (
                 CostModel(
-                    [term(t.factor, t.vecs, t.scope, t.kernel_of) for t in trace.flops if child in t.scope], [], sizes
+                    [term(t.factor, t.vecs, t.scope, t.kernel_of, t.einsum) for t in trace.flops if child in t.scope],
+                    [],
+                    sizes,
                 )
                 .cost({}, {})
                 .flops

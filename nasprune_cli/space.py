@@ -15,7 +15,7 @@ from torch import nn
 from nasprune_cli.constraints import Cost
 from nasprune_cli.dynamic import DynamicModule, is_dynamic
 from nasprune_cli.errors import NasPruneError
-from nasprune_cli.graph.groups import GroupMap
+from nasprune_cli.graph.groups import ChannelGroup, GroupMap
 from nasprune_cli.metrics.flops import CostModel, count_params, fvcore_flops
 
 
@@ -63,7 +63,7 @@ class SearchSpace:
         self._sides = sides  # (module, side) -> labels
         self._cost_model = cost_model
         self._orders = {
-            g: _block_order(gmap.groups[g].block_of, torch.zeros(gmap.groups[g].size)) for g in group_hparams.values()
+            g: _group_order(gmap.groups[g], torch.zeros(gmap.groups[g].size)) for g in group_hparams.values()
         }
         for g, order in self._orders.items():
             cost_model.set_order(g, order)
@@ -172,7 +172,7 @@ class SearchSpace:
             scores = scores.double()
             scores = scores / scores.mean().clamp(min=1e-12)
             importance.index_add_(0, self.gmap.pos_of[ids[mask]], scores[mask])
-        return _block_order(self.gmap.groups[g].block_of, importance)
+        return _group_order(self.gmap.groups[g], importance)
 
     # ---- export --------------------------------------------------------------------------------------------
     def export(self) -> nn.Module:
@@ -201,6 +201,21 @@ class SearchSpace:
             }
             for hp in self.hparams.values()
         ]
+
+
+def _group_order(group: ChannelGroup, importance: torch.Tensor) -> torch.Tensor:
+    """Importance order of a group's positions that respects its constraints (grouped-conv blocks, whole heads)."""
+    if group.unit_of is not None:
+        return _unit_order(group.unit_of, importance)
+    return _block_order(group.block_of, importance)
+
+
+def _unit_order(unit_of: torch.Tensor, importance: torch.Tensor) -> torch.Tensor:
+    """Whole units (heads) by their total importance, most important first; positions in order within a unit."""
+    totals = torch.zeros(int(unit_of.max()) + 1, dtype=torch.float64).index_add_(0, unit_of, importance.double())
+    unit_rank = torch.empty_like(totals, dtype=torch.long)
+    unit_rank[torch.sort(-totals, stable=True).indices] = torch.arange(totals.numel())
+    return torch.sort(unit_rank[unit_of] * unit_of.numel() + torch.arange(unit_of.numel()), stable=True).indices
 
 
 def _block_order(block_of: torch.Tensor | None, importance: torch.Tensor) -> torch.Tensor:

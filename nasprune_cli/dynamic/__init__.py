@@ -1,5 +1,6 @@
 """Sliceable ("dynamic") modules: a converted layer keeps its parameters and slices them in forward."""
 
+from nasprune_cli.dynamic.attention import DynamicRelativePositionalMultiHeadAttention, DynamicShiftedWindowAttention
 from nasprune_cli.dynamic.base import DYNAMIC_REGISTRY, DynamicModule, is_dynamic, make_dynamic, register
 from nasprune_cli.dynamic.conv import (
     DynamicConv1d,
@@ -41,7 +42,9 @@ __all__ = [
     "DynamicLayerNorm",
     "DynamicLinear",
     "DynamicModule",
+    "DynamicRelativePositionalMultiHeadAttention",
     "DynamicSequential",
+    "DynamicShiftedWindowAttention",
     "DynamicSyncBatchNorm",
     "is_dynamic",
     "make_dynamic",

@@ -54,7 +54,7 @@ class DynamicModule:
     @property
     def _nasprune_label(self) -> str:
         """How errors name this layer: the torch type and, when known, the module name."""
-        kind = f"nn.{self.original_cls.__name__}"
+        kind = type_label(self.original_cls)
         return f"{kind} '{self._nasprune_name}'" if self._nasprune_name else kind
 
     def _nasprune_error(self, message: str) -> NasPruneError:
@@ -190,6 +190,12 @@ class DynamicModule:
         return f"{base}, {note}" if base and note else base or note
 
 
+def type_label(cls: type[nn.Module]) -> str:
+    """How recipes and messages name a layer type: "nn.Conv2d", "torchvision.ShiftedWindowAttention"."""
+    package = cls.__module__.split(".")[0]
+    return f"nn.{cls.__name__}" if package == "torch" else f"{package}.{cls.__name__}"
+
+
 def take(tensor: torch.Tensor | None, dim: int, index: torch.Tensor | None) -> torch.Tensor | None:
     """index_select along dim, or the tensor itself when index is None (gradients flow to the original)."""
     if tensor is None or index is None:
@@ -210,7 +216,7 @@ def make_dynamic(module: nn.Module, *, name: str | None = None) -> DynamicModule
         return module
     cls = DYNAMIC_REGISTRY.get(type(module))
     if cls is None:
-        supported = ", ".join(sorted(f"nn.{t.__name__}" for t in DYNAMIC_REGISTRY))
+        supported = ", ".join(sorted(type_label(t) for t in DYNAMIC_REGISTRY))
         where = f" '{name}'" if name else ""
         raise NasPruneError(
             f"make_dynamic: layer{where} of type {type(module).__module__}.{type(module).__qualname__} cannot be "

@@ -23,6 +23,8 @@ class ChannelGroup:
     frozen_reason: str | None = None
     blocks: int = 1  # a grouped conv reads these channels: prune the same number in each of `blocks` blocks
     block_of: torch.Tensor | None = None  # block of each canonical position
+    unit: int = 1  # attention reads these channels: prune whole units (heads) of `unit` channels
+    unit_of: torch.Tensor | None = None  # unit of each canonical position
 
 
 @dataclass
@@ -113,8 +115,14 @@ def _structure_problem(
 
 
 def apply_block_constraints(trace: Trace, gmap: GroupMap) -> None:
-    """Grouped convs need the same number of channels kept in each of their groups: record it on the groups."""
+    """Grouped convs keep the same number of channels in each of their groups, attention keeps whole heads:
+    record these constraints on the groups (or freeze a group whose constraints disagree)."""
     for name, info in trace.layer_info.items():
+        if info.get("head_width"):
+            record = trace.sides.get((name, "features"))
+            if record is not None:
+                _constrain_units(gmap, name, info["head_width"], record.vec)
+            continue
         blocks = info.get("blocks", 1)
         if blocks <= 1:
             continue
@@ -125,18 +133,41 @@ def apply_block_constraints(trace: Trace, gmap: GroupMap) -> None:
             _constrain(gmap, name, blocks, record.vec)
 
 
-def _constrain(gmap: GroupMap, layer: str, blocks: int, vec: torch.Tensor) -> None:
+def _whole_group(gmap: GroupMap, vec: torch.Tensor, reason: str) -> ChannelGroup | None:
+    """The one unfrozen group a layer side covers exactly; freeze whatever it touches when it is not that."""
     ids = vec[vec >= 0]
     touched = torch.unique(gmap.group_of[ids]).tolist() if ids.numel() else []
-    reason = f"{layer}: grouped convolution (groups={blocks}) reads channels that do not form one group"
     if not touched:
-        return
+        return None
     if len(touched) > 1 or ids.numel() != vec.numel() or gmap.groups[touched[0]].size != vec.numel():
         for g in touched:
             gmap.groups[g].frozen_reason = gmap.groups[g].frozen_reason or reason
-        return
+        return None
     group = gmap.groups[touched[0]]
-    if group.frozen_reason is not None:
+    return None if group.frozen_reason is not None else group
+
+
+def _constrain_units(gmap: GroupMap, layer: str, unit: int, vec: torch.Tensor) -> None:
+    group = _whole_group(gmap, vec, f"{layer}: attention reads channels that do not form one group")
+    if group is None:
+        return
+    unit_of = torch.empty(group.size, dtype=torch.long)
+    unit_of[gmap.pos_of[vec]] = torch.arange(vec.numel()) // unit
+    if group.unit_of is not None and not torch.equal(group.unit_of, unit_of):
+        group.frozen_reason = f"{layer}: attention layers split these channels into different heads"
+    elif group.block_of is not None:
+        group.frozen_reason = f"{layer}: channels read both by attention heads and by a grouped convolution"
+    else:
+        group.unit, group.unit_of = unit, unit_of
+
+
+def _constrain(gmap: GroupMap, layer: str, blocks: int, vec: torch.Tensor) -> None:
+    reason = f"{layer}: grouped convolution (groups={blocks}) reads channels that do not form one group"
+    group = _whole_group(gmap, vec, reason)
+    if group is None:
+        return
+    if group.unit_of is not None:
+        group.frozen_reason = f"{layer}: channels read both by attention heads and by a grouped convolution"
         return
     per_block = vec.numel() // blocks
     block_of = torch.empty(group.size, dtype=torch.long)

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+from torchvision.models.maxvit import RelativePositionalMultiHeadAttention
+from torchvision.models.swin_transformer import ShiftedWindowAttention
 
 from nasprune_cli.graph.labels import Lab, fixed_vec
 
@@ -17,7 +19,10 @@ CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 CONVT_TYPES = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 IN_TYPES = (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
-ATOMIC_TYPES = frozenset((*CONV_TYPES, *CONVT_TYPES, nn.Linear, *BN_TYPES, *IN_TYPES, nn.LayerNorm, nn.GroupNorm))
+ATTENTION_TYPES = (ShiftedWindowAttention, RelativePositionalMultiHeadAttention)
+ATOMIC_TYPES = frozenset(
+    (*CONV_TYPES, *CONVT_TYPES, nn.Linear, *BN_TYPES, *IN_TYPES, nn.LayerNorm, nn.GroupNorm, *ATTENTION_TYPES)
+)
 
 
 def _input_vec(ctx: TraceContext, name: str, x: torch.Tensor, dim: int, size: int, what: str) -> torch.Tensor:
@@ -48,6 +53,8 @@ def handle_layer(ctx: TraceContext, name: str, module: nn.Module, args: tuple, k
         _conv(ctx, name, module, x, out)
     elif isinstance(module, nn.Linear):
         _linear(ctx, name, module, x, out)
+    elif isinstance(module, ATTENTION_TYPES):
+        _attention(ctx, name, module, x, out)
     else:
         _norm(ctx, name, module, x, out)
     if not first:  # a shared layer's parameters are counted once
@@ -108,6 +115,36 @@ def _linear(ctx: TraceContext, name: str, m: nn.Linear, x: torch.Tensor, out: to
     ctx.params.append(_param_term(1, [in_vec, out_vec]))
     if m.bias is not None:
         ctx.params.append(_param_term(1, [out_vec]))
+
+
+def _attention(ctx: TraceContext, name: str, m: nn.Module, x: torch.Tensor, out: torch.Tensor) -> None:
+    """A torchvision attention block: features in = q/k/v dims = features out, pruned by whole heads."""
+    if isinstance(m, ShiftedWindowAttention):
+        width, heads, qkv, proj = m.qkv.in_features, m.num_heads, m.qkv, m.proj
+        window = math.prod(m.window_size)
+        pad_h, pad_w = (-x.shape[-3] % m.window_size[0]), (-x.shape[-2] % m.window_size[1])
+        tokens = math.prod(x.shape[:-3]) * (x.shape[-3] + pad_h) * (x.shape[-2] + pad_w)
+        keys = window  # every token attends to the tokens of its window
+    else:
+        width, heads, qkv, proj = m.n_heads * m.head_dim, m.n_heads, m.to_qkv, m.merge
+        tokens, keys = math.prod(x.shape[:-1]), x.shape[-2]
+    ctx.layer_info[name] = {"type": type(m).__name__, "head_width": width // heads}
+    vec = ctx.add_side(name, "features", _input_vec(ctx, name, x, x.dim() - 1, width, "feature"))
+    ctx.set_lab(out, Lab(out.dim() - 1, vec))
+    ctx.add_flops(3 * tokens, [vec, vec])  # q, k, v projections
+    if isinstance(m, ShiftedWindowAttention):
+        ctx.add_flops(2 * tokens * keys, [vec])  # q @ k^T and attention @ v (matmul), summed over heads
+    else:  # two einsums, which fvcore counts with numpy's rounding
+        ctx.add_flops(tokens * keys, [vec], einsum=True)
+        ctx.add_flops(tokens * keys, [vec], einsum=True)
+    ctx.add_flops(tokens, [vec, vec])  # output projection
+    ctx.params.append(_param_term(3, [vec, vec]))
+    ctx.params.append(_param_term(1, [vec, vec]))
+    for bias, per_feature in ((qkv.bias, 3), (proj.bias, 1)):
+        if bias is not None:
+            ctx.params.append(_param_term(per_feature, [vec]))
+    table = m.relative_position_bias_table
+    ctx.params.append(_param_term(table.shape[0] / (width // heads), [vec]))  # one column per head
 
 
 def _norm(ctx: TraceContext, name: str, m: nn.Module, x: torch.Tensor, out: torch.Tensor) -> None:

@@ -40,6 +40,7 @@ class CostTerm:
     vecs: list[torch.Tensor]
     scope: tuple[str, ...] = ()  # enclosing module names, to drop ops inside skipped blocks
     kernel_of: str | None = None  # conv whose kernel_size hparam scales this term
+    einsum: bool = False  # fvcore counts this op through numpy's einsum_path, which rounds to 4 digits
 
 
 @dataclass
@@ -147,9 +148,11 @@ class TraceContext:
         self.sources.append(record)
         return vec
 
-    def add_flops(self, factor: float, vecs: list[torch.Tensor], kernel_of: str | None = None) -> None:
+    def add_flops(
+        self, factor: float, vecs: list[torch.Tensor], kernel_of: str | None = None, einsum: bool = False
+    ) -> None:
         """Record an fvcore-counted op."""
-        self.flops.append(CostTerm(float(factor), vecs, tuple(self.stack), kernel_of))
+        self.flops.append(CostTerm(float(factor), vecs, tuple(self.stack), kernel_of, einsum))
 
     def spatial_cost(self, name: str, args: tuple, kwargs: dict, x: torch.Tensor, out: torch.Tensor, lab: Lab) -> None:
         """FLOPs fvcore counts for pooling / resizing ops whose channels may shrink."""

@@ -64,6 +64,7 @@ class _Term:
     gates: list[tuple[str, int]] = field(default_factory=list)  # (depth hparam, child index) that must be active
     kernel: tuple[str, int, int] | None = None  # (kernel hparam, original k, spatial dims)
     cums: list[list[tuple[int, list[int]]]] = field(default_factory=list)  # per vec: (group, kept count by width)
+    einsum: bool = False  # round like fvcore's einsum count: floor(2 * value to 4 significant digits / 2)
 
 
 class CostModel:
@@ -85,6 +86,7 @@ class CostModel:
         group_sizes: Mapping[int, int],
         gates: list[tuple[str, int]] | None = None,
         kernel: tuple[str, int, int] | None = None,
+        einsum: bool = False,
     ) -> _Term:
         """Precompute, for a factor * prod(kept(vec)) term, the counts per configurable group position."""
         consts, parts = [], []
@@ -98,7 +100,7 @@ class CostModel:
                 pos = pos_of[ids[configurable & (groups == g)]]
                 vec_parts.append((g, torch.bincount(pos, minlength=group_sizes[g])))
             parts.append(vec_parts)
-        return _Term(float(factor), consts, parts, gates or [], kernel)
+        return _Term(float(factor), consts, parts, gates or [], kernel, einsum=einsum)
 
     def set_order(self, group: int, order: torch.Tensor) -> None:
         """Importance order of a group's positions (kept first)."""
@@ -127,6 +129,8 @@ class CostModel:
                 for g, cum in cums:
                     kept += cum[widths.get(g, len(cum)) - 1]
                 value *= kept
+            if term.einsum:
+                value = math.floor(float(f"{2 * value:.3e}") / 2)
             total += value
         return total
 

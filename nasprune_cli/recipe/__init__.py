@@ -6,6 +6,7 @@ from nasprune_cli.recipe.load import load_recipe, recipe_from_dict, recipe_to_di
 from nasprune_cli.recipe.rules import ResolvedRules, resolve_rules, width_choices
 from nasprune_cli.recipe.schema import (
     MODULE_TYPES,
+    AttentionRule,
     ConvRule,
     FeatureRule,
     GroupNormRule,
@@ -18,6 +19,7 @@ from nasprune_cli.recipe.schema import (
 
 __all__ = [
     "MODULE_TYPES",
+    "AttentionRule",
     "ConvRule",
     "FeatureRule",
     "GroupNormRule",

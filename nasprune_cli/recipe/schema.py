@@ -19,6 +19,8 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 from torch import nn
+from torchvision.models.maxvit import RelativePositionalMultiHeadAttention
+from torchvision.models.swin_transformer import ShiftedWindowAttention
 
 from nasprune_cli.constraints import CONSTRAINT_NAMES, parse_constraint
 from nasprune_cli.errors import NasPruneError
@@ -41,6 +43,9 @@ MODULE_TYPES: dict[str, type[nn.Module]] = {
     "nn.LayerNorm": nn.LayerNorm,
     "nn.GroupNorm": nn.GroupNorm,
     "nn.Sequential": nn.Sequential,
+    # torchvision attention blocks, pruned by whole heads together with the features they read and write
+    "torchvision.ShiftedWindowAttention": ShiftedWindowAttention,
+    "torchvision.RelativePositionalMultiHeadAttention": RelativePositionalMultiHeadAttention,
 }
 
 # FastNAS defaults: 0.05, 0.10, ..., 1.0 (rounded, so 0.15 and not 0.15000000000000002) and a divisor of 32.
@@ -129,10 +134,22 @@ class SequentialRule(_Rule):
     min_depth: int = Field(0, ge=0)
 
 
-LayerRule = ConvRule | FeatureRule | GroupNormRule | SequentialRule
+class AttentionRule(_Rule):
+    """Attention blocks: heads are removed whole, following the width of the features they read; keep at least
+    `min_heads`."""
+
+    min_heads: int = Field(1, ge=1)
+
+
+LayerRule = ConvRule | FeatureRule | GroupNormRule | SequentialRule | AttentionRule
 
 _CONV = ("nn.Conv1d", "nn.Conv2d", "nn.Conv3d", "nn.ConvTranspose1d", "nn.ConvTranspose2d", "nn.ConvTranspose3d")
-_SPECIAL_RULES: dict[str, type[_Rule]] = {"nn.GroupNorm": GroupNormRule, "nn.Sequential": SequentialRule}
+_SPECIAL_RULES: dict[str, type[_Rule]] = {
+    "nn.GroupNorm": GroupNormRule,
+    "nn.Sequential": SequentialRule,
+    "torchvision.ShiftedWindowAttention": AttentionRule,
+    "torchvision.RelativePositionalMultiHeadAttention": AttentionRule,
+}
 RULE_MODELS: dict[str, type[_Rule]] = {
     name: ConvRule if name in _CONV else _SPECIAL_RULES.get(name, FeatureRule) for name in MODULE_TYPES
 }

@@ -11,8 +11,11 @@ import torch
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 from torch.testing import assert_close
+from torchvision.models.maxvit import RelativePositionalMultiHeadAttention
+from torchvision.models.swin_transformer import ShiftedWindowAttention
 
 from nasprune_cli.dynamic import DYNAMIC_REGISTRY, DynamicModule, is_dynamic, make_dynamic
+from nasprune_cli.errors import NasPruneError
 
 EXACT = {"rtol": 0.0, "atol": 0.0}
 
@@ -67,7 +70,17 @@ CASES: dict[str, Case] = {
     "GroupNorm": Case(lambda: nn.GroupNorm(4, 12), (2, 12, 5, 5), "channels"),
     "GroupNorm-noaffine": Case(lambda: nn.GroupNorm(2, 8, affine=False), (2, 8, 3), "channels"),
     "Sequential": Case(_seq, (3, 6)),
+    "ShiftedWindowAttention": Case(
+        lambda: ShiftedWindowAttention(8, [3, 3], [1, 1], num_heads=4), (2, 5, 5, 8), "features", -1
+    ),
+    "ShiftedWindowAttention-noshift": Case(
+        lambda: ShiftedWindowAttention(8, [3, 3], [0, 0], num_heads=2, proj_bias=False), (1, 3, 3, 8), "features", -1
+    ),
+    "RelativePositionalMultiHeadAttention": Case(
+        lambda: RelativePositionalMultiHeadAttention(8, 2, 9), (2, 3, 9, 8), "features", -1
+    ),
 }
+ATTENTION = (ShiftedWindowAttention, RelativePositionalMultiHeadAttention)
 PER_CHANNEL = (nn.modules.batchnorm._NormBase,)  # BatchNorm, SyncBatchNorm, InstanceNorm: channels independent
 
 
@@ -108,6 +121,10 @@ def random_indices(module: nn.Module, gen: torch.Generator) -> dict[str, torch.T
         if all(len(v) == module.side_size(s) for s, v in result.items()) and groups > 1:
             return random_indices(module, gen)
         return result
+    if isinstance(module, ATTENTION):  # whole heads, never all of them
+        width = module.head_width()
+        heads = subset(module.head_count(), randint(1, module.head_count() - 1))
+        return {"features": (heads[:, None] * width + torch.arange(width)).flatten()}
     if isinstance(module, nn.GroupNorm):
         per = module.num_channels // module.num_groups
         return {"channels": subset(module.num_channels, module.num_groups * randint(1, per - 1))}
@@ -217,6 +234,8 @@ def test_sliced_equals_hand_reference(name: str) -> None:
         dynamic.train(training)
         if isinstance(original, nn.LayerNorm):
             ref = _layer_norm_reference(original, xs, indices["features"])
+        elif isinstance(original, ATTENTION):
+            ref = _attention_reference(original, x, indices["features"])
         elif isinstance(original, nn.GroupNorm):
             ref = _group_norm_reference(original, xs, indices["channels"])
         else:  # zeros (weights) or anything (per-channel norms) at pruned inputs, then keep the kept outputs
@@ -243,6 +262,22 @@ def _layer_norm_reference(ln: nn.LayerNorm, x: torch.Tensor, index: torch.Tensor
     return y + ln.bias[index] if ln.bias is not None else y
 
 
+def _attention_reference(attn: nn.Module, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """The original block with the removed heads' q/k/v rows and output columns zeroed, on a zero-embedded input."""
+    ref = copy.deepcopy(attn)
+    qkv, out = (ref.qkv, ref.proj) if isinstance(ref, ShiftedWindowAttention) else (ref.to_qkv, ref.merge)
+    size = out.in_features
+    dropped = torch.ones(size, dtype=torch.bool)
+    dropped[index] = False
+    with torch.no_grad():
+        qkv.weight[dropped.repeat(3)] = 0
+        if qkv.bias is not None:
+            qkv.bias[dropped.repeat(3)] = 0
+        out.weight[:, dropped] = 0
+    full_in = torch.zeros_like(x).index_copy(-1, index, x.index_select(-1, index))
+    return ref(full_in).index_select(-1, index)
+
+
 def _group_norm_reference(gn: nn.GroupNorm, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     n, c = x.shape[:2]
     g = x.reshape(n, gn.num_groups, -1)
@@ -254,7 +289,7 @@ def _group_norm_reference(gn: nn.GroupNorm, x: torch.Tensor, index: torch.Tensor
     return y
 
 
-@pytest.mark.parametrize("name", [n for n in sorted(CASES) if n != "Sequential"])
+@pytest.mark.parametrize("name", [n for n in sorted(CASES) if n != "Sequential" and "Attention" not in n])
 def test_gradients_reach_only_kept_positions(name: str) -> None:
     original, x = build(name, seed=5)
     if not list(original.parameters()):
@@ -284,3 +319,28 @@ def test_gradients_reach_only_kept_positions(name: str) -> None:
         dropped[indices["out"]] = False
         assert bool((dynamic.bias.grad[dropped] == 0).all())
         assert bool((dynamic.bias.grad[~dropped] != 0).all())
+
+
+@pytest.mark.parametrize("name", [n for n in sorted(CASES) if "Attention" in n])
+def test_attention_gradients_reach_only_kept_heads(name: str) -> None:
+    original, x = build(name, seed=5)
+    dynamic = make_dynamic(copy.deepcopy(original))
+    indices = random_indices(dynamic, torch.Generator().manual_seed(5))
+    apply_indices(dynamic, indices)
+    dynamic(sliced_input(name, x, indices["features"])).square().sum().backward()
+    kept = torch.zeros(dynamic.side_size("features"), dtype=torch.bool)
+    kept[indices["features"]] = True
+    qkv = dynamic.qkv if isinstance(dynamic, ShiftedWindowAttention) else dynamic.to_qkv
+    assert bool((qkv.weight.grad[~kept.repeat(3)] == 0).all()) and bool((qkv.weight.grad[:, ~kept] == 0).all())
+    assert bool(qkv.weight.grad[kept.repeat(3)][:, kept].abs().sum() > 0)
+    heads = torch.unique(indices["features"] // dynamic.head_width())
+    table_grad = dynamic.relative_position_bias_table.grad
+    dropped_heads = torch.ones(dynamic.head_count(), dtype=torch.bool)
+    dropped_heads[heads] = False
+    assert bool((table_grad[:, dropped_heads] == 0).all()) and bool(table_grad[:, heads].abs().sum() > 0)
+
+
+def test_attention_index_must_keep_whole_heads() -> None:
+    dynamic = make_dynamic(ShiftedWindowAttention(8, [3, 3], [1, 1], num_heads=4))
+    with pytest.raises(NasPruneError, match=r"ShiftedWindowAttention.*whole heads of 2 features"):
+        dynamic.set_index("features", torch.tensor([0, 1, 2]))

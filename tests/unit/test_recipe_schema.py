@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from nasprune_cli.recipe import (
     MODULE_TYPES,
+    AttentionRule,
     ConvRule,
     FeatureRule,
     GroupNormRule,
@@ -48,7 +49,13 @@ def test_module_types_cover_the_convertible_layers() -> None:
     assert MODULE_TYPES["nn.Conv2d"] is nn.Conv2d
     assert MODULE_TYPES["nn.SyncBatchNorm"] is nn.SyncBatchNorm
     assert MODULE_TYPES["nn.Sequential"] is nn.Sequential
-    assert len(MODULE_TYPES) == 17
+    from nasprune_cli.dynamic import DYNAMIC_REGISTRY
+    from nasprune_cli.dynamic.base import type_label
+
+    # every recipe type has a dynamic class and vice versa, and recipes name it as messages do
+    assert set(MODULE_TYPES.values()) == set(DYNAMIC_REGISTRY)
+    assert all(type_label(cls) == name for name, cls in MODULE_TYPES.items())
+    assert RULE_MODELS["torchvision.ShiftedWindowAttention"] is AttentionRule
     assert RULE_MODELS["nn.ConvTranspose3d"] is ConvRule
     assert RULE_MODELS["nn.LayerNorm"] is FeatureRule
     assert RULE_MODELS["nn.GroupNorm"] is GroupNormRule
