@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo
+.PHONY: install test lint demo coverage
 
 install: $(STAMP)
 
@@ -25,6 +25,10 @@ lint: install
 
 demo: install
 	$(VENV)/bin/nasprune search --model nasprune_cli.demo:build --recipe recipes/demo.yaml --flops 50%
+
+# the torchvision zoo at full input size (224, inception_v3: 299): regenerates docs/COVERAGE.md (about an hour on 2 cores)
+coverage: install
+	$(PYTHON) tools/coverage.py
 
 # ---- benchmarks (not part of `make test`): nasprune vs nvidia-modelopt and Torch-Pruning, see BENCHMARKS.md ----
 # The peers come from the optional `bench` extra; torch/torchvision are named on the same pip line so that the

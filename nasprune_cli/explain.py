@@ -6,6 +6,7 @@ import difflib
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from nasprune_cli.dynamic.base import type_label
 from nasprune_cli.errors import NasPruneError
 from nasprune_cli.space import SearchSpace
 
@@ -58,6 +59,10 @@ def explain(space: SearchSpace, layer: str) -> LayerExplanation:
             reason = f"no smaller width: the recipe's ratios and divisor give only {group.size} for these channels"
         else:
             status, reason = "prunable", "the tracer proved every layer reading these channels can be sliced"
+            if group.unit > 1:
+                reason += f"; attention reads them, so they go in whole heads of {group.unit} channels"
+            if group.blocks > 1:
+                reason += f"; a grouped convolution reads them: the same count is kept in each of {group.blocks} groups"
         explanations.append(
             GroupExplanation(
                 group=group.name,
@@ -70,4 +75,5 @@ def explain(space: SearchSpace, layer: str) -> LayerExplanation:
                 coupled=list(group.members),
             )
         )
-    return LayerExplanation(layer, type(modules[layer]).__name__, explanations)
+    module = modules[layer]
+    return LayerExplanation(layer, type_label(getattr(module, "original_cls", type(module))), explanations)

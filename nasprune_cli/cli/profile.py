@@ -21,6 +21,16 @@ from nasprune_cli.cli.options import (
 
 FLOPS_NOTE = "FLOPs: one per multiply-add, counted by fvcore on the dummy input in eval mode"
 StrictOpt = Annotated[bool, typer.Option("--strict", help="Exit with status 1 when a constraint cannot be met.")]
+ExplainOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--explain",
+        metavar="LAYER",
+        help="Explain one layer (e.g. layer1.0.conv1): the groups of coupled channels it creates or reads, the "
+        "layers coupled with it, and why each group is prunable or frozen. Without --recipe the default rules apply.",
+        show_default=False,
+    ),
+]
 
 
 def profile_command(
@@ -31,6 +41,7 @@ def profile_command(
     params: ParamsOpt = None,
     input_shape: InputShapeOpt = None,
     strict: StrictOpt = False,
+    explain: ExplainOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Profile a model's search space (with --recipe) or the plain model: FLOPs, params, constraints."""
@@ -43,6 +54,10 @@ def profile_command(
     # without --recipe the plain model is profiled; the budgets are still validated like a recipe's
     loaded = load_recipe(recipe, overrides)
     net = build_model(model, kwargs)
+    if explain is not None:
+        return explain_layer(
+            net, loaded if recipe is not None else None, dummy_input_from(loaded, None), explain, json_out
+        )
     report = profile(
         net,
         recipe=loaded if recipe is not None else None,
@@ -101,6 +116,34 @@ def print_report(data: dict[str, Any]) -> None:
         output.print_table(
             output.table(
                 "Frozen layers (kept whole)", ["layer", "reason"], [(f["name"], f["reason"]) for f in data["frozen"]]
+            )
+        )
+
+
+def explain_layer(net: Any, recipe: Any, dummy_input: Any, layer: str, json_out: bool) -> None:
+    """Convert the model and print why one layer's channels are prunable or frozen."""
+    from nasprune_cli.conversion import convert
+    from nasprune_cli.explain import explain
+
+    data = explain(convert(net, recipe, dummy_input), layer).to_dict()
+    if json_out:
+        output.print_json(data)
+        return
+    output.print_text(f"{data['layer']} ({data['layer_type']})")
+    if not data["groups"]:
+        output.print_text("its channels are not coupled to any convertible layer: nothing to prune here")
+    for g in data["groups"]:
+        output.print_table(
+            output.table(
+                f"{g['role']} {g['group']}: {g['status'].upper()}",
+                ["", ""],
+                [
+                    ("why", g["reason"]),
+                    ("channels", g["channels"]),
+                    ("width choices", ", ".join(str(c) for c in g["choices"])),
+                    ("created by", ", ".join(g["sources"])),
+                    ("coupled layer sides", ", ".join(g["coupled"])),
+                ],
             )
         )
 

@@ -393,3 +393,40 @@ def test_subprocess_debug_shows_traceback(tiny: Path) -> None:
     )
     assert proc.returncode == 1
     assert "Traceback" in proc.stderr and "LoadError" in proc.stderr
+
+
+# ---- profile --explain ------------------------------------------------------------------------------------------
+def test_profile_explain_a_prunable_and_a_frozen_layer(runner: CliRunner, tiny: Path) -> None:
+    base = ["profile", "--model", "np_cli_models:build", "--recipe", FASTNAS, "--input-shape", "1,3,8,8"]
+    conv = runner.invoke(app, [*base, "--explain", "3", "--json"])  # the second conv: 64 -> 64
+    assert conv.exit_code == 0, conv.output
+    data = json.loads(conv.stdout)
+    assert data["layer"] == "3" and data["layer_type"] == "nn.Conv2d"
+    created = next(g for g in data["groups"] if g["role"] == "creates")
+    assert created["status"] == "prunable" and created["choices"] == [32, 64]
+    assert {"4.features", "8.in"} <= set(created["coupled"])
+    read = next(g for g in data["groups"] if g["role"] == "reads")
+    assert read["group"] == "0.out_channels" and read["sources"] == ["0"]
+
+    head = runner.invoke(app, [*base, "--explain", "8"])
+    assert head.exit_code == 0, head.output
+    assert "8 (nn.Linear)" in head.stdout
+    assert "FROZEN" in head.stdout and "model output" in head.stdout
+
+
+def test_profile_explain_unknown_layer(runner: CliRunner, tiny: Path) -> None:
+    result = runner.invoke(
+        app, ["profile", "--model", "np_cli_models:build", "--input-shape", "1,3,8,8", "--explain", "conv9"]
+    )
+    assert_one_error(result, "--explain: the model has no layer named 'conv9'")
+
+
+def test_profile_explain_swin_attention_keeps_whole_heads(runner: CliRunner) -> None:
+    args = ["profile", "--model", "torchvision.models:swin_t", "--recipe", FASTNAS, "--input-shape", "1,3,64,64"]
+    result = runner.invoke(app, [*args, "--explain", "features.1.0.attn", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["layer_type"] == "torchvision.ShiftedWindowAttention"
+    (stream,) = data["groups"]
+    assert stream["status"] == "prunable" and "whole heads of 32 channels" in stream["reason"]
+    assert stream["choices"] == [32, 64, 96]  # 1, 2 or 3 heads of swin_t's first stage
