@@ -16,6 +16,7 @@ from typing import Any
 from nasprune_cli.errors import SearchError
 
 SEARCHERS = ("binary", "evolve", "random")
+DEFAULT_CANDIDATE_SIZE = 10
 
 
 @dataclass
@@ -28,10 +29,14 @@ class SearchSettings:
     fill: bool = True  # binary: after the threshold search, grow hparams greedily while the budget allows
     iterations: int = 100  # evolve / random: subnets evaluated in total
     population_size: int = 20  # evolve: subnets per generation
-    candidate_size: int = 10  # evolve: best subnets kept as parents
+    candidate_size: int | None = None  # evolve: best subnets kept as parents; None: min(10, population_size)
     mutation_prob: float = 0.1  # evolve: chance to resample each hparam of a mutated child
     crossover_size: int = 10  # evolve: children made by crossover per generation
     mutation_size: int = 10  # evolve: children made by mutation per generation
+
+    def __post_init__(self) -> None:
+        if self.candidate_size is None and isinstance(self.population_size, int):
+            self.candidate_size = min(DEFAULT_CANDIDATE_SIZE, self.population_size)
 
     def check(self) -> SearchSettings:
         """Raise a SearchError for a value out of range; return self."""

@@ -116,7 +116,7 @@ def test_demo_json_reports_before_and_after(runner: CliRunner, flag: str) -> Non
 
 
 def test_evolve_searcher_flags(runner: CliRunner) -> None:
-    data = run_json(runner, "--flops", "60%", "--searcher", "evolve", "--iterations", "4", "--population-size", "10")
+    data = run_json(runner, "--flops", "60%", "--searcher", "evolve", "--iterations", "4", "--population-size", "4")
     assert data["searcher"] == "evolve"
     assert data["metrics"]["flops_ratio"] <= 0.60
     assert data["metrics"]["evaluations"] <= 5

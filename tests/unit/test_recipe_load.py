@@ -118,7 +118,11 @@ BAD_RECIPES = [
         "x.yaml: search.searcher: expected one of 'binary', 'evolve', 'random' (got 'evol')",
     ),
     ("search: {mutation_prob: 2}\n", "x.yaml: search.mutation_prob: must be <= 1.0 (got 2)"),
-    ("search: {population_size: 4, candidate_size: 5}\n", "x.yaml: search: candidate_size must be <= population_size"),
+    (
+        "search: {population_size: 4, candidate_size: 5}\n",
+        "x.yaml: search.candidate_size: must be <= search.population_size (4): lower candidate_size or raise "
+        "population_size (got 5)",
+    ),
     ("search: {iters: 5}\n", "x.yaml: search.iters: unknown key (expected one of candidate_size, checkpoint"),
     ("input: {shape: [1, 3, x]}\n", "x.yaml: input.shape: expected a list of positive integers"),
     ("input: {dtype: float64}\n", "x.yaml: input.dtype: expected one of 'float32', 'float16', 'bfloat16', 'int64'"),

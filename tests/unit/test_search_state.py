@@ -40,6 +40,13 @@ def test_settings_defaults_are_valid() -> None:
     assert "fill" in SearchSettings.names()
 
 
+@pytest.mark.parametrize(("population", "candidates"), [(20, 10), (12, 10), (4, 4), (2, 2)])
+def test_default_candidate_size_follows_a_small_population(population: int, candidates: int) -> None:
+    settings = SearchSettings(searcher="evolve", population_size=population).check()
+    assert settings.candidate_size == candidates
+    assert SearchSettings(population_size=4, candidate_size=3).check().candidate_size == 3  # an explicit value stays
+
+
 def make_fp(**changes: object) -> dict:
     base = {
         "model": {"entry_point": "pkg:build", "kwargs": {"width": 8}},
