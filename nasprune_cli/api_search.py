@@ -190,15 +190,22 @@ def restore(model: nn.Module | None, path: str | Path, dummy_input: Any = None) 
     recipe = recipe_from_dict(data["recipe"], f"{path}: recipe") if data["recipe"] is not None else None
     if dummy_input is None:
         dummy_input = make_dummy_input(list(data["input"]["shape"]), data["input"].get("dtype", "float32"))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # unused recipe patterns were reported when the search ran
-        space = convert(model, recipe, dummy_input)
+    entry_point = data["model"].get("entry_point")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # unused recipe patterns were reported when the search ran
+            space = convert(model, recipe, dummy_input)
+    except NasPruneError as exc:
+        raise CheckpointError(
+            f"{path}: cannot rebuild the pruned model from the given model ({exc}); pass a fresh instance of the "
+            f"model the search ran on ({entry_point})"
+        ) from exc
     try:
         space.select(data["config"])
     except NasPruneError as exc:
         raise CheckpointError(
             f"{path}: the stored subnet does not fit this model ({exc}); pass a fresh instance of the model the "
-            f"search ran on ({data['model'].get('entry_point')})"
+            f"search ran on ({entry_point})"
         ) from exc
     pruned = space.export()
     try:
@@ -208,7 +215,7 @@ def restore(model: nn.Module | None, path: str | Path, dummy_input: Any = None) 
         detail = " ".join(line.strip() for line in first[:3])[:300]
         raise CheckpointError(
             f"{path}: the stored weights do not match the rebuilt model ({detail}); pass a fresh instance of "
-            f"{data['model'].get('entry_point')} with the same kwargs"
+            f"{entry_point} with the same kwargs"
         ) from exc
     return pruned
 

@@ -15,7 +15,7 @@ from nasprune_cli.checkpoint import load_pruned, save_pruned, write_deployable
 from nasprune_cli.conversion import convert
 from nasprune_cli.demo import DigitsResNet, build, score
 from nasprune_cli.dynamic import is_dynamic
-from nasprune_cli.errors import LoadError, SearchError
+from nasprune_cli.errors import CheckpointError, LoadError, SearchError
 from nasprune_cli.metrics.flops import count_params, fvcore_flops
 from nasprune_cli.recipe.load import load_recipe
 from tests.toys import TOYS, Residual
@@ -84,6 +84,8 @@ def test_restore_rebuilds_the_exported_model(tmp_path: Path, flops_half: tuple) 
     from_spec = restore(None, path)  # built from the stored entry point
     with torch.no_grad():
         assert torch.equal(from_spec.eval()(x), pruned(x))
+    with pytest.raises(CheckpointError, match=r"pruned\.pt: cannot rebuild .*\(nasprune_cli\.demo:build\)$"):
+        restore(Residual(), path)  # another model (3 input channels): one line naming the right entry point
 
 
 def test_exported_onnx_matches_torch(tmp_path: Path, flops_half: tuple) -> None:
