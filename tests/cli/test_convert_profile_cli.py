@@ -159,6 +159,20 @@ def test_unexpected_exception_is_one_line_unless_debug(
     assert isinstance(debug.exception, RuntimeError)  # re-raised: the console script prints the traceback
 
 
+def test_closed_stdout_is_not_reported_as_an_error(
+    runner: CliRunner, tiny: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`nasprune ... | head` closes the pipe while the command still writes: exit quietly, as click does."""
+
+    def closed_pipe(spec: str, kwargs: dict) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr("nasprune_cli.loading.build_model", closed_pipe)
+    result = runner.invoke(app, ["profile", "--model", "np_cli_models:build", "--input-shape", "1,3,8,8"])
+    assert result.exit_code == 1
+    assert "Error" not in result.stderr
+
+
 def test_help_does_not_import_torch() -> None:
     code = "import sys, nasprune_cli.cli.app; print('torch' in sys.modules, 'pydantic' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
