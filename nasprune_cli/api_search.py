@@ -124,7 +124,7 @@ def search(
     state = searcher.search()
 
     pruned = space.export()
-    from nasprune_cli.metrics.flops import count_params, fvcore_flops
+    from nasprune_cli.metrics.flops import FLOPS_UNIT, count_params, fvcore_flops
 
     measured = Cost(float(fvcore_flops(pruned, dummy_input)), float(count_params(pruned)))
     if not satisfies(measured, bounds):
@@ -148,6 +148,7 @@ def search(
             "flops_ratio": measured.flops / max(original.flops, 1.0),
             "params_ratio": measured.params / max(original.params, 1.0),
             "evaluations": state["evaluations"],
+            "flops_unit": FLOPS_UNIT,
         },
         "layers": layer_rows(space, best["config"]),
     }

@@ -18,6 +18,8 @@ from torch import nn
 from nasprune_cli.constraints import Cost
 from nasprune_cli.errors import TraceError
 
+FLOPS_UNIT = "fvcore FLOPs: one per multiply-add, on the dummy input, eval mode"
+
 
 def _as_tuple(dummy_input: Any) -> tuple:
     """fvcore wants a tuple of positional inputs."""

@@ -194,17 +194,8 @@ def _row(stdout: str, label: str) -> list[str]:
 
 
 def test_profile_resnet18_table_matches_json(runner: CliRunner) -> None:
-    args = [
-        "profile",
-        "--model",
-        "torchvision.models:resnet18",
-        "--recipe",
-        FASTNAS,
-        "--flops",
-        "60%",
-        "--input-shape",
-        "1,3,64,64",
-    ]
+    """The README's first command, as is (the recipe's 1x3x224x224 input): tables, then the same figures as JSON."""
+    args = ["profile", "--model", "torchvision.models:resnet18", "--recipe", FASTNAS, "--flops", "60%"]
     table = runner.invoke(app, args)
     assert table.exit_code == 0, table.output
     out = table.stdout
@@ -216,6 +207,9 @@ def test_profile_resnet18_table_matches_json(runner: CliRunner) -> None:
     assert as_json.exit_code == 0, as_json.output
     data = json.loads(as_json.stdout)
     assert data["converted"] is True
+    assert data["flops"]["max"] == 1_819_065_856  # resnet18 at 224x224: fvcore's 1.82 G multiply-adds
+    assert data["params"]["max"] == 11_689_512
+    assert "one per multiply-add" in data["flops_unit"]
     for label, key in (("FLOPs", "flops"), ("params", "params")):
         cells = _row(out, label)
         for cell, which in zip(cells[:3], ("min", "centroid", "max"), strict=True):

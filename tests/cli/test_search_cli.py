@@ -111,6 +111,7 @@ def test_demo_json_reports_before_and_after(runner: CliRunner, flag: str) -> Non
     name = flag.lstrip("-")
     assert 0.45 <= metrics[f"{name}_ratio"] <= 0.50
     assert metrics["original"]["score"] > 0.9 and metrics["pruned"]["score"] > 0.9  # accuracy before / after
+    assert "one per multiply-add" in metrics["flops_unit"]
     assert data["output"] is None
     assert data["config"] and data["layers"]
 
