@@ -188,3 +188,46 @@ def test_config_keys_are_checked() -> None:
         demo_search({"flops": "50%"}, scor=None)
     with pytest.raises(SearchError, match="no constraints"):
         search(build(), {}, DIGIT, {})
+
+
+def test_cost_checks_never_retrace_and_fvcore_confirms_the_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The model is traced once and fvcore runs twice (original, final subnet), however many subnets are costed."""
+    import nasprune_cli.conversion as conversion
+    import nasprune_cli.metrics.flops as flops
+
+    calls = {"trace": 0, "fvcore": 0}
+
+    def counted(name: str, fn: object) -> object:
+        def wrapper(*args: object, **kwargs: object) -> object:
+            calls[name] += 1
+            return fn(*args, **kwargs)  # type: ignore[operator]
+
+        return wrapper
+
+    monkeypatch.setattr(conversion, "trace_model", counted("trace", conversion.trace_model))
+    monkeypatch.setattr(conversion, "fvcore_flops", counted("fvcore", conversion.fvcore_flops))
+    monkeypatch.setattr(flops, "fvcore_flops", counted("fvcore", flops.fvcore_flops))
+    torch.manual_seed(0)
+    dummy = torch.randn(1, 3, 16, 16)
+    model = Residual()
+    forwards = []
+    model.register_forward_pre_hook(lambda *_: forwards.append(1))
+    space = convert(model, None, dummy)
+    assert calls == {"trace": 1, "fvcore": 1}
+    forwards.clear()
+    for seed in range(50):  # the fast cost model: no forward pass, no trace, no fvcore
+        space.cost(space.sample(seed))
+    assert forwards == [] and calls == {"trace": 1, "fvcore": 1}
+
+    config = {"searcher": "random", "iterations": 12, "max_batches": 1}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pruned, state = search(space, {"flops": "60%"}, None, config)
+    assert len(state["history"]) == 12
+    assert calls == {"trace": 1, "fvcore": 2}  # + the final subnet, confirmed on the exported model
+    assert state["summary"]["metrics"]["pruned"]["flops"] == fvcore_flops(pruned, dummy)
+
+    monkeypatch.setattr(flops, "fvcore_flops", lambda *args, **kwargs: 1e18)  # a cost model that would be wrong
+    with warnings.catch_warnings(), pytest.raises(SearchError, match="breaks the budget when fvcore counts it"):
+        warnings.simplefilter("ignore")
+        search(space, {"flops": "60%"}, None, config)
