@@ -25,6 +25,11 @@ DEMO = ["search", "--model", "nasprune_cli.demo:build", "--recipe", DEMO_RECIPE]
 HELPERS = """
 import math
 
+import torch
+
+DRAWN = []  # batches drawn from data()
+COLLECTED = []  # collect() calls
+
 
 def nan_score(model):
     return math.nan
@@ -32,6 +37,18 @@ def nan_score(model):
 
 def text_score(model):
     return "high"
+
+
+def data():
+    gen = torch.Generator().manual_seed(0)
+    for i in range(100):
+        DRAWN.append(i)
+        yield {"image": torch.randn(16, 1, 8, 8, generator=gen), "label": torch.zeros(16, dtype=torch.long)}
+
+
+def collect(batch):
+    COLLECTED.append(1)
+    return batch["image"]
 """
 
 
@@ -121,6 +138,31 @@ def test_evolve_searcher_flags(runner: CliRunner) -> None:
     assert data["searcher"] == "evolve"
     assert data["metrics"]["flops_ratio"] <= 0.60
     assert data["metrics"]["evaluations"] <= 5
+
+
+def test_data_collect_and_max_batches_flags_win_over_the_recipe(runner: CliRunner, helpers: Path) -> None:
+    import np_search_helpers as h  # the module the CLI loads (same process)
+
+    h.DRAWN.clear()
+    h.COLLECTED.clear()
+    extra = ["--data", "np_search_helpers:data", "--collect", "np_search_helpers:collect", "--max-batches", "2"]
+    data = run_json(runner, "--flops", "50%", *extra)  # the recipe's data yields (image, label) tuples
+    assert h.DRAWN == [0, 1]  # --max-batches: two batches are drawn once and reused
+    assert h.COLLECTED and len(h.COLLECTED) % 2 == 0  # dict batches reach the model only through --collect
+    assert 0.45 <= data["metrics"]["flops_ratio"] <= 0.50
+    assert data["recipe"]["search"]["data"] == "np_search_helpers:data"
+
+
+def test_without_data_random_inputs_and_the_default_score_with_a_warning(runner: CliRunner) -> None:
+    args = ["search", "--model", "nasprune_cli.demo:build", "--input-shape", "1,1,8,8", "--flops", "90%", "--json"]
+    result = runner.invoke(app, [*args, "--max-batches", "1"])  # no recipe: no --data, no --score
+    assert result.exit_code == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("Warning: ")]
+    assert len(warnings) == 1 and "no --data given" in warnings[0] and "real inputs" in warnings[0]
+    metrics = json.loads(result.stdout)["metrics"]
+    assert metrics["score_name"].startswith("output agreement")
+    assert metrics["original"]["score"] == 1.0 and metrics["pruned"]["score"] <= 1.0
+    assert metrics["flops_ratio"] <= 0.90
 
 
 # ---- interruption and resume -------------------------------------------------------------------------------
