@@ -106,14 +106,19 @@ def digest(obj: Any) -> str:
 
 
 def fingerprint_difference(stored: Mapping[str, Any], current: Mapping[str, Any]) -> str:
-    """A short description of the first key whose value differs, e.g. "model ('a:b' vs 'c:d')"."""
-    for key in sorted(set(stored) | set(current)):
+    """A short description of the first key whose value differs, e.g. "model ('a:b' vs 'c:d')".
+
+    Keys are compared in the fingerprint's order (model, recipe, settings, constraints, input, hparams, ...): the
+    cause (another model) is named before its consequences (other hparams)."""
+    for key in [*current, *(k for k in stored if k not in current)]:
         a, b = stored.get(key), current.get(key)
         if digest(a) != digest(b):
             if isinstance(a, Mapping) and isinstance(b, Mapping):
                 inner = fingerprint_difference(a, b)
                 return f"{key}.{inner}" if inner else key
-            return f"{key} ({_short(a)} in the checkpoint vs {_short(b)} now)"
+            was = _short(a) if key in stored else "absent"
+            now = _short(b) if key in current else "absent"
+            return f"{key} ({was} in the checkpoint vs {now} now)"
     return ""
 
 

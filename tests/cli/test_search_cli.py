@@ -278,6 +278,12 @@ def test_foreign_checkpoint_is_refused(runner: CliRunner, tmp_path: Path) -> Non
     assert_one_error(other, f"{ckpt}: this checkpoint belongs to a different search (constraints.flops ")
     seed = runner.invoke(app, [*DEMO, "--flops", "50%", "--seed", "7", "--checkpoint", str(ckpt)])
     assert_one_error(seed, "different search (settings.seed (0 in the checkpoint vs 7 now)")
+    model = runner.invoke(app, [*DEMO, "--flops", "50%", "--model-kwargs", "width=16", "--checkpoint", str(ckpt)])
+    assert_one_error(
+        model,
+        "different search (model.kwargs.width (absent in the checkpoint vs 16 now)",
+        "delete it or pass another --checkpoint",
+    )
 
 
 def test_export_errors(runner: CliRunner, tmp_path: Path) -> None:
