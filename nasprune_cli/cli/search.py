@@ -19,10 +19,10 @@ from nasprune_cli.cli.options import (
     ParamsOpt,
     RecipeOpt,
     SeedOpt,
+    check_output,
     dummy_input_from,
     recipe_overrides,
 )
-from nasprune_cli.errors import CheckpointError
 
 SearcherOpt = Annotated[
     str | None,
@@ -135,8 +135,10 @@ def search_command(
     if search_overrides:
         overrides.setdefault("search", {}).update(search_overrides)
     loaded = load_recipe(recipe, overrides)
-    if output_path is not None and output_path.exists() and not overwrite:  # fail before the slow part
-        raise CheckpointError(f"{output_path}: already exists (pass --overwrite to replace it)")
+    if output_path is not None:
+        check_output(output_path, overwrite)  # fail before the slow part
+    if loaded.search.checkpoint is not None:
+        check_output(Path(loaded.search.checkpoint), overwrite=True)  # an existing checkpoint is resumed
 
     net = build_model(model, kwargs)
     config: dict[str, Any] = {

@@ -286,6 +286,19 @@ def test_foreign_checkpoint_is_refused(runner: CliRunner, tmp_path: Path) -> Non
     )
 
 
+@pytest.mark.parametrize("flag", ["--output", "--checkpoint"])
+def test_missing_output_directory_fails_before_the_search(
+    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flag: str
+) -> None:
+    def no_search(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the search ran")
+
+    monkeypatch.setattr("nasprune_cli.api_search.search", no_search)
+    path = tmp_path / "no_dir" / "file.pt"
+    result = runner.invoke(app, [*DEMO, "--flops", "50%", flag, str(path)])
+    assert_one_error(result, f"{path}: directory '{path.parent}' does not exist")
+
+
 def test_export_errors(runner: CliRunner, tmp_path: Path) -> None:
     missing = runner.invoke(app, ["export", "--pruned", str(tmp_path / "nope.pt"), "--output", str(tmp_path / "m")])
     assert_one_error(missing, "nope.pt: pruned-model file not found")
