@@ -40,7 +40,7 @@ def convert_command(
     from nasprune_cli.space_file import save_space
 
     kwargs = parse_kwargs(model_kwargs)
-    loaded = load_recipe(recipe, recipe_overrides(input_shape=input_shape))
+    loaded = load_recipe(recipe, recipe_overrides(input_shape=input_shape), "command line")
     check_output(output_path, overwrite)  # fail before the slow part
     net = build_model(model, kwargs)
     space = convert(net, loaded, dummy_input_from(loaded, None))

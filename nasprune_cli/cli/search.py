@@ -134,7 +134,7 @@ def search_command(
     search_overrides = {k: v for k, v in flags.items() if v is not None}
     if search_overrides:
         overrides.setdefault("search", {}).update(search_overrides)
-    loaded = load_recipe(recipe, overrides)
+    loaded = load_recipe(recipe, overrides, "command line")
     if output_path is not None:
         check_output(output_path, overwrite)  # fail before the slow part
     if loaded.search.checkpoint is not None:

@@ -168,5 +168,14 @@ def test_several_problems_are_counted_on_one_line(tmp_path: Path) -> None:
 
 
 def test_bad_override_is_reported_with_its_key_path() -> None:
-    with pytest.raises(RecipeError, match=re.escape("recipe: input.shape: expected a list of positive integers")):
+    with pytest.raises(RecipeError, match=re.escape("overrides: input.shape: expected a list of positive integers")):
         load_recipe(None, {"input": {"shape": [1, 0]}})
+
+
+def test_an_error_names_where_the_bad_value_came_from(tmp_path: Path) -> None:
+    path = write(tmp_path, "search: {seed: 1, searcher: evol}\n")
+    with pytest.raises(RecipeError, match=re.escape(f"{path}: search.searcher: expected one of")):
+        load_recipe(path, {"search": {"seed": 2}}, "command line")  # the bad value is the file's
+    good = write(tmp_path, "search: {seed: 1}\n", "good.yaml")
+    with pytest.raises(RecipeError, match=r"^command line: search\.searcher: expected one of .* \(got 'evol'\)$"):
+        load_recipe(good, {"search": {"searcher": "evol"}}, "command line")
