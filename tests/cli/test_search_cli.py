@@ -310,3 +310,17 @@ def test_export_errors(runner: CliRunner, tmp_path: Path) -> None:
         app, ["export", "--pruned", str(other), "--output", str(tmp_path / "m"), "--format", "tflite"]
     )
     assert_one_error(bad_format, "--format: unknown format 'tflite'")
+
+
+def test_progress_bars_follow_the_sensitivity_map_and_the_search() -> None:
+    from nasprune_cli.cli.search import _Progress
+
+    with _Progress(enabled=False) as update:
+        assert update is None  # not a terminal: no bars, the library gets no callback
+    progress = _Progress(enabled=True)
+    with progress as update:
+        update("sensitivity", 0, 20)
+        update("sensitivity", 20, 20)
+        update("search", 3, 5)
+    tasks = {t.description: (t.completed, t.total) for t in progress.bar.tasks}
+    assert tasks == {"sensitivity map": (20, 20), "search": (3, 5)}
