@@ -74,6 +74,8 @@ def test_fingerprint_ignores_the_recipe_search_section_but_not_the_rest() -> Non
     diff = fingerprint_difference(a, make_fp(model={"entry_point": "pkg:other", "kwargs": {"width": 8}}))
     assert diff == 'model.entry_point ("pkg:build" in the checkpoint vs "pkg:other" now)'
     assert fingerprint_difference(a, a) == ""
+    rules = {"mode": "fastnas", "rules": {"nn.Conv2d": None}, "search": {}, "input": {"shape": [1, 3]}}
+    assert fingerprint_difference(a, make_fp(recipe=rules)).startswith("recipe.rules (null in the checkpoint vs ")
     # another model also has other hparams: the model, the cause, is named
     other = make_fp(model={"entry_point": "pkg:build", "kwargs": {"width": 16}}, hparams={"h": [8, 16, 32]})
     assert fingerprint_difference(a, other).startswith("model.kwargs.width (8 in the checkpoint vs 16 now)")
