@@ -12,7 +12,14 @@ from torch import nn
 
 from nasprune_cli.constraints import Cost, parse_constraints, satisfies
 from nasprune_cli.errors import CheckpointError, LoadError, NasPruneError, SearchError
-from nasprune_cli.metrics.score import DEFAULT_SCORE_NAME, Evaluator, callable_name, load_batches, random_batches
+from nasprune_cli.metrics.score import (
+    DEFAULT_SCORE_NAME,
+    Evaluator,
+    callable_name,
+    inputs_as_given,
+    load_batches,
+    random_batches,
+)
 from nasprune_cli.searchers import searcher_class
 from nasprune_cli.searchers.base import unsatisfiable_message
 from nasprune_cli.searchers.state import SearchSettings, fingerprint
@@ -89,6 +96,8 @@ def search(
     if data is None:
         warnings.warn(NO_DATA_WARNING, stacklevel=2)
         batches = random_batches(dummy_input, settings.max_batches, settings.seed)
+        if collect_fn is None:  # a random batch is the model's whole input (a tuple: all its positional inputs)
+            collect_fn = inputs_as_given
     else:
         batches = load_batches(data, settings.max_batches, data_name)
 

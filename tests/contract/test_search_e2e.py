@@ -231,3 +231,30 @@ def test_cost_checks_never_retrace_and_fvcore_confirms_the_result(monkeypatch: p
     with warnings.catch_warnings(), pytest.raises(SearchError, match="breaks the budget when fvcore counts it"):
         warnings.simplefilter("ignore")
         search(space, {"flops": "60%"}, None, config)
+
+
+class TwoInputs(torch.nn.Module):
+    """An image and a vector, as two positional inputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 3, padding=1), torch.nn.BatchNorm2d(64))
+        self.vec = torch.nn.Linear(10, 64)
+        self.fc = torch.nn.Linear(64, 5)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.conv(x)).mean((2, 3)) + self.vec(y))
+
+
+def test_a_model_with_several_inputs_is_searched_on_random_batches_of_all_of_them(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    dummy = (torch.randn(2, 3, 8, 8), torch.randn(2, 10))
+    with pytest.warns(UserWarning, match="no --data given"):
+        pruned, state = search(TwoInputs(), {"flops": "70%"}, dummy, {"max_batches": 2})
+    assert fvcore_flops(pruned, dummy) <= state["summary"]["constraints"]["flops"]
+    assert state["summary"]["input"] == {"shape": [[2, 3, 8, 8], [2, 10]], "dtype": "float32"}
+    path = tmp_path / "pruned.pt"
+    save_pruned(path, pruned, state)
+    rebuilt = restore(TwoInputs(), path)  # the stored input shapes rebuild the space
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt.eval()(*dummy), pruned.eval()(*dummy))
