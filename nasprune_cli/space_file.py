@@ -64,8 +64,8 @@ def load_space(path: str | Path) -> dict[str, Any]:
 
 
 def restore_space(path: str | Path, model: nn.Module | None = None, dummy_input: Any = None) -> SearchSpace:
-    """Rebuild the converted model of a search-space file (e.g. to train it for AutoNAS); None model: built
-    from the stored entry point. The stored hparams must come out the same, and the stored subnet is selected."""
+    """Rebuild the converted model of a search-space file (None model: built from the stored entry point)."""
+    # e.g. to train the converted model for AutoNAS; the hparams must come out as stored, the stored subnet is active
     import warnings
 
     from nasprune_cli.conversion import convert, make_dummy_input
