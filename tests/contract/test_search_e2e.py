@@ -75,6 +75,9 @@ def test_restore_rebuilds_the_exported_model(tmp_path: Path, flops_half: tuple) 
     data = load_pruned(path)
     assert data["model"] == {"entry_point": "nasprune_cli.demo:build", "kwargs": {}}
     assert data["input"] == {"shape": [1, 1, 8, 8], "dtype": "float32"}
+    assert data["format_version"] == 1 and data["recipe"]["mode"] == "fastnas"
+    assert data["config"] == state["summary"]["config"] and data["metrics"] == state["summary"]["metrics"]
+    assert data["state_dict"].keys() == pruned.state_dict().keys()
     fresh = DigitsResNet()  # untrained: every weight comes from the file
     rebuilt = restore(fresh, path)
     assert not any(is_dynamic(m) for m in rebuilt.modules())
