@@ -101,7 +101,7 @@ def search(
     else:
         batches = load_batches(data, settings.max_batches, data_name)
 
-    _seed_everything(settings.seed)
+    seed_everything(settings.seed)
     space.sort_parameters()
     space.select(space.max())
     evaluator = Evaluator(space.model, batches, collect_fn, score_fn, score_name, collect_name)
@@ -120,6 +120,7 @@ def search(
         score=score_name if score_fn is not None else "default",
         data=data_name,
         collect=collect_name,
+        weights=weights_digest(space.model),
     )
     searcher = searcher_class(settings.searcher)(
         space,
@@ -331,7 +332,20 @@ def _input_spec(dummy_input: Any) -> dict[str, Any]:
     }
 
 
-def _seed_everything(seed: int) -> None:
+def weights_digest(model: nn.Module) -> str:
+    """A short hash of a model's parameters (names, shapes, dtypes and values; buffers are left out)."""
+    import hashlib
+
+    sha = hashlib.sha256()
+    for name, param in model.named_parameters():
+        tensor = param.detach().cpu().contiguous()
+        sha.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+        sha.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
+    return sha.hexdigest()[:16]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, torch's and numpy's global random generators."""
     import random
 
     random.seed(seed)

@@ -114,7 +114,7 @@ def search_command(
     json_out: JsonOpt = False,
 ) -> None:
     """Search the best subnet within --flops / --params and write the pruned model (--output)."""
-    from nasprune_cli.api_search import search
+    from nasprune_cli.api_search import search, seed_everything
     from nasprune_cli.checkpoint import save_pruned
     from nasprune_cli.loading import build_model, parse_kwargs
     from nasprune_cli.recipe.load import load_recipe
@@ -140,6 +140,7 @@ def search_command(
     if loaded.search.checkpoint is not None:
         check_output(Path(loaded.search.checkpoint), overwrite=True)  # an existing checkpoint is resumed
 
+    seed_everything(loaded.search.seed)  # a builder that initialises randomly builds the same model every run
     net = build_model(model, kwargs)
     config: dict[str, Any] = {
         "recipe": loaded,

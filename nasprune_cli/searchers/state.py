@@ -81,13 +81,20 @@ def fingerprint(
     score: str,
     data: str,
     collect: str,
+    weights: str | None = None,
 ) -> dict[str, Any]:
-    """Everything a search result depends on, as plain JSON-able values (compared key by key on resume)."""
+    """Everything a search result depends on, as plain JSON-able values (compared key by key on resume).
+
+    `weights` is a digest of the model's parameters: a retrained (or freshly initialised) model is another model.
+    """
     rules = None
     if recipe is not None:
         rules = {k: v for k, v in recipe.items() if k not in ("search", "description")}
+    spec = {"entry_point": model.get("entry_point"), "kwargs": dict(model.get("kwargs") or {})}
+    if weights is not None:
+        spec["weights"] = weights
     return {
-        "model": {"entry_point": model.get("entry_point"), "kwargs": dict(model.get("kwargs") or {})},
+        "model": spec,
         "recipe": rules,
         "settings": settings.to_dict(),
         "constraints": {k: float(v) for k, v in sorted(bounds.items())},

@@ -49,6 +49,13 @@ def data():
 def collect(batch):
     COLLECTED.append(1)
     return batch["image"]
+
+
+def random_init():
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, 64, 3, padding=1), torch.nn.BatchNorm2d(64), torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(64, 10),
+    )
 """
 
 
@@ -163,6 +170,19 @@ def test_without_data_random_inputs_and_the_default_score_with_a_warning(runner:
     assert metrics["score_name"].startswith("output agreement")
     assert metrics["original"]["score"] == 1.0 and metrics["pruned"]["score"] <= 1.0
     assert metrics["flops_ratio"] <= 0.90
+
+
+def test_a_randomly_initialised_model_gives_the_same_result_every_run(runner: CliRunner, helpers: Path) -> None:
+    """The builder runs after seeding with search.seed: the same command builds the same model (and can resume)."""
+    args = ["search", "--model", "np_search_helpers:random_init", "--input-shape", "1,1,8,8", "--flops", "60%"]
+    runs = []
+    for _ in range(2):
+        torch.randn(7)  # whatever the global RNG did before
+        result = runner.invoke(app, [*args, "--max-batches", "1", "--json"])
+        assert result.exit_code == 0, result.stderr
+        runs.append(json.loads(result.stdout))
+    assert runs[0]["config"] == runs[1]["config"] and runs[0]["metrics"] == runs[1]["metrics"]
+    assert runs[0]["metrics"]["pruned"]["score"] < 1.0  # the default score saw a pruned model
 
 
 # ---- interruption and resume -------------------------------------------------------------------------------

@@ -261,3 +261,20 @@ def test_a_model_with_several_inputs_is_searched_on_random_batches_of_all_of_the
     rebuilt = restore(TwoInputs(), path)  # the stored input shapes rebuild the space
     with torch.no_grad():
         torch.testing.assert_close(rebuilt.eval()(*dummy), pruned.eval()(*dummy))
+
+
+def test_a_checkpoint_of_the_same_builder_with_other_weights_is_refused(tmp_path: Path) -> None:
+    dummy = torch.randn(1, 3, 16, 16)
+    ckpt = tmp_path / "state.pt"
+    config = {"max_batches": 1, "checkpoint": ckpt, "model_spec": {"entry_point": "tests.toys:Residual", "kwargs": {}}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.manual_seed(0)
+        search(Residual(), {"flops": "60%"}, dummy, config)
+        torch.manual_seed(0)
+        search(Residual(), {"flops": "60%"}, dummy, config)  # the same weights: resumes (here: already done)
+        torch.manual_seed(1)
+        with pytest.raises(
+            CheckpointError, match=r"state\.pt: this checkpoint belongs to a different search \(model\.weights "
+        ):
+            search(Residual(), {"flops": "60%"}, dummy, config)  # retrained / re-initialised: another model
