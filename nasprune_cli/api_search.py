@@ -12,7 +12,14 @@ from torch import nn
 
 from nasprune_cli.constraints import Cost, parse_constraints, satisfies
 from nasprune_cli.errors import CheckpointError, LoadError, NasPruneError, SearchError
-from nasprune_cli.metrics.score import DEFAULT_SCORE_NAME, Evaluator, callable_name, load_batches, random_batches
+from nasprune_cli.metrics.score import (
+    DEFAULT_SCORE_NAME,
+    Evaluator,
+    callable_name,
+    inputs_as_given,
+    load_batches,
+    random_batches,
+)
 from nasprune_cli.searchers import searcher_class
 from nasprune_cli.searchers.base import unsatisfiable_message
 from nasprune_cli.searchers.state import SearchSettings, fingerprint
@@ -89,10 +96,12 @@ def search(
     if data is None:
         warnings.warn(NO_DATA_WARNING, stacklevel=2)
         batches = random_batches(dummy_input, settings.max_batches, settings.seed)
+        if collect_fn is None:  # a random batch is the model's whole input (a tuple: all its positional inputs)
+            collect_fn = inputs_as_given
     else:
         batches = load_batches(data, settings.max_batches, data_name)
 
-    _seed_everything(settings.seed)
+    seed_everything(settings.seed)
     space.sort_parameters()
     space.select(space.max())
     evaluator = Evaluator(space.model, batches, collect_fn, score_fn, score_name, collect_name)
@@ -111,6 +120,7 @@ def search(
         score=score_name if score_fn is not None else "default",
         data=data_name,
         collect=collect_name,
+        weights=weights_digest(space.model),
     )
     searcher = searcher_class(settings.searcher)(
         space,
@@ -124,7 +134,7 @@ def search(
     state = searcher.search()
 
     pruned = space.export()
-    from nasprune_cli.metrics.flops import count_params, fvcore_flops
+    from nasprune_cli.metrics.flops import FLOPS_UNIT, count_params, fvcore_flops
 
     measured = Cost(float(fvcore_flops(pruned, dummy_input)), float(count_params(pruned)))
     if not satisfies(measured, bounds):
@@ -148,6 +158,7 @@ def search(
             "flops_ratio": measured.flops / max(original.flops, 1.0),
             "params_ratio": measured.params / max(original.params, 1.0),
             "evaluations": state["evaluations"],
+            "flops_unit": FLOPS_UNIT,
         },
         "layers": layer_rows(space, best["config"]),
     }
@@ -190,15 +201,22 @@ def restore(model: nn.Module | None, path: str | Path, dummy_input: Any = None) 
     recipe = recipe_from_dict(data["recipe"], f"{path}: recipe") if data["recipe"] is not None else None
     if dummy_input is None:
         dummy_input = make_dummy_input(list(data["input"]["shape"]), data["input"].get("dtype", "float32"))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # unused recipe patterns were reported when the search ran
-        space = convert(model, recipe, dummy_input)
+    entry_point = data["model"].get("entry_point")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # unused recipe patterns were reported when the search ran
+            space = convert(model, recipe, dummy_input)
+    except NasPruneError as exc:
+        raise CheckpointError(
+            f"{path}: cannot rebuild the pruned model from the given model ({exc}); pass a fresh instance of the "
+            f"model the search ran on ({entry_point})"
+        ) from exc
     try:
         space.select(data["config"])
     except NasPruneError as exc:
         raise CheckpointError(
             f"{path}: the stored subnet does not fit this model ({exc}); pass a fresh instance of the model the "
-            f"search ran on ({data['model'].get('entry_point')})"
+            f"search ran on ({entry_point})"
         ) from exc
     pruned = space.export()
     try:
@@ -208,7 +226,7 @@ def restore(model: nn.Module | None, path: str | Path, dummy_input: Any = None) 
         detail = " ".join(line.strip() for line in first[:3])[:300]
         raise CheckpointError(
             f"{path}: the stored weights do not match the rebuilt model ({detail}); pass a fresh instance of "
-            f"{data['model'].get('entry_point')} with the same kwargs"
+            f"{entry_point} with the same kwargs"
         ) from exc
     return pruned
 
@@ -314,7 +332,20 @@ def _input_spec(dummy_input: Any) -> dict[str, Any]:
     }
 
 
-def _seed_everything(seed: int) -> None:
+def weights_digest(model: nn.Module) -> str:
+    """A short hash of a model's parameters (names, shapes, dtypes and values; buffers are left out)."""
+    import hashlib
+
+    sha = hashlib.sha256()
+    for name, param in model.named_parameters():
+        tensor = param.detach().cpu().contiguous()
+        sha.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+        sha.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
+    return sha.hexdigest()[:16]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, torch's and numpy's global random generators."""
     import random
 
     random.seed(seed)

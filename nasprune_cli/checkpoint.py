@@ -11,6 +11,7 @@ Pruned-model file (`--output pruned.pt`):
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -47,19 +48,33 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
     return path
 
 
-def _read(path: Path, what: str) -> dict[str, Any]:
+def read_torch_file(path: Path, what: str) -> Any:
+    """torch.load(weights_only=True) of a nasprune file, with one-line errors naming the file and `what` it is."""
     if not path.is_file():
         raise CheckpointError(f"{path}: {what} not found")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: not a readable nasprune {what} (the file is empty)")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # a text file, or a pickle of arbitrary objects (never run here)
+        raise CheckpointError(
+            f"{path}: not a readable nasprune {what} (not a torch.save file of tensors and plain values, the only "
+            "content nasprune loads: torch.load(weights_only=True))"
+        ) from exc
     except Exception as exc:  # noqa: BLE001 - corrupt / foreign files fail in many ways
         raise CheckpointError(
-            f"{path}: not a readable nasprune {what} ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
+            f"{path}: not a readable nasprune {what} ({type(exc).__name__}: {_first_line(exc)})"
         ) from exc
     return data
 
 
-def _check_kind(path: Path, data: Any, kind: str, what: str) -> None:
+def _first_line(exc: Exception) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:120] if lines else "no details"
+
+
+def check_kind(path: Path, data: Any, kind: str, what: str) -> None:
+    """Refuse a file of another kind or format version."""
     if not isinstance(data, dict) or data.get("kind") != kind:
         found = data.get("kind") if isinstance(data, dict) else type(data).__name__
         raise CheckpointError(f"{path}: not a nasprune {what} (kind {found!r}, expected {kind!r})")
@@ -87,8 +102,8 @@ def load_search_state(path: str | Path, fingerprint: Mapping[str, Any]) -> dict[
     path = Path(path)
     if not path.exists():
         return None
-    data = _read(path, "search checkpoint")
-    _check_kind(path, data, STATE_KIND, "search checkpoint")
+    data = read_torch_file(path, "search checkpoint")
+    check_kind(path, data, STATE_KIND, "search checkpoint")
     if data.get("fingerprint_digest") != digest(fingerprint):
         diff = fingerprint_difference(data.get("fingerprint") or {}, fingerprint) or "fingerprint"
         raise CheckpointError(
@@ -132,8 +147,8 @@ def save_pruned(
 def load_pruned(path: str | Path) -> dict[str, Any]:
     """Read and check a pruned-model file written by `save_pruned`."""
     path = Path(path)
-    data = _read(path, "pruned-model file")
-    _check_kind(path, data, PRUNED_KIND, "pruned-model file")
+    data = read_torch_file(path, "pruned-model file")
+    check_kind(path, data, PRUNED_KIND, "pruned-model file")
     for key in ("model", "recipe", "input", "config", "state_dict"):
         if key not in data:
             raise CheckpointError(f"{path}: corrupt pruned-model file (missing '{key}')")
@@ -156,6 +171,8 @@ def write_deployable(
         raise CheckpointError(f"--format: unknown format {fmt!r} (expected one of {', '.join(EXPORT_FORMATS)})")
     if path.exists() and not overwrite:
         raise CheckpointError(f"{path}: already exists (pass --overwrite to replace it)")
+    if not path.parent.is_dir():
+        raise CheckpointError(f"{path}: directory '{path.parent}' does not exist")
     model = model.eval()
     args = dummy_input if isinstance(dummy_input, tuple) else (dummy_input,)
     gen = torch.Generator().manual_seed(1234)
@@ -232,8 +249,6 @@ def _write_onnx(model: nn.Module, path: Path, args: tuple, check: tuple, expecte
         raise CheckpointError(
             "--format onnx needs onnx and onnxruntime; install them with `pip install 'nasprune[onnx]'`"
         ) from exc
-    if not path.parent.is_dir():
-        raise CheckpointError(f"{path}: directory '{path.parent}' does not exist")
     names = [f"input_{i}" for i in range(len(args))] if len(args) > 1 else ["input"]
     tmp = _tmp_path(path)
     try:

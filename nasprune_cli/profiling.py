@@ -9,7 +9,7 @@ from typing import Any
 from torch import nn
 
 from nasprune_cli.constraints import Cost, parse_constraints
-from nasprune_cli.metrics.flops import count_params, fvcore_flops
+from nasprune_cli.metrics.flops import FLOPS_UNIT, count_params, fvcore_flops
 from nasprune_cli.space import FrozenLayer, Hparam, SearchSpace
 
 
@@ -37,7 +37,7 @@ class ProfileReport:
     frozen: list[FrozenLayer] = field(default_factory=list)
     constraints: list[ConstraintReport] = field(default_factory=list)
     hparams: list[Hparam] = field(default_factory=list)
-    flops_unit: str = "fvcore FLOPs: one per multiply-add, on the dummy input, eval mode"
+    flops_unit: str = FLOPS_UNIT
 
     @property
     def all_satisfiable(self) -> bool:

@@ -1,20 +1,22 @@
-"""Search-space files written by `nasprune convert`: model spec, recipe, input shape and the hparam config."""
+"""Search-space files written by `nasprune convert` (model spec, recipe, input shape, hparams) and their rebuild."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
+from nasprune_cli.checkpoint import FORMAT_VERSION, atomic_save, check_kind, read_torch_file
 from nasprune_cli.errors import CheckpointError
 from nasprune_cli.recipe.load import recipe_to_dict
 from nasprune_cli.recipe.schema import Recipe
 
+if TYPE_CHECKING:
+    from torch import nn
+
+    from nasprune_cli.space import SearchSpace
+
 KIND = "nasprune-space"
-FORMAT_VERSION = 1
+__all__ = ["FORMAT_VERSION", "KIND", "load_space", "restore_space", "save_space"]
 
 
 def save_space(
@@ -49,33 +51,45 @@ def save_space(
         ],
         "frozen": [{"name": f.name, "reason": f.reason} for f in space.frozen],
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(data, tmp)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise CheckpointError(f"{path}: cannot write: {exc}") from exc
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_save(data, path)
     return path
 
 
 def load_space(path: str | Path) -> dict[str, Any]:
     """Read a search-space file (weights_only) and check its kind and format version."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: file not found")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - corrupt / foreign files fail in many ways
-        raise CheckpointError(f"{path}: not a readable nasprune file ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(data, dict) or data.get("kind") != KIND:
-        found = data.get("kind") if isinstance(data, dict) else type(data).__name__
-        raise CheckpointError(f"{path}: not a nasprune search-space file (kind {found!r}, expected {KIND!r})")
-    if data.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path}: unsupported format_version {data.get('format_version')!r} (this nasprune reads {FORMAT_VERSION})"
-        )
+    data = read_torch_file(path, "search-space file")
+    check_kind(path, data, KIND, "search-space file")
     return data
+
+
+def restore_space(path: str | Path, model: nn.Module | None = None, dummy_input: Any = None) -> SearchSpace:
+    """Rebuild the converted model of a search-space file (None model: built from the stored entry point)."""
+    # e.g. to train the converted model for AutoNAS; the hparams must come out as stored, the stored subnet is active
+    import warnings
+
+    from nasprune_cli.conversion import convert, make_dummy_input
+    from nasprune_cli.loading import build_model
+    from nasprune_cli.recipe.load import recipe_from_dict
+
+    path = Path(path)
+    data = load_space(path)
+    entry_point = data["model"]["entry_point"]
+    if model is None:
+        model = build_model(entry_point, dict(data["model"].get("kwargs") or {}))
+    recipe = recipe_from_dict(data["recipe"], f"{path}: recipe")
+    if dummy_input is None:
+        dummy_input = make_dummy_input(list(data["input"]["shape"]), data["input"].get("dtype", "float32"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # unused recipe patterns were reported by `nasprune convert`
+        space = convert(model, recipe, dummy_input)
+    stored = {hp["name"]: list(hp["choices"]) for hp in data["hparams"]}
+    found = {name: list(hp.choices) for name, hp in space.hparams.items()}
+    if stored != found:
+        diff = sorted(set(stored) ^ set(found)) or sorted(n for n in stored if stored[n] != found[n])
+        raise CheckpointError(
+            f"{path}: the model converts to other hparams than the stored ones (first difference: {diff[0]}); pass a "
+            f"fresh instance of {entry_point} with the stored kwargs {data['model'].get('kwargs') or {}}"
+        )
+    space.select(data["config"])
+    return space

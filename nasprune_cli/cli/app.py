@@ -45,6 +45,8 @@ class GuardedGroup(TyperGroup):
             except KeyboardInterrupt:
                 output.error("interrupted")
                 raise typer.Exit(130) from None
+            except BrokenPipeError:
+                raise  # stdout closed early (`nasprune ... | head`): click exits 1 quietly, no message is due
             except Exception as exc:  # noqa: BLE001 - the boundary: anything else is a bug, reported in one line
                 if debug_enabled() or type(exc).__module__.startswith("typer."):
                     raise

@@ -15,10 +15,10 @@ from nasprune_cli.cli.options import (
     OutputOpt,
     OverwriteOpt,
     RecipeOpt,
+    check_output,
     dummy_input_from,
     recipe_overrides,
 )
-from nasprune_cli.errors import CheckpointError
 
 _MAX_CHOICES_SHOWN = 8
 _MAX_LAYERS_SHOWN = 6
@@ -40,9 +40,8 @@ def convert_command(
     from nasprune_cli.space_file import save_space
 
     kwargs = parse_kwargs(model_kwargs)
-    loaded = load_recipe(recipe, recipe_overrides(input_shape=input_shape))
-    if output_path.exists() and not overwrite:  # fail before the slow part
-        raise CheckpointError(f"{output_path}: already exists (pass --overwrite to replace it)")
+    loaded = load_recipe(recipe, recipe_overrides(input_shape=input_shape), "command line")
+    check_output(output_path, overwrite)  # fail before the slow part
     net = build_model(model, kwargs)
     space = convert(net, loaded, dummy_input_from(loaded, None))
     save_space(output_path, space, {"entry_point": model, "kwargs": kwargs}, loaded, overwrite=overwrite)

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from nasprune_cli.cli import output
-from nasprune_cli.cli.options import JsonOpt, ModelKwargsOpt, OutputOpt, OverwriteOpt
+from nasprune_cli.cli.options import JsonOpt, ModelKwargsOpt, OutputOpt, OverwriteOpt, check_output
 
 PrunedOpt = Annotated[
     Path,
@@ -51,8 +51,7 @@ def export_command(
 
     if fmt not in EXPORT_FORMATS:
         raise CheckpointError(f"--format: unknown format {fmt!r} (expected one of {', '.join(EXPORT_FORMATS)})")
-    if output_path.exists() and not overwrite:
-        raise CheckpointError(f"{output_path}: already exists (pass --overwrite to replace it)")
+    check_output(output_path, overwrite)
     data = load_pruned(pruned)
     spec = data["model"]
     entry_point = model or spec["entry_point"]

@@ -52,7 +52,7 @@ def profile_command(
     kwargs = parse_kwargs(model_kwargs)
     overrides = recipe_overrides(input_shape=input_shape, flops=flops, params=params)
     # without --recipe the plain model is profiled; the budgets are still validated like a recipe's
-    loaded = load_recipe(recipe, overrides)
+    loaded = load_recipe(recipe, overrides, "command line")
     net = build_model(model, kwargs)
     if explain is not None:
         return explain_layer(

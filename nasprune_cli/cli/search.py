@@ -19,10 +19,10 @@ from nasprune_cli.cli.options import (
     ParamsOpt,
     RecipeOpt,
     SeedOpt,
+    check_output,
     dummy_input_from,
     recipe_overrides,
 )
-from nasprune_cli.errors import CheckpointError
 
 SearcherOpt = Annotated[
     str | None,
@@ -114,7 +114,7 @@ def search_command(
     json_out: JsonOpt = False,
 ) -> None:
     """Search the best subnet within --flops / --params and write the pruned model (--output)."""
-    from nasprune_cli.api_search import search
+    from nasprune_cli.api_search import search, seed_everything
     from nasprune_cli.checkpoint import save_pruned
     from nasprune_cli.loading import build_model, parse_kwargs
     from nasprune_cli.recipe.load import load_recipe
@@ -134,10 +134,13 @@ def search_command(
     search_overrides = {k: v for k, v in flags.items() if v is not None}
     if search_overrides:
         overrides.setdefault("search", {}).update(search_overrides)
-    loaded = load_recipe(recipe, overrides)
-    if output_path is not None and output_path.exists() and not overwrite:  # fail before the slow part
-        raise CheckpointError(f"{output_path}: already exists (pass --overwrite to replace it)")
+    loaded = load_recipe(recipe, overrides, "command line")
+    if output_path is not None:
+        check_output(output_path, overwrite)  # fail before the slow part
+    if loaded.search.checkpoint is not None:
+        check_output(Path(loaded.search.checkpoint), overwrite=True)  # an existing checkpoint is resumed
 
+    seed_everything(loaded.search.seed)  # a builder that initialises randomly builds the same model every run
     net = build_model(model, kwargs)
     config: dict[str, Any] = {
         "recipe": loaded,

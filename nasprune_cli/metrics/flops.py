@@ -18,6 +18,8 @@ from torch import nn
 from nasprune_cli.constraints import Cost
 from nasprune_cli.errors import TraceError
 
+FLOPS_UNIT = "fvcore FLOPs: one per multiply-add, on the dummy input, eval mode"
+
 
 def _as_tuple(dummy_input: Any) -> tuple:
     """fvcore wants a tuple of positional inputs."""
@@ -45,10 +47,20 @@ def fvcore_flops(model: nn.Module, dummy_input: Any, by_module: bool = False) ->
                 return {k: float(v) for k, v in analysis.by_module().items()}
             return float(analysis.total())
     except Exception as exc:  # noqa: BLE001 - fvcore's jit trace fails in many ways; report one line
-        raise TraceError(f"fvcore could not count the model's FLOPs: {type(exc).__name__}: {exc}") from exc
+        raise TraceError(
+            f"fvcore could not count the model's FLOPs on the dummy input of shape {_shapes(dummy_input)}: "
+            f"{type(exc).__name__}: {exc} (does the model run on that input? set it with --input-shape or the "
+            "recipe's input.shape)"
+        ) from exc
     finally:
         for m, training in modes.items():
             m.training = training
+
+
+def _shapes(dummy_input: Any) -> str:
+    """Shapes of the tensors of a dummy input, e.g. '[1, 3, 224, 224]' or '[1, 3, 8, 8]; [1, 10]'."""
+    items = dummy_input if isinstance(dummy_input, (tuple, list)) else (dummy_input,)
+    return "; ".join(str(list(t.shape)) for t in items if isinstance(t, torch.Tensor)) or "?"
 
 
 def count_params(model: nn.Module) -> int:

@@ -16,8 +16,13 @@ _SECTIONS: dict[str, type[BaseModel]] = {"search": SearchSection, "input": Input
 _MAX_VALUE_CHARS = 80
 
 
-def load_recipe(path: str | Path | None, overrides: Mapping[str, Any] | None = None) -> Recipe:
-    """Read and validate a recipe file; `overrides` (nested mappings) are merged over it; None path = defaults."""
+def load_recipe(
+    path: str | Path | None, overrides: Mapping[str, Any] | None = None, overrides_source: str = "overrides"
+) -> Recipe:
+    """Read and validate a recipe file; `overrides` (nested mappings) are merged over it; None path = defaults.
+
+    An error in a value that came from `overrides` names `overrides_source` (e.g. "command line") instead of the file.
+    """
     source = str(path) if path is not None else "recipe"
     data: Any = {} if path is None else _read_yaml(Path(path), source)
     if data is None:  # an empty file is an empty recipe
@@ -26,7 +31,7 @@ def load_recipe(path: str | Path | None, overrides: Mapping[str, Any] | None = N
         raise RecipeError(f"{source}: expected a mapping of recipe sections at the top level (got {_show(data)})")
     if overrides:
         data = _merge(data, overrides)
-    return _validate(data, source)
+    return _validate(data, source, overrides or {}, overrides_source)
 
 
 def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
@@ -51,13 +56,29 @@ def recipe_from_dict(data: Mapping[str, Any], source: str = "recipe") -> Recipe:
     return _validate(data, source)
 
 
-def _validate(data: Mapping[str, Any], source: str) -> Recipe:
+def _validate(
+    data: Mapping[str, Any],
+    source: str,
+    overrides: Mapping[str, Any] | None = None,
+    overrides_source: str = "overrides",
+) -> Recipe:
     try:
         return Recipe.model_validate(dict(data))
     except ValidationError as exc:
         errors = exc.errors()
         more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
-        raise RecipeError(f"{source}: {format_error(errors[0], data)}{more}") from None
+        where = overrides_source if _overridden(overrides or {}, tuple(errors[0]["loc"])) else source
+        raise RecipeError(f"{where}: {format_error(errors[0], data)}{more}") from None
+
+
+def _overridden(overrides: Mapping[str, Any], loc: tuple[Any, ...]) -> bool:
+    """Whether the value at a key path was given in the overrides."""
+    node: Any = overrides
+    for part in loc:
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    return bool(loc)
 
 
 def _read_yaml(path: Path, source: str) -> Any:

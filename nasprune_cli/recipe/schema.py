@@ -13,9 +13,9 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     WrapValidator,
     field_validator,
-    model_validator,
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 from torch import nn
@@ -245,12 +245,12 @@ class SearchSection(BaseModel):
     checkpoint: str | None = None  # search state file, resumed when it exists
     score: str | None = None  # "pkg.module:fn", fn(model) -> float, higher is better
     data: str | None = None  # "pkg.module:fn", fn() -> iterable of batches (BN recalibration, default score)
-    collect: str | None = None  # "pkg.module:fn", fn(model, batch) -> output; default: model(batch) or model(*batch)
+    collect: str | None = None  # "pkg.module:fn", fn(batch) -> model inputs; default: batch[0] of a tuple / list batch
     max_batches: int = Field(8, ge=1)  # batches of `data` used per evaluation
     seed: int = 0
     iterations: int = Field(100, ge=1)  # evolve / random: number of subnets evaluated
     population_size: int = Field(20, ge=2)  # evolve: subnets per generation
-    candidate_size: int = Field(10, ge=1)  # evolve: best subnets kept as parents of the next generation
+    candidate_size: int | None = Field(None, ge=1)  # evolve: best subnets kept as parents; None: min(10, population)
     mutation_prob: float = Field(0.1, ge=0, le=1)  # evolve: probability to resample each hparam when mutating
     crossover_size: int = Field(10, ge=0)  # evolve: children made by crossover per generation
     mutation_size: int = Field(10, ge=0)  # evolve: children made by mutation per generation
@@ -274,15 +274,17 @@ class SearchSection(BaseModel):
             raise ValidationError.from_exception_data("constraints", errors)
         return value
 
-    @model_validator(mode="after")
-    def _check_sizes(self) -> SearchSection:
-        if self.candidate_size > self.population_size:
+    @field_validator("candidate_size")
+    @classmethod
+    def _check_candidate_size(cls, value: int | None, info: ValidationInfo) -> int | None:
+        population = info.data.get("population_size")
+        if value is not None and isinstance(population, int) and value > population:
             raise PydanticCustomError(
                 "candidate_size",
-                "candidate_size must be <= population_size (got {candidate} > {population})",
-                {"candidate": self.candidate_size, "population": self.population_size},
+                "must be <= search.population_size ({population}): lower candidate_size or raise population_size",
+                {"population": population},
             )
-        return self
+        return value
 
 
 def _check_shape(value: Any) -> list[int] | list[list[int]]:

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 from nasprune_cli.checkpoint import load_search_state, save_search_state
 from nasprune_cli.constraints import Cost, satisfies
-from nasprune_cli.errors import SearchError
+from nasprune_cli.errors import CheckpointError, SearchError
 from nasprune_cli.searchers.state import SearchSettings, rng_state, set_rng_state
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
@@ -77,6 +77,8 @@ class Searcher(ABC):
     def sanitize(self) -> None:
         """Check settings and budgets; fail before any score evaluation when no subnet can meet the budgets."""
         self.settings.check()
+        if self.checkpoint is not None and not self.checkpoint.parent.is_dir():
+            raise CheckpointError(f"{self.checkpoint}: directory '{self.checkpoint.parent}' does not exist")
         if not self.bounds:
             raise SearchError("no constraints: pass --flops and/or --params (e.g. --flops 60%)")
         message = unsatisfiable_message(self.bounds, self.space.cost(self.space.min()), self.space.original_cost)

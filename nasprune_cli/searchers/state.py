@@ -16,6 +16,7 @@ from typing import Any
 from nasprune_cli.errors import SearchError
 
 SEARCHERS = ("binary", "evolve", "random")
+DEFAULT_CANDIDATE_SIZE = 10
 
 
 @dataclass
@@ -28,10 +29,14 @@ class SearchSettings:
     fill: bool = True  # binary: after the threshold search, grow hparams greedily while the budget allows
     iterations: int = 100  # evolve / random: subnets evaluated in total
     population_size: int = 20  # evolve: subnets per generation
-    candidate_size: int = 10  # evolve: best subnets kept as parents
+    candidate_size: int | None = None  # evolve: best subnets kept as parents; None: min(10, population_size)
     mutation_prob: float = 0.1  # evolve: chance to resample each hparam of a mutated child
     crossover_size: int = 10  # evolve: children made by crossover per generation
     mutation_size: int = 10  # evolve: children made by mutation per generation
+
+    def __post_init__(self) -> None:
+        if self.candidate_size is None and isinstance(self.population_size, int):
+            self.candidate_size = min(DEFAULT_CANDIDATE_SIZE, self.population_size)
 
     def check(self) -> SearchSettings:
         """Raise a SearchError for a value out of range; return self."""
@@ -76,13 +81,20 @@ def fingerprint(
     score: str,
     data: str,
     collect: str,
+    weights: str | None = None,
 ) -> dict[str, Any]:
-    """Everything a search result depends on, as plain JSON-able values (compared key by key on resume)."""
+    """Everything a search result depends on, as plain JSON-able values (compared key by key on resume).
+
+    `weights` is a digest of the model's parameters: a retrained (or freshly initialised) model is another model.
+    """
     rules = None
     if recipe is not None:
         rules = {k: v for k, v in recipe.items() if k not in ("search", "description")}
+    spec = {"entry_point": model.get("entry_point"), "kwargs": dict(model.get("kwargs") or {})}
+    if weights is not None:
+        spec["weights"] = weights
     return {
-        "model": {"entry_point": model.get("entry_point"), "kwargs": dict(model.get("kwargs") or {})},
+        "model": spec,
         "recipe": rules,
         "settings": settings.to_dict(),
         "constraints": {k: float(v) for k, v in sorted(bounds.items())},
@@ -101,14 +113,19 @@ def digest(obj: Any) -> str:
 
 
 def fingerprint_difference(stored: Mapping[str, Any], current: Mapping[str, Any]) -> str:
-    """A short description of the first key whose value differs, e.g. "model ('a:b' vs 'c:d')"."""
-    for key in sorted(set(stored) | set(current)):
+    """A short description of the first key whose value differs, e.g. "model ('a:b' vs 'c:d')".
+
+    Keys are compared in the fingerprint's order (model, recipe, settings, constraints, input, hparams, ...): the
+    cause (another model) is named before its consequences (other hparams)."""
+    for key in [*current, *(k for k in stored if k not in current)]:
         a, b = stored.get(key), current.get(key)
         if digest(a) != digest(b):
             if isinstance(a, Mapping) and isinstance(b, Mapping):
                 inner = fingerprint_difference(a, b)
                 return f"{key}.{inner}" if inner else key
-            return f"{key} ({_short(a)} in the checkpoint vs {_short(b)} now)"
+            was = _short(a) if key in stored else "absent"
+            now = _short(b) if key in current else "absent"
+            return f"{key} ({was} in the checkpoint vs {now} now)"
     return ""
 
 

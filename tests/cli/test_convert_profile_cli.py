@@ -136,7 +136,8 @@ def test_bad_budget_is_one_line(runner: CliRunner, tiny: Path) -> None:
     result = runner.invoke(
         app, ["profile", "--model", "np_cli_models:build", "--input-shape", "1,3,8,8", "--flops", "lots"]
     )
-    assert_one_error(result, "search.constraints.flops: ", "(got 'lots')")
+    line = assert_one_error(result, "search.constraints.flops: ", "(got 'lots')")
+    assert line.startswith("Error: command line: ")  # the value came from --flops, not from a recipe file
 
 
 def test_usage_error_is_exit_2(runner: CliRunner) -> None:
@@ -157,6 +158,20 @@ def test_unexpected_exception_is_one_line_unless_debug(
     assert_one_error(result, "Error: unexpected RuntimeError: boom (set NASPRUNE_DEBUG=1 for the traceback)")
     debug = runner.invoke(app, args, env={"NASPRUNE_DEBUG": "1"})
     assert isinstance(debug.exception, RuntimeError)  # re-raised: the console script prints the traceback
+
+
+def test_closed_stdout_is_not_reported_as_an_error(
+    runner: CliRunner, tiny: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`nasprune ... | head` closes the pipe while the command still writes: exit quietly, as click does."""
+
+    def closed_pipe(spec: str, kwargs: dict) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr("nasprune_cli.loading.build_model", closed_pipe)
+    result = runner.invoke(app, ["profile", "--model", "np_cli_models:build", "--input-shape", "1,3,8,8"])
+    assert result.exit_code == 1
+    assert "Error" not in result.stderr
 
 
 def test_help_does_not_import_torch() -> None:
@@ -180,17 +195,8 @@ def _row(stdout: str, label: str) -> list[str]:
 
 
 def test_profile_resnet18_table_matches_json(runner: CliRunner) -> None:
-    args = [
-        "profile",
-        "--model",
-        "torchvision.models:resnet18",
-        "--recipe",
-        FASTNAS,
-        "--flops",
-        "60%",
-        "--input-shape",
-        "1,3,64,64",
-    ]
+    """The README's first command, as is (the recipe's 1x3x224x224 input): tables, then the same figures as JSON."""
+    args = ["profile", "--model", "torchvision.models:resnet18", "--recipe", FASTNAS, "--flops", "60%"]
     table = runner.invoke(app, args)
     assert table.exit_code == 0, table.output
     out = table.stdout
@@ -202,6 +208,9 @@ def test_profile_resnet18_table_matches_json(runner: CliRunner) -> None:
     assert as_json.exit_code == 0, as_json.output
     data = json.loads(as_json.stdout)
     assert data["converted"] is True
+    assert data["flops"]["max"] == 1_819_065_856  # resnet18 at 224x224: fvcore's 1.82 G multiply-adds
+    assert data["params"]["max"] == 11_689_512
+    assert "one per multiply-add" in data["flops_unit"]
     for label, key in (("FLOPs", "flops"), ("params", "params")):
         cells = _row(out, label)
         for cell, which in zip(cells[:3], ("min", "centroid", "max"), strict=True):

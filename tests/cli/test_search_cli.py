@@ -25,6 +25,11 @@ DEMO = ["search", "--model", "nasprune_cli.demo:build", "--recipe", DEMO_RECIPE]
 HELPERS = """
 import math
 
+import torch
+
+DRAWN = []  # batches drawn from data()
+COLLECTED = []  # collect() calls
+
 
 def nan_score(model):
     return math.nan
@@ -32,6 +37,25 @@ def nan_score(model):
 
 def text_score(model):
     return "high"
+
+
+def data():
+    gen = torch.Generator().manual_seed(0)
+    for i in range(100):
+        DRAWN.append(i)
+        yield {"image": torch.randn(16, 1, 8, 8, generator=gen), "label": torch.zeros(16, dtype=torch.long)}
+
+
+def collect(batch):
+    COLLECTED.append(1)
+    return batch["image"]
+
+
+def random_init():
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, 64, 3, padding=1), torch.nn.BatchNorm2d(64), torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(64, 10),
+    )
 """
 
 
@@ -111,15 +135,54 @@ def test_demo_json_reports_before_and_after(runner: CliRunner, flag: str) -> Non
     name = flag.lstrip("-")
     assert 0.45 <= metrics[f"{name}_ratio"] <= 0.50
     assert metrics["original"]["score"] > 0.9 and metrics["pruned"]["score"] > 0.9  # accuracy before / after
+    assert "one per multiply-add" in metrics["flops_unit"]
     assert data["output"] is None
     assert data["config"] and data["layers"]
 
 
 def test_evolve_searcher_flags(runner: CliRunner) -> None:
-    data = run_json(runner, "--flops", "60%", "--searcher", "evolve", "--iterations", "4", "--population-size", "10")
+    data = run_json(runner, "--flops", "60%", "--searcher", "evolve", "--iterations", "4", "--population-size", "4")
     assert data["searcher"] == "evolve"
     assert data["metrics"]["flops_ratio"] <= 0.60
     assert data["metrics"]["evaluations"] <= 5
+
+
+def test_data_collect_and_max_batches_flags_win_over_the_recipe(runner: CliRunner, helpers: Path) -> None:
+    import np_search_helpers as h  # the module the CLI loads (same process)
+
+    h.DRAWN.clear()
+    h.COLLECTED.clear()
+    extra = ["--data", "np_search_helpers:data", "--collect", "np_search_helpers:collect", "--max-batches", "2"]
+    data = run_json(runner, "--flops", "50%", *extra)  # the recipe's data yields (image, label) tuples
+    assert h.DRAWN == [0, 1]  # --max-batches: two batches are drawn once and reused
+    assert h.COLLECTED and len(h.COLLECTED) % 2 == 0  # dict batches reach the model only through --collect
+    assert 0.45 <= data["metrics"]["flops_ratio"] <= 0.50
+    assert data["recipe"]["search"]["data"] == "np_search_helpers:data"
+
+
+def test_without_data_random_inputs_and_the_default_score_with_a_warning(runner: CliRunner) -> None:
+    args = ["search", "--model", "nasprune_cli.demo:build", "--input-shape", "1,1,8,8", "--flops", "90%", "--json"]
+    result = runner.invoke(app, [*args, "--max-batches", "1"])  # no recipe: no --data, no --score
+    assert result.exit_code == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("Warning: ")]
+    assert len(warnings) == 1 and "no --data given" in warnings[0] and "real inputs" in warnings[0]
+    metrics = json.loads(result.stdout)["metrics"]
+    assert metrics["score_name"].startswith("output agreement")
+    assert metrics["original"]["score"] == 1.0 and metrics["pruned"]["score"] <= 1.0
+    assert metrics["flops_ratio"] <= 0.90
+
+
+def test_a_randomly_initialised_model_gives_the_same_result_every_run(runner: CliRunner, helpers: Path) -> None:
+    """The builder runs after seeding with search.seed: the same command builds the same model (and can resume)."""
+    args = ["search", "--model", "np_search_helpers:random_init", "--input-shape", "1,1,8,8", "--flops", "60%"]
+    runs = []
+    for _ in range(2):
+        torch.randn(7)  # whatever the global RNG did before
+        result = runner.invoke(app, [*args, "--max-batches", "1", "--json"])
+        assert result.exit_code == 0, result.stderr
+        runs.append(json.loads(result.stdout))
+    assert runs[0]["config"] == runs[1]["config"] and runs[0]["metrics"] == runs[1]["metrics"]
+    assert runs[0]["metrics"]["pruned"]["score"] < 1.0  # the default score saw a pruned model
 
 
 # ---- interruption and resume -------------------------------------------------------------------------------
@@ -235,6 +298,25 @@ def test_foreign_checkpoint_is_refused(runner: CliRunner, tmp_path: Path) -> Non
     assert_one_error(other, f"{ckpt}: this checkpoint belongs to a different search (constraints.flops ")
     seed = runner.invoke(app, [*DEMO, "--flops", "50%", "--seed", "7", "--checkpoint", str(ckpt)])
     assert_one_error(seed, "different search (settings.seed (0 in the checkpoint vs 7 now)")
+    model = runner.invoke(app, [*DEMO, "--flops", "50%", "--model-kwargs", "width=16", "--checkpoint", str(ckpt)])
+    assert_one_error(
+        model,
+        "different search (model.kwargs.width (absent in the checkpoint vs 16 now)",
+        "delete it or pass another --checkpoint",
+    )
+
+
+@pytest.mark.parametrize("flag", ["--output", "--checkpoint"])
+def test_missing_output_directory_fails_before_the_search(
+    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flag: str
+) -> None:
+    def no_search(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the search ran")
+
+    monkeypatch.setattr("nasprune_cli.api_search.search", no_search)
+    path = tmp_path / "no_dir" / "file.pt"
+    result = runner.invoke(app, [*DEMO, "--flops", "50%", flag, str(path)])
+    assert_one_error(result, f"{path}: directory '{path.parent}' does not exist")
 
 
 def test_export_errors(runner: CliRunner, tmp_path: Path) -> None:
@@ -248,3 +330,17 @@ def test_export_errors(runner: CliRunner, tmp_path: Path) -> None:
         app, ["export", "--pruned", str(other), "--output", str(tmp_path / "m"), "--format", "tflite"]
     )
     assert_one_error(bad_format, "--format: unknown format 'tflite'")
+
+
+def test_progress_bars_follow_the_sensitivity_map_and_the_search() -> None:
+    from nasprune_cli.cli.search import _Progress
+
+    with _Progress(enabled=False) as update:
+        assert update is None  # not a terminal: no bars, the library gets no callback
+    progress = _Progress(enabled=True)
+    with progress as update:
+        update("sensitivity", 0, 20)
+        update("sensitivity", 20, 20)
+        update("search", 3, 5)
+    tasks = {t.description: (t.completed, t.total) for t in progress.bar.tasks}
+    assert tasks == {"sensitivity map": (20, 20), "search": (3, 5)}

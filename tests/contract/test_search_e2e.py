@@ -15,7 +15,7 @@ from nasprune_cli.checkpoint import load_pruned, save_pruned, write_deployable
 from nasprune_cli.conversion import convert
 from nasprune_cli.demo import DigitsResNet, build, score
 from nasprune_cli.dynamic import is_dynamic
-from nasprune_cli.errors import LoadError, SearchError
+from nasprune_cli.errors import CheckpointError, LoadError, SearchError
 from nasprune_cli.metrics.flops import count_params, fvcore_flops
 from nasprune_cli.recipe.load import load_recipe
 from tests.toys import TOYS, Residual
@@ -75,6 +75,9 @@ def test_restore_rebuilds_the_exported_model(tmp_path: Path, flops_half: tuple) 
     data = load_pruned(path)
     assert data["model"] == {"entry_point": "nasprune_cli.demo:build", "kwargs": {}}
     assert data["input"] == {"shape": [1, 1, 8, 8], "dtype": "float32"}
+    assert data["format_version"] == 1 and data["recipe"]["mode"] == "fastnas"
+    assert data["config"] == state["summary"]["config"] and data["metrics"] == state["summary"]["metrics"]
+    assert data["state_dict"].keys() == pruned.state_dict().keys()
     fresh = DigitsResNet()  # untrained: every weight comes from the file
     rebuilt = restore(fresh, path)
     assert not any(is_dynamic(m) for m in rebuilt.modules())
@@ -84,6 +87,8 @@ def test_restore_rebuilds_the_exported_model(tmp_path: Path, flops_half: tuple) 
     from_spec = restore(None, path)  # built from the stored entry point
     with torch.no_grad():
         assert torch.equal(from_spec.eval()(x), pruned(x))
+    with pytest.raises(CheckpointError, match=r"pruned\.pt: cannot rebuild .*\(nasprune_cli\.demo:build\)$"):
+        restore(Residual(), path)  # another model (3 input channels): one line naming the right entry point
 
 
 def test_exported_onnx_matches_torch(tmp_path: Path, flops_half: tuple) -> None:
@@ -186,3 +191,90 @@ def test_config_keys_are_checked() -> None:
         demo_search({"flops": "50%"}, scor=None)
     with pytest.raises(SearchError, match="no constraints"):
         search(build(), {}, DIGIT, {})
+
+
+def test_cost_checks_never_retrace_and_fvcore_confirms_the_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The model is traced once and fvcore runs twice (original, final subnet), however many subnets are costed."""
+    import nasprune_cli.conversion as conversion
+    import nasprune_cli.metrics.flops as flops
+
+    calls = {"trace": 0, "fvcore": 0}
+
+    def counted(name: str, fn: object) -> object:
+        def wrapper(*args: object, **kwargs: object) -> object:
+            calls[name] += 1
+            return fn(*args, **kwargs)  # type: ignore[operator]
+
+        return wrapper
+
+    monkeypatch.setattr(conversion, "trace_model", counted("trace", conversion.trace_model))
+    monkeypatch.setattr(conversion, "fvcore_flops", counted("fvcore", conversion.fvcore_flops))
+    monkeypatch.setattr(flops, "fvcore_flops", counted("fvcore", flops.fvcore_flops))
+    torch.manual_seed(0)
+    dummy = torch.randn(1, 3, 16, 16)
+    model = Residual()
+    forwards = []
+    model.register_forward_pre_hook(lambda *_: forwards.append(1))
+    space = convert(model, None, dummy)
+    assert calls == {"trace": 1, "fvcore": 1}
+    forwards.clear()
+    for seed in range(50):  # the fast cost model: no forward pass, no trace, no fvcore
+        space.cost(space.sample(seed))
+    assert forwards == [] and calls == {"trace": 1, "fvcore": 1}
+
+    config = {"searcher": "random", "iterations": 12, "max_batches": 1}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pruned, state = search(space, {"flops": "60%"}, None, config)
+    assert len(state["history"]) == 12
+    assert calls == {"trace": 1, "fvcore": 2}  # + the final subnet, confirmed on the exported model
+    assert state["summary"]["metrics"]["pruned"]["flops"] == fvcore_flops(pruned, dummy)
+
+    monkeypatch.setattr(flops, "fvcore_flops", lambda *args, **kwargs: 1e18)  # a cost model that would be wrong
+    with warnings.catch_warnings(), pytest.raises(SearchError, match="breaks the budget when fvcore counts it"):
+        warnings.simplefilter("ignore")
+        search(space, {"flops": "60%"}, None, config)
+
+
+class TwoInputs(torch.nn.Module):
+    """An image and a vector, as two positional inputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 3, padding=1), torch.nn.BatchNorm2d(64))
+        self.vec = torch.nn.Linear(10, 64)
+        self.fc = torch.nn.Linear(64, 5)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.conv(x)).mean((2, 3)) + self.vec(y))
+
+
+def test_a_model_with_several_inputs_is_searched_on_random_batches_of_all_of_them(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    dummy = (torch.randn(2, 3, 8, 8), torch.randn(2, 10))
+    with pytest.warns(UserWarning, match="no --data given"):
+        pruned, state = search(TwoInputs(), {"flops": "70%"}, dummy, {"max_batches": 2})
+    assert fvcore_flops(pruned, dummy) <= state["summary"]["constraints"]["flops"]
+    assert state["summary"]["input"] == {"shape": [[2, 3, 8, 8], [2, 10]], "dtype": "float32"}
+    path = tmp_path / "pruned.pt"
+    save_pruned(path, pruned, state)
+    rebuilt = restore(TwoInputs(), path)  # the stored input shapes rebuild the space
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt.eval()(*dummy), pruned.eval()(*dummy))
+
+
+def test_a_checkpoint_of_the_same_builder_with_other_weights_is_refused(tmp_path: Path) -> None:
+    dummy = torch.randn(1, 3, 16, 16)
+    ckpt = tmp_path / "state.pt"
+    config = {"max_batches": 1, "checkpoint": ckpt, "model_spec": {"entry_point": "tests.toys:Residual", "kwargs": {}}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.manual_seed(0)
+        search(Residual(), {"flops": "60%"}, dummy, config)
+        torch.manual_seed(0)
+        search(Residual(), {"flops": "60%"}, dummy, config)  # the same weights: resumes (here: already done)
+        torch.manual_seed(1)
+        with pytest.raises(
+            CheckpointError, match=r"state\.pt: this checkpoint belongs to a different search \(model\.weights "
+        ):
+            search(Residual(), {"flops": "60%"}, dummy, config)  # retrained / re-initialised: another model

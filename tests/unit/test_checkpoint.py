@@ -114,3 +114,22 @@ def test_write_deployable(tmp_path: Path, fmt: str) -> None:
         write_deployable(model, path, fmt, torch.randn(1, 3, 6, 6))
     with pytest.raises(CheckpointError, match="unknown format 'tflite'"):
         write_deployable(model, tmp_path / "m.x", "tflite", torch.randn(1, 3, 6, 6))
+    with pytest.raises(CheckpointError, match=r"m\.x: directory '.*no_dir' does not exist"):
+        write_deployable(model, tmp_path / "no_dir" / "m.x", fmt, torch.randn(1, 3, 6, 6))
+    assert not (tmp_path / "no_dir").exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", r"e\.pt: not a readable nasprune pruned-model file \(the file is empty\)"),
+        (b"rules: {}\n", r"e\.pt: not a readable nasprune pruned-model file \("),
+        (b"\x80\x02garbage", r"e\.pt: not a readable nasprune pruned-model file \("),
+    ],
+)
+def test_unreadable_files_are_one_line_errors(tmp_path: Path, content: bytes, message: str) -> None:
+    path = tmp_path / "e.pt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=message) as info:
+        load_pruned(path)
+    assert "\n" not in str(info.value)

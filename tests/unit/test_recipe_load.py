@@ -118,7 +118,11 @@ BAD_RECIPES = [
         "x.yaml: search.searcher: expected one of 'binary', 'evolve', 'random' (got 'evol')",
     ),
     ("search: {mutation_prob: 2}\n", "x.yaml: search.mutation_prob: must be <= 1.0 (got 2)"),
-    ("search: {population_size: 4, candidate_size: 5}\n", "x.yaml: search: candidate_size must be <= population_size"),
+    (
+        "search: {population_size: 4, candidate_size: 5}\n",
+        "x.yaml: search.candidate_size: must be <= search.population_size (4): lower candidate_size or raise "
+        "population_size (got 5)",
+    ),
     ("search: {iters: 5}\n", "x.yaml: search.iters: unknown key (expected one of candidate_size, checkpoint"),
     ("input: {shape: [1, 3, x]}\n", "x.yaml: input.shape: expected a list of positive integers"),
     ("input: {dtype: float64}\n", "x.yaml: input.dtype: expected one of 'float32', 'float16', 'bfloat16', 'int64'"),
@@ -164,5 +168,14 @@ def test_several_problems_are_counted_on_one_line(tmp_path: Path) -> None:
 
 
 def test_bad_override_is_reported_with_its_key_path() -> None:
-    with pytest.raises(RecipeError, match=re.escape("recipe: input.shape: expected a list of positive integers")):
+    with pytest.raises(RecipeError, match=re.escape("overrides: input.shape: expected a list of positive integers")):
         load_recipe(None, {"input": {"shape": [1, 0]}})
+
+
+def test_an_error_names_where_the_bad_value_came_from(tmp_path: Path) -> None:
+    path = write(tmp_path, "search: {seed: 1, searcher: evol}\n")
+    with pytest.raises(RecipeError, match=re.escape(f"{path}: search.searcher: expected one of")):
+        load_recipe(path, {"search": {"seed": 2}}, "command line")  # the bad value is the file's
+    good = write(tmp_path, "search: {seed: 1}\n", "good.yaml")
+    with pytest.raises(RecipeError, match=r"^command line: search\.searcher: expected one of .* \(got 'evol'\)$"):
+        load_recipe(good, {"search": {"searcher": "evol"}}, "command line")

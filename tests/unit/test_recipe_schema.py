@@ -160,3 +160,6 @@ def test_shipped_recipes_load(tmp_path: object) -> None:
     assert auto.mode == "autonas" and auto.description and auto.searcher == "evolve"
     assert auto.rules["nn.Sequential"] == {"*": SequentialRule(min_depth=1)}
     assert auto.rules["nn.Conv2d"] == fast.rules["nn.Conv2d"]
+    # a small population on the command line needs no candidate_size: it defaults to min(10, population_size)
+    small = load_recipe(root / "autonas.yaml", {"search": {"population_size": 4}})
+    assert small.search.population_size == 4 and small.search.candidate_size is None

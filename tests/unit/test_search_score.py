@@ -103,6 +103,25 @@ def test_default_score_is_one_for_the_original_and_lower_when_changed() -> None:
     assert ev.evaluations == 2
 
 
+def test_every_evaluation_scores_with_freshly_recalibrated_bn() -> None:
+    net = small_net().train()
+    bn = net[1]
+    recalibrate_bn(net, batches())
+    expected = bn.running_mean.clone()
+    seen = []
+
+    def score(model: nn.Module) -> float:
+        seen.append((bn.running_mean.clone(), model.training))
+        return 1.0
+
+    ev = Evaluator(net, batches(), score_fn=score)
+    for _ in range(3):
+        bn.running_mean.fill_(42.0)  # stale statistics, e.g. those of another subnet
+        assert ev() == 1.0
+    assert len(seen) == 3 and all(torch.equal(mean, expected) and not training for mean, training in seen)
+    assert net.training and bn.momentum == 0.3  # modes and momentum are put back
+
+
 def test_score_function_runs_in_eval_mode_and_errors_name_it() -> None:
     net = small_net().train()
     seen = []

@@ -269,6 +269,16 @@ def test_checkpoint_of_another_search_is_refused(tmp_path: Path) -> None:
         other.search()
 
 
+def test_checkpoint_in_a_missing_directory_fails_before_any_evaluation(tmp_path: Path) -> None:
+    space = FakeSpace()
+    evaluator = FakeEvaluator(space)
+    ckpt = tmp_path / "no_dir" / "state.pt"
+    searcher = BinarySearcher(space, evaluator, budget(0.5), SearchSettings(), checkpoint=ckpt)
+    with pytest.raises(CheckpointError, match=r"state\.pt: directory '.*no_dir' does not exist"):
+        searcher.search()
+    assert evaluator.calls == 0
+
+
 def test_progress_callback_reports_stages() -> None:
     space = FakeSpace()
     seen: list[tuple[str, int, int]] = []

@@ -40,6 +40,13 @@ def test_settings_defaults_are_valid() -> None:
     assert "fill" in SearchSettings.names()
 
 
+@pytest.mark.parametrize(("population", "candidates"), [(20, 10), (12, 10), (4, 4), (2, 2)])
+def test_default_candidate_size_follows_a_small_population(population: int, candidates: int) -> None:
+    settings = SearchSettings(searcher="evolve", population_size=population).check()
+    assert settings.candidate_size == candidates
+    assert SearchSettings(population_size=4, candidate_size=3).check().candidate_size == 3  # an explicit value stays
+
+
 def make_fp(**changes: object) -> dict:
     base = {
         "model": {"entry_point": "pkg:build", "kwargs": {"width": 8}},
@@ -67,6 +74,11 @@ def test_fingerprint_ignores_the_recipe_search_section_but_not_the_rest() -> Non
     diff = fingerprint_difference(a, make_fp(model={"entry_point": "pkg:other", "kwargs": {"width": 8}}))
     assert diff == 'model.entry_point ("pkg:build" in the checkpoint vs "pkg:other" now)'
     assert fingerprint_difference(a, a) == ""
+    rules = {"mode": "fastnas", "rules": {"nn.Conv2d": None}, "search": {}, "input": {"shape": [1, 3]}}
+    assert fingerprint_difference(a, make_fp(recipe=rules)).startswith("recipe.rules (null in the checkpoint vs ")
+    # another model also has other hparams: the model, the cause, is named
+    other = make_fp(model={"entry_point": "pkg:build", "kwargs": {"width": 16}}, hparams={"h": [8, 16, 32]})
+    assert fingerprint_difference(a, other).startswith("model.kwargs.width (8 in the checkpoint vs 16 now)")
 
 
 def test_rng_state_round_trips_through_weights_only_files(tmp_path) -> None:
