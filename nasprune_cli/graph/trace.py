@@ -67,7 +67,15 @@ class Trace:
 
 def _canonical(func: Callable) -> str:
     name = resolve_name(func) or getattr(func, "__name__", repr(func))
-    for prefix in ("torch.Tensor.", "torch.nn.functional.", "torch._C._nn.", "torch._C._VariableFunctions.", "torch."):
+    prefixes = (
+        "torch.Tensor.",
+        "torch.nn.functional.",
+        "torch.functional.",  # torch.split, torch.chunk wrappers, ...
+        "torch._C._nn.",
+        "torch._C._VariableFunctions.",
+        "torch.",
+    )
+    for prefix in prefixes:
         if name.startswith(prefix):
             return name[len(prefix) :]
     return name

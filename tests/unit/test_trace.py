@@ -298,3 +298,18 @@ def test_reading_the_channel_count_freezes_only_when_it_is_used(fn, reason: str 
         assert group.frozen_reason is None
     else:
         assert reason in (group.frozen_reason or ""), group.frozen_reason
+
+
+def test_torch_split_along_a_spatial_dim_keeps_channels_prunable() -> None:
+    def halves(y: torch.Tensor) -> torch.Tensor:
+        top, bottom = torch.split(y, y.shape[2] // 2, dim=2)
+        return torch.cat([bottom, top], dim=2)
+
+    gmap = build_groups(trace_model(_ShapeUser(halves), torch.randn(2, 3, 4, 4)))
+    assert next(g for g in gmap.groups if g.name == "a.out_channels").frozen_reason is None
+
+    def channel_halves(y: torch.Tensor) -> torch.Tensor:
+        return torch.cat(torch.split(y, 32, dim=1)[::-1], dim=1)
+
+    gmap = build_groups(trace_model(_ShapeUser(channel_halves), torch.randn(2, 3, 4, 4)))
+    assert "cuts the channel dim" in next(g for g in gmap.groups if g.name == "a.out_channels").frozen_reason
