@@ -102,7 +102,7 @@ def test_render_has_every_table_and_goal_checks() -> None:
     assert "**0.40x**" in text
     assert "`torch.conv2d`" in text
     assert "| resnet18 | 224 | 1.80 | 0.600 | 10.0 -> 6.5 | 0.650 | 1.08 |" in text
-    assert "Goal met (every batch size) for 1 of 1 models." in text
+    assert "Goal met (every batch size) for 1 of 1 CNNs." in text
     assert "- vit_b_16: TraceError: boom" in text
     assert "| resnet18 | - | 600 / 700 | 100 / 200 | yes |" in text
     assert "Test CPU, 2 cores" in text
