@@ -88,6 +88,14 @@ def _latency() -> dict:
                 "flops_ratio": 0.6,
                 "b1": {"original_ms": 10.0, "pruned_ms": 6.5, "latency_ratio": 0.65, "latency_over_flops": 1.08},
             },
+            {
+                "model": "swin_t",
+                "input": 224,
+                "transformer": True,
+                "gflops": 4.5,
+                "flops_ratio": 0.6,
+                "b1": {"original_ms": 10.0, "pruned_ms": 9.0, "latency_ratio": 0.9, "latency_over_flops": 1.5},
+            },
             {"model": "vit_b_16", "input": 224, "error": "TraceError: boom"},
         ],
     }
@@ -102,7 +110,8 @@ def test_render_has_every_table_and_goal_checks() -> None:
     assert "**0.40x**" in text
     assert "`torch.conv2d`" in text
     assert "| resnet18 | 224 | 1.80 | 0.600 | 10.0 -> 6.5 | 0.650 | 1.08 |" in text
-    assert "Goal met (every batch size) for 1 of 1 CNNs." in text
+    assert "| swin_t * | 224 | 4.50 | 0.600 | 10.0 -> 9.0 | 0.900 | 1.50 (over) |" in text
+    assert "Goal met (every batch size) for 1 of 1 CNNs." in text  # the transformer is measured, not counted
     assert "- vit_b_16: TraceError: boom" in text
     assert "| resnet18 | - | 600 / 700 | 100 / 200 | yes |" in text
     assert "Test CPU, 2 cores" in text
