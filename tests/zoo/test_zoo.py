@@ -14,8 +14,7 @@ import torch
 from nasprune_cli import convert, load_recipe, profile, search
 from nasprune_cli.dynamic import is_dynamic
 from nasprune_cli.metrics.flops import fvcore_flops
-from nasprune_cli.recipe import Recipe, recipe_from_dict, recipe_to_dict
-from tools.zoo_models import ZOO, stage_counts
+from tools.zoo_models import ZOO, stage_counts, with_ratios
 
 pytestmark = pytest.mark.zoo
 
@@ -27,17 +26,6 @@ EXPECTED_FROZEN = {
     "convnext_tiny": ("'layer_norm'", "pairs them with fixed positions"),  # LayerNorm2d, layer_scale parameters
     "vit_b_16": ("gives the channel dim a fixed size", "pairs them with fixed positions"),  # hidden_dim, pos_embedding
 }
-
-
-def coarse(recipe: Recipe) -> Recipe:
-    """The recipe with width ratios 0.25 / 0.5 / 0.75 / 1: a search with 5x fewer score evaluations."""
-    data = recipe_to_dict(recipe)
-    for patterns in data["rules"].values():
-        for config in (patterns or {}).values():
-            for key in ("channels_ratio", "features_ratio"):
-                if config and key in config:
-                    config[key] = [0.25, 0.5, 0.75, 1.0]
-    return recipe_from_dict(data)
 
 
 @pytest.fixture(autouse=True)
@@ -62,7 +50,7 @@ def test_zoo_model_converts_searches_and_exports(name: str) -> None:
     counts = stage_counts(entry, {n: hp.members for n, hp in full_space.hparams.items() if hp.kind == "width"})
     assert all(c > 0 for c in counts), f"stages without a prunable group: {counts}"
 
-    recipe = coarse(recipe)  # the same groups, fewer width choices: CI time
+    recipe = with_ratios(recipe, [0.25, 0.5, 0.75, 1.0])  # the same groups, fewer width choices: CI time
     space = convert(model, recipe, x)
     assert set(space.hparams) <= set(full_space.hparams)
     assert space.frozen == full_space.frozen
