@@ -232,6 +232,26 @@ class Windowed(nn.Module):
         return self.head(y.mean((2, 3)))
 
 
+class TinyConvNeXt(nn.Module):
+    """ConvNeXt-style: torchvision's LayerNorm2d and CNBlock (per-channel layer_scale) on a residual stream."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from torchvision.models.convnext import CNBlock, LayerNorm2d
+
+        self.stem = nn.Sequential(nn.Conv2d(3, 64, 2, stride=2), LayerNorm2d(64, eps=1e-6))
+        self.stage1 = nn.Sequential(CNBlock(64, 0.5, 0.0), CNBlock(64, 0.5, 0.0))
+        self.down = nn.Sequential(LayerNorm2d(64, eps=1e-6), nn.Conv2d(64, 96, 2, stride=2))
+        self.stage2 = CNBlock(96, 0.5, 0.0)
+        self.head = nn.Sequential(LayerNorm2d(96), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(96, 10))
+        with torch.no_grad():  # distinct scales per channel, so that a wrong slice shows
+            for block in (*self.stage1, self.stage2):
+                block.layer_scale.copy_(torch.rand(block.layer_scale.shape) + 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.stage2(self.down(self.stage1(self.stem(x)))))
+
+
 class Norms(nn.Module):
     """GroupNorm, InstanceNorm and 1-d / 3-d / transposed convs."""
 
@@ -269,5 +289,6 @@ TOYS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "attention": (Attention, (2, 8, 16)),
     "norms": (Norms, (2, 3, 32)),
     "windowed": (Windowed, (2, 3, 16, 16)),
+    "convnext": (TinyConvNeXt, (2, 3, 16, 16)),
     "grouped_uniform": (GroupedUniform, (2, 3, 16, 16)),
 }

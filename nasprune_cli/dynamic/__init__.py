@@ -10,6 +10,7 @@ from nasprune_cli.dynamic.conv import (
     DynamicConvTranspose2d,
     DynamicConvTranspose3d,
 )
+from nasprune_cli.dynamic.convnext import DynamicCNBlock, DynamicLayerNorm2d
 from nasprune_cli.dynamic.linear import DynamicLinear
 from nasprune_cli.dynamic.norm import (
     DynamicBatchNorm1d,
@@ -27,6 +28,7 @@ from nasprune_cli.dynamic.sequential import DynamicSequential
 __all__ = [
     "DYNAMIC_REGISTRY",
     "DynamicBatchNorm1d",
+    "DynamicCNBlock",
     "DynamicBatchNorm2d",
     "DynamicBatchNorm3d",
     "DynamicConv1d",
@@ -40,6 +42,7 @@ __all__ = [
     "DynamicInstanceNorm2d",
     "DynamicInstanceNorm3d",
     "DynamicLayerNorm",
+    "DynamicLayerNorm2d",
     "DynamicLinear",
     "DynamicModule",
     "DynamicRelativePositionalMultiHeadAttention",

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+from torchvision.models.convnext import CNBlock, LayerNorm2d
 from torchvision.models.maxvit import RelativePositionalMultiHeadAttention
 from torchvision.models.swin_transformer import ShiftedWindowAttention
 
@@ -21,8 +22,11 @@ BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 IN_TYPES = (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
 ATTENTION_TYPES = (ShiftedWindowAttention, RelativePositionalMultiHeadAttention)
 ATOMIC_TYPES = frozenset(
-    (*CONV_TYPES, *CONVT_TYPES, nn.Linear, *BN_TYPES, *IN_TYPES, nn.LayerNorm, nn.GroupNorm, *ATTENTION_TYPES)
+    (*CONV_TYPES, *CONVT_TYPES, nn.Linear, *BN_TYPES, *IN_TYPES, nn.LayerNorm, LayerNorm2d, nn.GroupNorm)
+    + ATTENTION_TYPES
 )
+# parameters that scale channels inside a traced (not atomic) module: type -> {parameter name: its channel dim}
+PARAM_SIDES: dict[type[nn.Module], dict[str, int]] = {CNBlock: {"layer_scale": 0}}
 
 
 def _input_vec(ctx: TraceContext, name: str, x: torch.Tensor, dim: int, size: int, what: str) -> torch.Tensor:
@@ -150,7 +154,11 @@ def _attention(ctx: TraceContext, name: str, m: nn.Module, x: torch.Tensor, out:
 def _norm(ctx: TraceContext, name: str, m: nn.Module, x: torch.Tensor, out: torch.Tensor) -> None:
     info: dict[str, Any] = {"type": type(m).__name__}
     ctx.layer_info[name] = info
-    if isinstance(m, nn.LayerNorm):
+    if isinstance(m, LayerNorm2d):  # a LayerNorm over the channels (dim 1) of an NCHW tensor
+        side, dim, size = "features", 1, m.normalized_shape[0]
+        per_elem = 5 if m.weight is not None else 4
+        affine = m.weight is not None
+    elif isinstance(m, nn.LayerNorm):
         side, dim, size = "features", x.dim() - 1, m.normalized_shape[-1]
         affine = m.weight is not None
         per_elem = 5 if affine else 4

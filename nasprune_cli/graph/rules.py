@@ -382,8 +382,13 @@ def broadcast_pair(ctx: TraceContext, name: str, operands: Sequence[torch.Tensor
         return None
     (cdim,) = dims
     merged: torch.Tensor | None = None
+    params = []
     for t, lab in zip(operands, labs, strict=True):
         size = t.shape[cdim - ndim + t.dim()] if cdim - ndim + t.dim() >= 0 else 1
+        side = ctx.param_side(t) if lab is None else None
+        if side is not None and side[2] == cdim - ndim + t.dim() and size > 1:
+            params.append(t)  # a per-channel parameter (ConvNeXt's layer_scale): sliced like the channels
+            continue
         if lab is not None:
             vec = lab.vec
         elif size > 1:
@@ -399,6 +404,12 @@ def broadcast_pair(ctx: TraceContext, name: str, operands: Sequence[torch.Tensor
             merged = merged if merged.numel() > 1 else vec
         else:  # pragma: no cover - shapes were valid for torch, so this cannot happen
             raise AssertionError("broadcast mismatch")
+    for t in params:
+        size = t.shape[cdim - ndim + t.dim()]
+        if merged is not None and merged.numel() == size:
+            ctx.add_param_side(t, merged)
+        elif merged is None or merged.numel() == 1:  # the parameter's own positions: fixed, as for any tensor
+            merged = fixed_vec(size)
     return None if merged is None or merged.numel() <= 1 and not bool((merged >= 0).any()) else Lab(cdim, merged)
 
 

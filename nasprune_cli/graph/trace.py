@@ -16,7 +16,7 @@ from torch.overrides import TorchFunctionMode, resolve_name
 
 from nasprune_cli.errors import TraceError
 from nasprune_cli.graph.labels import ChannelBook, Lab
-from nasprune_cli.graph.layers import ATOMIC_TYPES, handle_layer
+from nasprune_cli.graph.layers import ATOMIC_TYPES, PARAM_SIDES, handle_layer
 from nasprune_cli.graph.rules import TABLE, unknown
 from nasprune_cli.graph.watch import use_all, watched_ints
 
@@ -99,6 +99,25 @@ class TraceContext:
         self.layer_info: dict[str, dict[str, Any]] = {}
         self.sequentials: dict[str, SequentialCall] = {}
         self._name_cache: dict[Callable, str] = {}
+        # sliceable parameters of traced modules: id -> (module name, parameter name, channel dim, the parameter)
+        self.param_sides: dict[int, tuple[str, str, int, torch.Tensor]] = {}
+        for module_name, module in model.named_modules():
+            for param_name, dim in PARAM_SIDES.get(type(module), {}).items():
+                param = getattr(module, param_name)
+                self.param_sides[id(param)] = (module_name, param_name, dim, param)
+
+    def param_side(self, t: torch.Tensor) -> tuple[str, str, int] | None:
+        """(module, parameter name, channel dim) when `t` is a sliceable parameter of a traced module."""
+        entry = self.param_sides.get(id(t))
+        return entry[:3] if entry is not None and entry[3] is t else None
+
+    def add_param_side(self, t: torch.Tensor, vec: torch.Tensor) -> None:
+        """A sliceable parameter meets channels: it keeps the positions they keep (counted once as params)."""
+        module, name, _ = self.param_side(t)
+        first = (module, name) not in self.sides
+        self.add_side(module, name, vec)
+        if first:
+            self.params.append(CostTerm(float(t.numel() / vec.numel()), [vec]))
 
     def where(self) -> str:
         """The innermost module being run, for messages."""

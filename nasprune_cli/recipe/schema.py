@@ -19,6 +19,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 from torch import nn
+from torchvision.models.convnext import CNBlock, LayerNorm2d
 from torchvision.models.maxvit import RelativePositionalMultiHeadAttention
 from torchvision.models.swin_transformer import ShiftedWindowAttention
 
@@ -41,11 +42,13 @@ MODULE_TYPES: dict[str, type[nn.Module]] = {
     "nn.InstanceNorm2d": nn.InstanceNorm2d,
     "nn.InstanceNorm3d": nn.InstanceNorm3d,
     "nn.LayerNorm": nn.LayerNorm,
+    "torchvision.LayerNorm2d": LayerNorm2d,  # ConvNeXt's LayerNorm over the channels of NCHW
     "nn.GroupNorm": nn.GroupNorm,
     "nn.Sequential": nn.Sequential,
     # torchvision attention blocks, pruned by whole heads together with the features they read and write
     "torchvision.ShiftedWindowAttention": ShiftedWindowAttention,
     "torchvision.RelativePositionalMultiHeadAttention": RelativePositionalMultiHeadAttention,
+    "torchvision.CNBlock": CNBlock,  # ConvNeXt block: its layer_scale follows the stream's channels
 }
 
 # FastNAS defaults: 0.05, 0.10, ..., 1.0 (rounded, so 0.15 and not 0.15000000000000002) and a divisor of 32.
@@ -141,7 +144,11 @@ class AttentionRule(_Rule):
     min_heads: int = Field(1, ge=1)
 
 
-LayerRule = ConvRule | FeatureRule | GroupNormRule | SequentialRule | AttentionRule
+class ScaleRule(_Rule):
+    """Blocks with a per-channel scale parameter (ConvNeXt's CNBlock): no settings, the scale follows the stream."""
+
+
+LayerRule = ConvRule | FeatureRule | GroupNormRule | SequentialRule | AttentionRule | ScaleRule
 
 _CONV = ("nn.Conv1d", "nn.Conv2d", "nn.Conv3d", "nn.ConvTranspose1d", "nn.ConvTranspose2d", "nn.ConvTranspose3d")
 _SPECIAL_RULES: dict[str, type[_Rule]] = {
@@ -149,6 +156,7 @@ _SPECIAL_RULES: dict[str, type[_Rule]] = {
     "nn.Sequential": SequentialRule,
     "torchvision.ShiftedWindowAttention": AttentionRule,
     "torchvision.RelativePositionalMultiHeadAttention": AttentionRule,
+    "torchvision.CNBlock": ScaleRule,
 }
 RULE_MODELS: dict[str, type[_Rule]] = {
     name: ConvRule if name in _CONV else _SPECIAL_RULES.get(name, FeatureRule) for name in MODULE_TYPES

@@ -313,3 +313,29 @@ def test_torch_split_along_a_spatial_dim_keeps_channels_prunable() -> None:
 
     gmap = build_groups(trace_model(_ShapeUser(channel_halves), torch.randn(2, 3, 4, 4)))
     assert "cuts the channel dim" in next(g for g in gmap.groups if g.name == "a.out_channels").frozen_reason
+
+
+def test_convnext_stream_is_prunable_with_its_layer_scales() -> None:
+    groups = {g.name: g for g in build_groups(trace_model(TOYS["convnext"][0](), torch.randn(2, 3, 16, 16))).groups}
+    stream = groups["stem.0.out_channels"]
+    assert stream.frozen_reason is None
+    assert {"stem.1.features", "stage1.0.layer_scale", "stage1.1.layer_scale", "down.0.features"} <= set(
+        stream.members
+    )
+    assert groups["down.1.out_channels"].frozen_reason is None
+    assert "stage2.layer_scale" in groups["down.1.out_channels"].members
+
+
+def test_a_parameter_of_another_size_stays_fixed() -> None:
+    class Scaled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Conv2d(3, 64, 1)
+            self.b = nn.Conv2d(64, 8, 1)
+            self.scale = nn.Parameter(torch.ones(64, 1, 1))  # a plain module's parameter: not sliceable
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.b(self.a(x) * self.scale)
+
+    gmap = build_groups(trace_model(Scaled(), torch.randn(1, 3, 4, 4)))
+    assert "fixed positions" in next(g for g in gmap.groups if g.name == "a.out_channels").frozen_reason

@@ -23,7 +23,6 @@ MODEL_OUTPUT = "model output"
 # what may stay frozen besides the classifier, and why (anything else frozen is a regression)
 EXPECTED_FROZEN = {
     "shufflenet_v2_x1_0": ("computes with its channel count",),  # channel_shuffle: view(b, groups, c // groups, ...)
-    "convnext_tiny": ("'layer_norm'", "pairs them with fixed positions"),  # LayerNorm2d, layer_scale parameters
     "vit_b_16": ("gives the channel dim a fixed size", "pairs them with fixed positions"),  # hidden_dim, pos_embedding
 }
 
