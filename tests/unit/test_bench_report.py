@@ -117,6 +117,33 @@ def test_quality_goal_not_met_when_a_peer_is_better_after_fine_tune() -> None:
     assert "after fine-tune -2.0 pts" in text
 
 
+def test_robust_table_summarises_every_baseline() -> None:
+    data = _quality()
+    data["settings"]["seed"] = 0
+
+    def row(seed: int, method: str, pruned: float, tuned: float) -> dict:
+        return {
+            "method": method,
+            "target_pct": 50.0,
+            "train_seed": seed,
+            "flops_ratio": 0.5,
+            "test_acc_pruned": pruned,
+            "test_acc_finetuned": tuned,
+        }
+
+    data["robust"] = [row(1, "nasprune", 0.90, 0.95), row(1, "modelopt", 0.92, 0.94)]
+    text = render({"quality": data})
+    assert "**Across 2 baselines** (train seeds 0, 1;" in text
+    assert "| 50% | nasprune fastnas * | 0.495 | 92.5% (90.0%-95.0%) | 96.0% (95.0%-97.0%) |" in text
+    assert "| 50% | modelopt fastnas | 0.490 | 93.0% (92.0%-94.0%) | 95.0% (94.0%-96.0%) |" in text
+    # baseline 0: +1 / +1 pts, baseline 1: -2 / +1 pts
+    assert (
+        "- 50%: nasprune fastnas after pruning: at least as good as the better peer on 1 of 2 baselines, "
+        "-0.5 pts on average; after fine-tune: at least as good as the better peer on 2 of 2 baselines, "
+        "+1.0 pts on average." in text
+    )
+
+
 def test_main_writes_markdown_from_a_results_dir(tmp_path: Path) -> None:
     (tmp_path / "quality_quick.json").write_text(json.dumps(_quality()))
     out = tmp_path / "B.md"
