@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
 import pytest
 
@@ -154,3 +155,23 @@ def test_descent_and_threshold_agreeing_are_scored_once() -> None:
 def test_unknown_modes_are_refused(key: str, value: str) -> None:
     with pytest.raises(SearchError, match=rf"search\.{key}: unknown .*'{value}'"):
         SearchSettings(**{key: value}).check()
+
+
+@pytest.mark.parametrize("late", [1, 2, 5])
+def test_resume_during_the_descent_or_the_final_scoring(tmp_path: Path, late: int) -> None:
+    bounds = {"flops": 0.6 * TwoLayers().original_cost.flops}
+    settings = SearchSettings(fill=False)
+    space = TwoLayers()
+    ref_ev = FakeEvaluator(space)  # type: ignore[arg-type]
+    reference = BinarySearcher(space, ref_ev, bounds, settings).search()
+    ckpt = tmp_path / "state.pt"
+    space = TwoLayers()
+    failing = FakeEvaluator(space, fail_after=ref_ev.calls - late)  # type: ignore[arg-type]
+    with pytest.raises(KeyboardInterrupt):
+        BinarySearcher(space, failing, bounds, settings, checkpoint=ckpt).search()
+    space = TwoLayers()
+    ev = FakeEvaluator(space)  # type: ignore[arg-type]
+    resumed = BinarySearcher(space, ev, bounds, settings, checkpoint=ckpt).search()
+    for key in ("sensitivity_map", "descent_config", "candidates", "best", "evaluations"):
+        assert resumed[key] == reference[key], key
+    assert ev.calls == late  # nothing scored twice
