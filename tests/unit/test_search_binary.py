@@ -126,6 +126,7 @@ def test_descent_keeps_what_saves_little_and_wins_over_the_threshold_subnet() ->
     assert state["best"]["score"] == pytest.approx(space.true_score(state["descent_config"]))
     assert space.config() == state["best"]["config"]  # the winner is left active
     assert state["evaluations"] == ev.calls  # original + map + both candidates, nothing scored twice
+    assert ev.recalibrations == 0  # the winner was scored last: its BN statistics are already in place
 
 
 def test_without_descent_only_the_threshold_subnet_is_scored() -> None:
