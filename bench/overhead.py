@@ -175,7 +175,8 @@ def _profile_summary(prof: cProfile.Profile, top: int = 25) -> dict[str, Any]:
 
 
 def _short_path(filename: str) -> str:
-    for marker in ("site-packages/", "/work/main/", "lib/python3"):
+    root = str(Path(__file__).resolve().parents[1]) + "/"
+    for marker in ("site-packages/", root, "lib/python3"):
         if marker in filename:
             return filename.split(marker, 1)[1]
     return filename

@@ -244,13 +244,26 @@ def render_overhead(data: Mapping[str, Any]) -> str:
                 _table(
                     ["function", "calls", "self s", "cumulative s"],
                     [
-                        [f"`{e['function']}`", str(e["calls"]), _num(e["self_s"], 2), _num(e["cum_s"], 2)]
+                        [
+                            f"`{_short_function(e['function'])}`",
+                            str(e["calls"]),
+                            _num(e["self_s"], 2),
+                            _num(e["cum_s"], 2),
+                        ]
                         for e in prof.get("by_self_time", [])[:10]
                     ],
                 ),
                 "",
             ]
     return "\n".join(out).rstrip()
+
+
+def _short_function(text: str) -> str:
+    """A profiled function without the checkout's absolute path (it differs between machines and worktrees)."""
+    for marker in ("/nasprune_cli/", "/bench/"):
+        if text.startswith("/") and marker in text:
+            return text[text.index(marker) + 1 :]
+    return text
 
 
 # ---- table 3 -----------------------------------------------------------------------------------------------

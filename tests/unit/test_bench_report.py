@@ -67,7 +67,10 @@ def _overhead() -> dict:
             "nasprune": {
                 "model": "resnet18",
                 "total_s": 4.0,
-                "by_self_time": [{"function": "torch.conv2d", "calls": 3, "self_s": 2.0, "cum_s": 2.0}],
+                "by_self_time": [
+                    {"function": "torch.conv2d", "calls": 3, "self_s": 2.0, "cum_s": 2.0},
+                    {"function": "/home/x/wt/nasprune_cli/space.py:9(select)", "calls": 1, "self_s": 0.1, "cum_s": 0.1},
+                ],
             }
         },
     }
@@ -101,6 +104,7 @@ def test_render_has_every_table_and_goal_checks() -> None:
     assert "| modelopt fastnas | 0.480 | 94.0% | 96.0% |" in text
     assert "**0.40x**" in text
     assert "`torch.conv2d`" in text
+    assert "`nasprune_cli/space.py:9(select)`" in text  # no machine-specific path
     assert "| resnet18 | 224 | 1.80 | 0.600 | 10.0 -> 6.5 | 0.650 | 1.08 |" in text
     assert "Goal met (every batch size) for 1 of 1 models." in text
     assert "- vit_b_16: TraceError: boom" in text
