@@ -2,12 +2,13 @@
 
 Methods, each on its own copy of the same trained baseline:
   nasprune          nasprune_cli.search, FastNAS (binary searcher, default settings)
-  nasprune-v1       the first version's defaults: importance=magnitude, sensitivity=full, descent=False (fill on)
+  nasprune-v1       the first version's defaults: sensitivity=full, descent=False (fill on)
   nasprune-seed     the same with fill=False: the plain threshold subnet (the seed algorithm, as modelopt does it)
   modelopt          modelopt.torch.prune fastnas, the budget as a percentage (its FLOP unit is not fvcore's)
   torch-pruning     Torch-Pruning, L1 magnitude, one uniform ratio found by bisection on fvcore FLOPs, widths
                     rounded to the shared divisor (the same widths the searchers may pick)
   torch-pruning-r1  the same without rounding (finer FLOPs steps: the stronger uniform baseline)
+  nasprune-consumer nasprune with importance=consumer (not run by default: --methods ... nasprune-consumer)
 Shared: the channel divisor, the score function (validation accuracy), the BN-calibration batches. Every pruned
 model gets the same BN recalibration, then the same short fine-tune. FLOPs are counted by fvcore on the final
 plain model. A second part repeats the comparison on baselines trained with other seeds (--robust-seeds, one
@@ -34,12 +35,14 @@ import digits_resnet20 as task  # noqa: E402
 from common import Timer, count_params, fvcore_flops, log, quiet, set_threads, write_result  # noqa: E402
 
 METHODS = ("nasprune", "nasprune-v1", "nasprune-seed", "modelopt", "torch-pruning", "torch-pruning-r1")
+OPTIONAL_METHODS = ("nasprune-consumer",)
 ROBUST_METHODS = ("nasprune", "nasprune-v1", "modelopt", "torch-pruning-r1")
 # search settings of the nasprune rows (defaults for the rest)
 NASPRUNE_SETTINGS: dict[str, dict[str, Any]] = {
     "nasprune": {},
     "nasprune-v1": {"importance": "magnitude", "sensitivity": "full", "descent": False, "fill": True},
     "nasprune-seed": {"importance": "magnitude", "sensitivity": "full", "descent": False, "fill": False},
+    "nasprune-consumer": {"importance": "consumer"},
 }
 
 
@@ -280,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: short training, one target")
     parser.add_argument("--targets", type=float, nargs="+", default=[50.0, 30.0], help="FLOPs budgets in %%")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS + OPTIONAL_METHODS)
     parser.add_argument("--epochs", type=int, default=12, help="baseline training epochs")
     parser.add_argument("--finetune-epochs", type=int, default=2)
     parser.add_argument("--finetune-seeds", type=int, default=3, help="fine-tunes per model (mean reported)")
@@ -292,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--robust-seeds", type=int, default=4, help="extra baselines (train seeds 1..N) for the across-seeds table"
     )
-    parser.add_argument("--robust-methods", nargs="+", default=list(ROBUST_METHODS), choices=METHODS)
+    parser.add_argument("--robust-methods", nargs="+", default=list(ROBUST_METHODS), choices=METHODS + OPTIONAL_METHODS)
     parser.add_argument("--name", default="quality")
     args = parser.parse_args(argv)
     if args.quick:

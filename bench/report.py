@@ -18,7 +18,8 @@ FLOPS_WINDOW = (0.95, 1.0)  # achieved / target FLOPs
 
 METHOD_NAMES = {
     "nasprune": "nasprune fastnas",
-    "nasprune-v1": "nasprune fastnas, first version (importance=magnitude, sensitivity=full, descent=False)",
+    "nasprune-v1": "nasprune fastnas, first version (sensitivity=full, descent=False)",
+    "nasprune-consumer": "nasprune fastnas, importance=consumer",
     "nasprune-seed": "nasprune fastnas, seed algorithm (first version with fill=False)",
     "modelopt": "modelopt fastnas",
     "torch-pruning": "Torch-Pruning L1, uniform ratio, widths rounded to the divisor",

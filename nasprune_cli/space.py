@@ -154,7 +154,7 @@ class SearchSpace:
     def sort_parameters(self, importance: str = DEFAULT_IMPORTANCE) -> None:
         """Order every group's channels by importance so that width k keeps the k most important.
 
-        `importance` is one of IMPORTANCE_METHODS: "consumer" (default) or "magnitude" (see nasprune_cli.importance).
+        `importance` is one of IMPORTANCE_METHODS: "magnitude" (default) or "consumer" (see nasprune_cli.importance).
         """
         scores = group_importance(self._modules, self._sides, self.gmap, self._group_hparams.values(), importance)
         for g, score in scores.items():

@@ -108,8 +108,8 @@ ImportanceOpt = Annotated[
     str | None,
     typer.Option(
         "--importance",
-        help="Channel order: 'consumer' (default: L2 of the weights that read a channel) or 'magnitude' (L1 of "
-        "every side of a group: the first version).",
+        help="Channel order: 'magnitude' (default: L1 of every side of a group) or 'consumer' (L2 of the weights "
+        "that read a channel).",
         show_default=False,
     ),
 ]

@@ -30,7 +30,7 @@ class SearchSettings:
     fill: bool = True  # binary: after the threshold search, grow hparams greedily while the budget allows
     sensitivity: str = "budget"  # binary: budget (monotone drops, probe what the budget can reach) | full
     descent: bool = True  # binary: also build the cost-aware descent subnet, score both and keep the better
-    importance: str = "consumer"  # channel order: consumer | magnitude (the first version's; nasprune_cli.importance)
+    importance: str = "magnitude"  # channel order: magnitude | consumer (nasprune_cli.importance)
     iterations: int = 100  # evolve / random: subnets evaluated in total
     population_size: int = 20  # evolve: subnets per generation
     candidate_size: int = 10  # evolve: best subnets kept as parents
