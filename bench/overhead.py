@@ -175,7 +175,8 @@ def _profile_summary(prof: cProfile.Profile, top: int = 25) -> dict[str, Any]:
 
 
 def _short_path(filename: str) -> str:
-    for marker in ("site-packages/", "/work/main/", "lib/python3"):
+    root = str(Path(__file__).resolve().parents[1]) + "/"
+    for marker in ("site-packages/", root, "lib/python3"):
         if marker in filename:
             return filename.split(marker, 1)[1]
     return filename
@@ -209,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke run: resnet18 at 64x64, one repeat")
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3, help="runs per model and framework (median reported)")
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (1: the cores are shared; see BENCHMARKS.md)"
     )

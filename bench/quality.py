@@ -2,14 +2,18 @@
 
 Methods, each on its own copy of the same trained baseline:
   nasprune          nasprune_cli.search, FastNAS (binary searcher, default settings)
-  nasprune-nofill   the same with fill=False: the plain threshold subnet (the seed algorithm, as modelopt does it)
+  nasprune-v1       the first version's defaults: sensitivity=full, descent=False (fill on)
+  nasprune-seed     the same with fill=False: the plain threshold subnet (the seed algorithm, as modelopt does it)
   modelopt          modelopt.torch.prune fastnas, the budget as a percentage (its FLOP unit is not fvcore's)
   torch-pruning     Torch-Pruning, L1 magnitude, one uniform ratio found by bisection on fvcore FLOPs, widths
                     rounded to the shared divisor (the same widths the searchers may pick)
   torch-pruning-r1  the same without rounding (finer FLOPs steps: the stronger uniform baseline)
+  nasprune-consumer nasprune with importance=consumer (not run by default: --methods ... nasprune-consumer)
 Shared: the channel divisor, the score function (validation accuracy), the BN-calibration batches. Every pruned
 model gets the same BN recalibration, then the same short fine-tune. FLOPs are counted by fvcore on the final
-plain model. Run: python bench/quality.py [--quick]
+plain model. A second part repeats the comparison on baselines trained with other seeds (--robust-seeds, one
+fine-tune each): one baseline's after-pruning accuracy swings by several points with small changes of the subnet.
+Run: python bench/quality.py [--quick]
 """
 
 from __future__ import annotations
@@ -30,7 +34,16 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import digits_resnet20 as task  # noqa: E402
 from common import Timer, count_params, fvcore_flops, log, quiet, set_threads, write_result  # noqa: E402
 
-METHODS = ("nasprune", "nasprune-nofill", "modelopt", "torch-pruning", "torch-pruning-r1")
+METHODS = ("nasprune", "nasprune-v1", "nasprune-seed", "modelopt", "torch-pruning", "torch-pruning-r1")
+OPTIONAL_METHODS = ("nasprune-consumer",)
+ROBUST_METHODS = ("nasprune", "nasprune-v1", "modelopt", "torch-pruning-r1")
+# search settings of the nasprune rows (defaults for the rest)
+NASPRUNE_SETTINGS: dict[str, dict[str, Any]] = {
+    "nasprune": {},
+    "nasprune-v1": {"importance": "magnitude", "sensitivity": "full", "descent": False, "fill": True},
+    "nasprune-seed": {"importance": "magnitude", "sensitivity": "full", "descent": False, "fill": False},
+    "nasprune-consumer": {"importance": "consumer"},
+}
 
 
 @dataclass
@@ -57,7 +70,7 @@ def nasprune_recipe(divisor: int) -> Any:
 
 
 def run_nasprune(
-    model: nn.Module, flops_pct: float, score: task.CountingScore, calib: list, divisor: int, fill: bool
+    model: nn.Module, flops_pct: float, score: task.CountingScore, calib: list, divisor: int, settings: dict[str, Any]
 ) -> Pruned:
     """nasprune_cli.search (FastNAS binary searcher) under a FLOPs budget given as a percentage."""
     from nasprune_cli import search
@@ -68,11 +81,13 @@ def run_nasprune(
         "data": calib,
         "max_batches": len(calib),
         "searcher": "binary",
-        "fill": fill,
+        **settings,
     }
     with Timer() as t, quiet("quality_nasprune"):
         pruned, state = search(model, {"flops": f"{flops_pct:g}%"}, task.dummy_input(), config=config)
-    return Pruned(pruned, t.seconds, score.calls, {"searcher_evaluations": state["evaluations"]})
+    winner = next((c["source"] for c in state["candidates"] if c["config"] == state["best"]["config"]), None)
+    extra = {"searcher_evaluations": state["evaluations"], "settings": settings, "winner": winner}
+    return Pruned(pruned, t.seconds, score.calls, extra)
 
 
 def modelopt_rules(divisor: int) -> dict[str, Any]:
@@ -178,6 +193,18 @@ def run_torch_pruning(model: nn.Module, flops_pct: float, round_to: int | None, 
     return Pruned(pruned, t.seconds, 0, {"ratio": round(hi, 5), "bisection_steps": steps, "round_to": round_to})
 
 
+def prune(method: str, baseline: nn.Module, target: float, splits: task.Splits, calib: list, divisor: int) -> Pruned:
+    """One method on its own copy of the baseline."""
+    torch.manual_seed(0)
+    model = task.clone(baseline)
+    score = task.CountingScore(task.val_score(splits))
+    if method in NASPRUNE_SETTINGS:
+        return run_nasprune(model, target, score, calib, divisor, NASPRUNE_SETTINGS[method])
+    if method == "modelopt":
+        return run_modelopt(model, target, score, calib, divisor)
+    return run_torch_pruning(model, target, divisor if method == "torch-pruning" else None)
+
+
 # ---- evaluation --------------------------------------------------------------------------------------------
 def conv_widths(model: nn.Module) -> dict[str, int]:
     """Output channels of every conv (shows where a method put its bottlenecks)."""
@@ -227,11 +254,36 @@ def evaluate(
     }
 
 
+def robust_rows(args: argparse.Namespace, splits: task.Splits, calib: list) -> list[dict[str, Any]]:
+    """The comparison again on baselines trained with seeds SEED+1 .. SEED+robust_seeds (one fine-tune each)."""
+    out = []
+    methods = [m for m in args.robust_methods if m in args.methods]
+    for k in range(1, args.robust_seeds + 1):
+        seed = task.SEED + k
+        log(f"baseline {k}/{args.robust_seeds}: training with seed {seed}")
+        baseline, _ = task.trained_model(splits, epochs=args.epochs, seed=seed)
+        base_flops = fvcore_flops(baseline, task.dummy_input())
+        base_widths = conv_widths(baseline)
+        base_acc = task.accuracy(baseline, splits.x_test, splits.y_test)
+        for target in args.targets:
+            for method in methods:
+                pruned = prune(method, baseline, target, splits, calib, args.divisor)
+                row = evaluate(method, pruned, base_flops, base_widths, splits, calib, target, args.finetune_epochs, 1)
+                row.update({"train_seed": seed, "baseline_test_acc": base_acc})
+                row.pop("widths", None)
+                log(
+                    f"  seed {seed} {method} @ {target:g}%: flops {row['flops_ratio']:.3f}  test "
+                    f"{row['test_acc_pruned']:.4f} -> {row['test_acc_finetuned']:.4f}"
+                )
+                out.append(row)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: short training, one target")
     parser.add_argument("--targets", type=float, nargs="+", default=[50.0, 30.0], help="FLOPs budgets in %%")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS + OPTIONAL_METHODS)
     parser.add_argument("--epochs", type=int, default=12, help="baseline training epochs")
     parser.add_argument("--finetune-epochs", type=int, default=2)
     parser.add_argument("--finetune-seeds", type=int, default=3, help="fine-tunes per model (mean reported)")
@@ -240,10 +292,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (1: the cores are shared; see BENCHMARKS.md)"
     )
+    parser.add_argument(
+        "--robust-seeds", type=int, default=4, help="extra baselines (train seeds 1..N) for the across-seeds table"
+    )
+    parser.add_argument("--robust-methods", nargs="+", default=list(ROBUST_METHODS), choices=METHODS + OPTIONAL_METHODS)
     parser.add_argument("--name", default="quality")
     args = parser.parse_args(argv)
     if args.quick:
         args.epochs, args.targets, args.finetune_epochs, args.calib_batches, args.finetune_seeds = 3, [50.0], 1, 2, 1
+        args.robust_seeds = min(args.robust_seeds, 1)
         args.name = f"{args.name}_quick"
     set_threads(args.threads)
 
@@ -265,17 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     for target in args.targets:
         for method in args.methods:
             log(f"{method} @ {target:g}% FLOPs")
-            torch.manual_seed(0)
-            model = task.clone(baseline)
-            score = task.CountingScore(task.val_score(splits))
-            if method == "nasprune":
-                pruned = run_nasprune(model, target, score, calib, args.divisor, fill=True)
-            elif method == "nasprune-nofill":
-                pruned = run_nasprune(model, target, score, calib, args.divisor, fill=False)
-            elif method == "modelopt":
-                pruned = run_modelopt(model, target, score, calib, args.divisor)
-            else:
-                pruned = run_torch_pruning(model, target, args.divisor if method == "torch-pruning" else None)
+            pruned = prune(method, baseline, target, splits, calib, args.divisor)
             row = evaluate(
                 method,
                 pruned,
@@ -293,9 +340,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"  search {row['search_s']:.1f}s  evals {row['score_evaluations']}  narrowest {row['narrowest_layer']}"
             )
             rows.append(row)
+    robust = robust_rows(args, splits, calib)
     settings = {k: v for k, v in vars(args).items() if k != "name"}
     settings.update({"input": list(task.dummy_input().shape), "score": "validation accuracy", "seed": task.SEED})
-    path = write_result(args.name, {"settings": settings, "baseline": base, "rows": rows})
+    path = write_result(args.name, {"settings": settings, "baseline": base, "rows": rows, "robust": robust})
     log(f"wrote {path}")
     return 0
 

@@ -18,7 +18,9 @@ FLOPS_WINDOW = (0.95, 1.0)  # achieved / target FLOPs
 
 METHOD_NAMES = {
     "nasprune": "nasprune fastnas",
-    "nasprune-nofill": "nasprune fastnas, fill=False (seed algorithm)",
+    "nasprune-v1": "nasprune fastnas, first version (sensitivity=full, descent=False)",
+    "nasprune-consumer": "nasprune fastnas, importance=consumer",
+    "nasprune-seed": "nasprune fastnas, seed algorithm (first version with fill=False)",
     "modelopt": "modelopt fastnas",
     "torch-pruning": "Torch-Pruning L1, uniform ratio, widths rounded to the divisor",
     "torch-pruning-r1": "Torch-Pruning L1, uniform ratio, no rounding",
@@ -115,7 +117,63 @@ def render_quality(data: Mapping[str, Any]) -> str:
         )
         out += ["", _quality_verdict(rows, target), ""]
     out.append("\\* nasprune rows. Accuracy is on the 360-image test split: one image is 0.28 points.")
+    if data.get("robust"):
+        out += ["", render_robust(data)]
     return "\n".join(out)
+
+
+def render_robust(data: Mapping[str, Any]) -> str:
+    """Table 1b: the same comparison on several baselines (the main one plus those trained with other seeds)."""
+    robust = data["robust"]
+    seeds = sorted({r["train_seed"] for r in robust})
+    methods = list(dict.fromkeys(r["method"] for r in robust))
+    base_seed = data.get("settings", {}).get("seed", 0)
+    rows_by = {(base_seed, r["target_pct"], r["method"]): r for r in data["rows"] if r["method"] in methods}
+    rows_by.update({(r["train_seed"], r["target_pct"], r["method"]): r for r in robust})
+    all_seeds = [base_seed, *seeds]
+    out = [
+        f"**Across {len(all_seeds)} baselines** (train seeds {', '.join(str(s) for s in all_seeds)}; seed {base_seed} "
+        "is the baseline above, the others are trained the same way with another seed and fine-tuned once per "
+        "pruned model). Mean over the baselines, range in brackets.",
+        "",
+    ]
+    header = ["target", "method", "FLOPs ratio", "test acc after pruning", "test acc after fine-tune"]
+    table, verdicts = [], []
+    for target in sorted({r["target_pct"] for r in robust}, reverse=True):
+        for method in methods:
+            rs = [rows_by[(s, target, method)] for s in all_seeds if (s, target, method) in rows_by]
+            if not rs:
+                continue
+            cells = [f"{target:g}%", METHOD_NAMES.get(method, method) + (" *" if method.startswith("nasprune") else "")]
+            cells.append(_num(sum(r["flops_ratio"] for r in rs) / len(rs), 3))
+            for key in ("test_acc_pruned", "test_acc_finetuned"):
+                vals = [r[key] for r in rs]
+                cells.append(f"{_pct(sum(vals) / len(vals))} ({_pct(min(vals))}-{_pct(max(vals))})")
+            table.append(cells)
+        verdicts.append(_robust_verdict(rows_by, all_seeds, target, methods))
+    out += [_table(header, table), ""]
+    out += [v for v in verdicts if v]
+    return "\n".join(out)
+
+
+def _robust_verdict(rows_by: Mapping[tuple, Mapping[str, Any]], seeds: list[int], target: float, methods: list) -> str:
+    peers = [m for m in methods if not m.startswith("nasprune")]
+    parts = []
+    for key, label in (("test_acc_pruned", "after pruning"), ("test_acc_finetuned", "after fine-tune")):
+        wins, deltas = 0, []
+        for s in seeds:
+            mine = rows_by.get((s, target, "nasprune"))
+            theirs = [rows_by[(s, target, p)][key] for p in peers if (s, target, p) in rows_by]
+            if mine is None or not theirs:
+                continue
+            deltas.append(mine[key] - max(theirs))
+            wins += deltas[-1] >= 0
+        if deltas:
+            parts.append(
+                f"{label}: at least as good as the better peer on {wins} of {len(deltas)} baselines, "
+                f"{sum(deltas) / len(deltas) * 100:+.1f} pts on average"
+            )
+    return f"- {target:g}%: nasprune fastnas " + "; ".join(parts) + "." if parts else ""
 
 
 def _quality_verdict(rows: list[Mapping[str, Any]], target: float) -> str:
@@ -187,13 +245,26 @@ def render_overhead(data: Mapping[str, Any]) -> str:
                 _table(
                     ["function", "calls", "self s", "cumulative s"],
                     [
-                        [f"`{e['function']}`", str(e["calls"]), _num(e["self_s"], 2), _num(e["cum_s"], 2)]
+                        [
+                            f"`{_short_function(e['function'])}`",
+                            str(e["calls"]),
+                            _num(e["self_s"], 2),
+                            _num(e["cum_s"], 2),
+                        ]
                         for e in prof.get("by_self_time", [])[:10]
                     ],
                 ),
                 "",
             ]
     return "\n".join(out).rstrip()
+
+
+def _short_function(text: str) -> str:
+    """A profiled function without the checkout's absolute path (it differs between machines and worktrees)."""
+    for marker in ("/nasprune_cli/", "/bench/"):
+        if text.startswith("/") and marker in text:
+            return text[text.index(marker) + 1 :]
+    return text
 
 
 # ---- table 3 -----------------------------------------------------------------------------------------------

@@ -102,7 +102,7 @@ def search(
         batches = load_batches(data, settings.max_batches, data_name)
 
     seed_everything(settings.seed)
-    space.sort_parameters()
+    space.sort_parameters(settings.importance)
     space.select(space.max())
     evaluator = Evaluator(space.model, batches, collect_fn, score_fn, score_name, collect_name)
     evaluator.prepare()

@@ -13,9 +13,10 @@ import torch
 from torch import nn
 
 from nasprune_cli.constraints import Cost
-from nasprune_cli.dynamic import DynamicModule, is_dynamic
+from nasprune_cli.dynamic import is_dynamic
 from nasprune_cli.errors import NasPruneError
 from nasprune_cli.graph.groups import ChannelGroup, GroupMap
+from nasprune_cli.importance import DEFAULT_IMPORTANCE, group_importance
 from nasprune_cli.metrics.flops import CostModel, count_params, fvcore_flops
 
 
@@ -150,29 +151,16 @@ class SearchSpace:
         return Cost(float(fvcore_flops(exported, self.dummy_input)), float(count_params(exported)))
 
     # ---- importance ----------------------------------------------------------------------------------------
-    def sort_parameters(self) -> None:
-        """Order every group's channels by importance so that width k keeps the k most important."""
-        for g in self._group_hparams.values():
-            self._orders[g] = self._importance_order(g)
+    def sort_parameters(self, importance: str = DEFAULT_IMPORTANCE) -> None:
+        """Order every group's channels by importance so that width k keeps the k most important.
+
+        `importance` is one of IMPORTANCE_METHODS: "magnitude" (default) or "consumer" (see nasprune_cli.importance).
+        """
+        scores = group_importance(self._modules, self._sides, self.gmap, self._group_hparams.values(), importance)
+        for g, score in scores.items():
+            self._orders[g] = _group_order(self.gmap.groups[g], score)
             self._cost_model.set_order(g, self._orders[g])
         self.select(self._active)
-
-    def _importance_order(self, g: int) -> torch.Tensor:
-        size = self.gmap.groups[g].size
-        importance = torch.zeros(size, dtype=torch.float64)
-        for (module_name, side), vec in self._sides.items():
-            module = self._modules.get(module_name)
-            scores = _side_magnitude(module, side)
-            if scores is None or scores.numel() != vec.numel():
-                continue
-            ids = vec.clamp(min=0)
-            mask = (vec >= 0) & (self.gmap.group_of[ids] == g)
-            if not bool(mask.any()):
-                continue
-            scores = scores.double()
-            scores = scores / scores.mean().clamp(min=1e-12)
-            importance.index_add_(0, self.gmap.pos_of[ids[mask]], scores[mask])
-        return _group_order(self.gmap.groups[g], importance)
 
     # ---- export --------------------------------------------------------------------------------------------
     def export(self) -> nn.Module:
@@ -231,25 +219,3 @@ def _block_order(block_of: torch.Tensor | None, importance: torch.Tensor) -> tor
         rank[mask] = torch.arange(int(mask.sum()))
     key = rank * (int(block_of.max()) + 1) + blocks
     return order[torch.sort(key, stable=True).indices]
-
-
-def _side_magnitude(module: nn.Module | None, side: str) -> torch.Tensor | None:
-    """Per-position weight magnitude of a layer side (L1 of the slice that touches it)."""
-    if not isinstance(module, DynamicModule):
-        return None
-    weight = getattr(module, "weight", None)
-    if weight is None:
-        return None
-    w = weight.detach().abs()
-    if side in ("features", "channels"):
-        return w.flatten() if w.dim() == 1 else None
-    transposed = isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d))
-    out_dim, in_dim = (1, 0) if transposed else (0, 1)
-    groups = getattr(module, "groups", 1)
-    if groups > 1 and (side == "out") != transposed:  # weight rows are this side's positions
-        return w.flatten(1).sum(1)
-    if groups > 1:  # columns are local to each group: fold the group's rows onto its columns
-        per_row = w.shape[0] // groups
-        return w.view(groups, per_row, w.shape[1], -1).sum((1, 3)).flatten()
-    dim = out_dim if side == "out" else in_dim
-    return w.transpose(0, dim).flatten(1).sum(1)

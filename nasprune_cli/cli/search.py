@@ -86,6 +86,33 @@ FillOpt = Annotated[
         show_default=False,
     ),
 ]
+DescentOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--descent/--no-descent",
+        help="binary: also build a subnet by cost-aware greedy descent on the sensitivity map, score it against the "
+        "threshold subnet and keep the better one (default: on).",
+        show_default=False,
+    ),
+]
+SensitivityOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--sensitivity",
+        help="binary: 'budget' (default: drops monotone in the width, only the choices the budget can reach are "
+        "scored) or 'full' (every choice scored, measured drops as they are: the first version).",
+        show_default=False,
+    ),
+]
+ImportanceOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--importance",
+        help="Channel order: 'magnitude' (default: L1 of every side of a group) or 'consumer' (L2 of the weights "
+        "that read a channel).",
+        show_default=False,
+    ),
+]
 SearchOutputOpt = Annotated[
     Path | None,
     typer.Option("--output", "-o", help="Pruned-model file to write (e.g. pruned.pt).", show_default=False),
@@ -108,6 +135,9 @@ def search_command(
     population_size: PopulationOpt = None,
     seed: SeedOpt = None,
     fill: FillOpt = None,
+    descent: DescentOpt = None,
+    sensitivity: SensitivityOpt = None,
+    importance: ImportanceOpt = None,
     checkpoint: CheckpointOpt = None,
     output_path: SearchOutputOpt = None,
     overwrite: OverwriteOpt = False,
@@ -147,8 +177,9 @@ def search_command(
         "model_spec": {"entry_point": model, "kwargs": kwargs},
         "checkpoint": loaded.search.checkpoint,
     }
-    if fill is not None:
-        config["fill"] = fill
+    for key, value in (("fill", fill), ("descent", descent), ("sensitivity", sensitivity), ("importance", importance)):
+        if value is not None:
+            config[key] = value
     with _Progress(enabled=sys.stderr.isatty()) as on_progress:
         config["on_progress"] = on_progress
         pruned, state = search(net, dict(loaded.search.constraints), dummy_input_from(loaded, None), config)

@@ -228,6 +228,10 @@ class Evaluator:
             self.recalibrate()
             self.reference = self._outputs()
 
+    def original_score(self) -> float | None:
+        """The original model's score when it is known without a run: 1.0 for the default score after prepare()."""
+        return 1.0 if self.score_fn is None and self.reference is not None else None
+
     def recalibrate(self) -> None:
         """Recalibrate BatchNorm statistics of the active subnet on the batches."""
         try:

@@ -62,6 +62,7 @@ class Searcher(ABC):
         self.on_progress = on_progress
         self.rng = random.Random(settings.seed)
         self.state: dict[str, Any] = {}
+        self._calibrated: dict[str, int] | None = None  # the subnet whose BN statistics the model holds now
 
     # ---- the template ------------------------------------------------------------------------------------
     def search(self) -> dict[str, Any]:
@@ -116,9 +117,11 @@ class Searcher(ABC):
             save_search_state(self.checkpoint, self.state, self.fingerprint)
 
     def before_search(self) -> None:
-        """Score the original (largest) subnet once."""
+        """Score the original (largest) subnet once (unless the evaluator already knows its score)."""
         if self.state["original_score"] is None:
-            self.state["original_score"] = self.evaluate(self.space.max())
+            known = getattr(self._evaluate, "original_score", None)
+            score = known() if callable(known) else None
+            self.state["original_score"] = self.evaluate(self.space.max()) if score is None else float(score)
             self.save_checkpoint()
 
     @abstractmethod
@@ -135,7 +138,7 @@ class Searcher(ABC):
         else:
             self.space.select(best["config"])
             recalibrate = getattr(self._evaluate, "recalibrate", None)
-            if recalibrate is not None:
+            if recalibrate is not None and self._calibrated != self.space.config():
                 recalibrate()
         self.state["done"] = True
         self.save_checkpoint()
@@ -144,7 +147,9 @@ class Searcher(ABC):
     def evaluate(self, config: Mapping[str, int]) -> float:
         """Select a subnet and score it (BN recalibrated first); counts the evaluation."""
         self.space.select(config)
+        self._calibrated = None
         score = float(self._evaluate())
+        self._calibrated = self.space.config()
         self.state["evaluations"] += 1
         return score
 

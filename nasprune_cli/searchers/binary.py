@@ -1,7 +1,9 @@
-"""FastNAS: a sensitivity map per hparam choice, a binary search on the tolerated score drop, then a greedy fill.
+"""FastNAS: a sensitivity map, a binary search on the tolerated score drop, a greedy fill, and a cost-aware rival.
 
-1. Sensitivity map: for every hparam and every choice below its maximum, the score of the model with only that
-   hparam reduced (all others at their maximum), BN recalibrated. drop(h, c) = original score - that score.
+1. Sensitivity map (nasprune_cli.searchers.sensitivity): the score of the model with one hparam reduced to one
+   choice (all others at their maximum), BN recalibrated; drop(h, c) = original score - that score. By default
+   (`sensitivity="budget"`) drops are monotone in the width and only the choices the budget can reach are scored;
+   `sensitivity="full"` scores every choice and keeps the measured drops (the first version).
 2. Threshold: at threshold t every hparam takes its smallest choice whose drop is <= t (its maximum always
    qualifies). Cost falls as t grows, so a binary search over the distinct drops finds the smallest t whose
    subnet meets the budgets; this takes log2(#drops) cost-model look-ups and no score evaluation.
@@ -10,7 +12,12 @@
    step with the largest estimated score gain (from the sensitivity map) per unit of budget used, while the
    subnet still fits; this lands the result just under the budget. `fill=False` keeps the plain threshold
    subnet, as modelopt's BinarySearcher does.
-4. The chosen subnet is scored once.
+4. Descent (`descent=True`, the default): the threshold ignores what a reduction saves, so it can cut an hparam
+   that saves little while a cheaper-to-lose one stays whole. A second subnet is built from the same map by
+   greedy descent from the largest subnet: each step narrows the hparam with the smallest drop increase per share
+   of the budget it saves, until the subnet fits (then the fill). Its map entries are scored when first needed.
+5. The threshold subnet (and the descent subnet, when it differs) is scored; the higher score wins, ties go to
+   the threshold subnet. With `descent=False` only the threshold subnet is scored.
 """
 
 from __future__ import annotations
@@ -19,15 +26,16 @@ from collections.abc import Mapping
 from typing import Any
 
 from nasprune_cli.searchers.base import Searcher
+from nasprune_cli.searchers.sensitivity import SensitivityMap
 
 
 class BinarySearcher(Searcher):
-    """FastNAS binary search over a score-degradation threshold."""
+    """FastNAS binary search over a score-degradation threshold, with a cost-aware descent as a rival."""
 
     name = "binary"
 
     def default_state(self) -> dict[str, Any]:
-        """Adds the sensitivity map and the binary-search interval."""
+        """Adds the sensitivity map, the binary-search interval and the candidate subnets."""
         state = super().default_state()
         state.update(
             {
@@ -37,52 +45,57 @@ class BinarySearcher(Searcher):
                 "hi": None,  # index of the smallest threshold known to fit
                 "threshold": None,
                 "threshold_config": None,
+                "descent_config": None,
+                "candidates": [],  # [{"source", "config", "score"}]: the subnets scored at the end
             }
         )
         return state
+
+    @property
+    def smap(self) -> SensitivityMap:
+        """The sensitivity map over the state's scores."""
+        st = self.state
+        return SensitivityMap(
+            self.space.hparams, st["sensitivity_map"], st["original_score"], self.settings.sensitivity
+        )
 
     # ---- sensitivity map ---------------------------------------------------------------------------------
     def before_search(self) -> None:
         """Original score, then the sensitivity map (checkpointed after every evaluation)."""
         super().before_search()
-        smap: dict[str, dict[int, float]] = self.state["sensitivity_map"]
-        full = self.space.max()
-        todo = [(name, c) for name, hp in self.space.hparams.items() for c in hp.choices[:-1]]
-        done = sum(1 for name, c in todo if c in smap.get(name, {}))
-        self.progress("sensitivity", done, len(todo))
-        for name, choice in todo:
-            if choice in smap.get(name, {}):
-                continue
-            score = self.evaluate({**full, name: choice})
-            smap.setdefault(name, {})[choice] = score
-            done += 1
+        smap = self.smap
+        total = smap.total()
+        self.progress("sensitivity", smap.done(), total)
+        while (probe := smap.next_probe(self.fits)) is not None:
+            self.probe(*probe)
+            self.progress("sensitivity", smap.done(), total)
+        self.progress("sensitivity", smap.done(), smap.done())
+
+    def probe(self, name: str, choice: int) -> None:
+        """Score one hparam at one choice (all others at their maximum) into the map, unless already scored."""
+        smap = self.smap
+        if not smap.is_scored(name, choice):
+            smap.record(name, choice, self.evaluate({**self.space.max(), name: choice}))
             self.save_checkpoint()
-            self.progress("sensitivity", done, len(todo))
 
     def drop(self, name: str, choice: int) -> float:
-        """Score drop of one hparam at one choice (0 at its maximum)."""
-        if choice == self.space.hparams[name].choices[-1]:
-            return 0.0
-        return self.state["original_score"] - self.state["sensitivity_map"][name][choice]
+        """Score drop of one hparam at one scored choice (0 at its maximum)."""
+        return self.smap.drop(name, choice)
 
     def config_at(self, threshold: float) -> dict[str, int]:
-        """Every hparam at its smallest choice whose drop is <= threshold (the maximum always qualifies)."""
-        config = {}
-        for name, hp in self.space.hparams.items():
-            allowed = [c for c in hp.choices if c == hp.choices[-1] or self.drop(name, c) <= threshold]
-            config[name] = min(allowed)
-        return config
+        """Every hparam at its smallest scored choice whose drop is <= threshold (the maximum always qualifies)."""
+        return self.smap.config_at(threshold)
 
-    # ---- threshold search --------------------------------------------------------------------------------
+    # ---- threshold search, descent, final choice ---------------------------------------------------------
     def run_search(self) -> None:
-        """Binary search on the distinct drops for the smallest threshold that fits, then the fill."""
+        """Binary search on the distinct drops for the smallest threshold that fits, the fill, the descent."""
         st = self.state
         if st["done"]:
             return
         if st["thresholds"] is None:
-            drops = {0.0} | {self.drop(n, c) for n, hp in self.space.hparams.items() for c in hp.choices[:-1]}
-            st["thresholds"] = sorted(drops)
-            st["hi"] = len(st["thresholds"]) - 1  # the largest drop allows every choice: the smallest subnet fits
+            st["thresholds"] = self.smap.thresholds()
+            # the largest threshold fits: it allows every choice (the smallest subnet fits), or the map stopped there
+            st["hi"] = len(st["thresholds"]) - 1
             st["lo"] = -1
             self.save_checkpoint()
         thresholds = st["thresholds"]
@@ -100,10 +113,72 @@ class BinarySearcher(Searcher):
         if st["threshold_config"] is None:
             st["threshold"] = thresholds[st["hi"]]
             st["threshold_config"] = self.config_at(st["threshold"])
-            config = self.fill(st["threshold_config"]) if self.settings.fill else dict(st["threshold_config"])
-            cost = self.cost(config)
-            st["best"] = {"config": config, "score": None, "flops": cost.flops, "params": cost.params}
             self.save_checkpoint()
+        if self.settings.descent and st["descent_config"] is None:
+            st["descent_config"] = self.descend()
+            self.save_checkpoint()
+        self.choose()
+
+    def finish(self, config: Mapping[str, int]) -> dict[str, int]:
+        """The fill of a subnet when `fill` is on, else the subnet itself."""
+        return self.fill(config) if self.settings.fill else dict(config)
+
+    def choose(self) -> None:
+        """Score the candidate subnets (threshold, then descent when it differs) and keep the best."""
+        st = self.state
+        candidates = st["candidates"]
+        if not candidates:
+            candidates.append({"source": "threshold", "config": self.finish(st["threshold_config"]), "score": None})
+            if st["descent_config"] is not None:
+                config = self.finish(st["descent_config"])
+                if config != candidates[0]["config"]:
+                    candidates.append({"source": "descent", "config": config, "score": None})
+            self.save_checkpoint()
+        if len(candidates) == 1:  # nothing to compare: after_search scores it
+            best = candidates[0]
+        else:
+            for cand in candidates:
+                if cand["score"] is None:
+                    cand["score"] = self.evaluate(cand["config"])
+                    self.save_checkpoint()
+            best = max(candidates, key=lambda c: c["score"])  # ties: the first (threshold) candidate
+        cost = self.cost(best["config"])
+        st["best"] = {
+            "config": dict(best["config"]),
+            "score": best["score"],
+            "flops": cost.flops,
+            "params": cost.params,
+        }
+        self.save_checkpoint()
+
+    def descend(self) -> dict[str, int]:
+        """From the largest subnet, narrow the hparam with the least drop per share of budget saved until it fits."""
+        config = self.space.max()
+        while not self.fits(config):
+            current = self.cost(config)
+            best_key: float | None = None
+            best_step: tuple[str, int] | None = None
+            for name, hp in self.space.hparams.items():
+                idx = hp.choices.index(config[name])
+                if idx == 0:
+                    continue
+                below = hp.choices[idx - 1]
+                after = self.cost({**config, name: below})
+                saved = max(
+                    (current.get(k) - after.get(k)) / bound
+                    for k, bound in self.bounds.items()
+                    if current.get(k) > bound
+                )
+                if saved <= 0:
+                    continue
+                self.probe(name, below)
+                key = (self.drop(name, below) - self.drop(name, config[name])) / saved
+                if best_key is None or key < best_key:  # ties: the first hparam
+                    best_key, best_step = key, (name, below)
+            if best_step is None:  # pragma: no cover - sanitize checked that the smallest subnet fits
+                return self.space.min()
+            config[best_step[0]] = best_step[1]
+        return config
 
     # ---- greedy fill -------------------------------------------------------------------------------------
     def estimated_score(self, name: str, choice: int) -> float:

@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from nasprune_cli.errors import SearchError
+from nasprune_cli.importance import IMPORTANCE_METHODS
+from nasprune_cli.searchers.sensitivity import SENSITIVITY_MODES
 
 SEARCHERS = ("binary", "evolve", "random")
 DEFAULT_CANDIDATE_SIZE = 10
@@ -27,6 +29,9 @@ class SearchSettings:
     seed: int = 0
     max_batches: int = 8  # data batches per evaluation (BN recalibration and the default score)
     fill: bool = True  # binary: after the threshold search, grow hparams greedily while the budget allows
+    sensitivity: str = "budget"  # binary: budget (monotone drops, probe what the budget can reach) | full
+    descent: bool = True  # binary: also build the cost-aware descent subnet, score both and keep the better
+    importance: str = "magnitude"  # channel order: magnitude | consumer (nasprune_cli.importance)
     iterations: int = 100  # evolve / random: subnets evaluated in total
     population_size: int = 20  # evolve: subnets per generation
     candidate_size: int | None = None  # evolve: best subnets kept as parents; None: min(10, population_size)
@@ -51,6 +56,14 @@ class SearchSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or (name != "seed" and value < 0):
                 raise SearchError(f"search.{name}: expected an integer >= 0 (got {value!r})")
+        if self.sensitivity not in SENSITIVITY_MODES:
+            raise SearchError(
+                f"search.sensitivity: unknown mode {self.sensitivity!r} (expected one of {SENSITIVITY_MODES})"
+            )
+        if self.importance not in IMPORTANCE_METHODS:
+            raise SearchError(
+                f"search.importance: unknown method {self.importance!r} (expected one of {IMPORTANCE_METHODS})"
+            )
         if not 0.0 <= float(self.mutation_prob) <= 1.0:
             raise SearchError(f"search.mutation_prob: expected a number in [0, 1] (got {self.mutation_prob!r})")
         if self.candidate_size > self.population_size:

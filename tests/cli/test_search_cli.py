@@ -185,6 +185,22 @@ def test_a_randomly_initialised_model_gives_the_same_result_every_run(runner: Cl
     assert runs[0]["metrics"]["pruned"]["score"] < 1.0  # the default score saw a pruned model
 
 
+def test_binary_searcher_flags(runner: CliRunner) -> None:
+    new = run_json(runner, "--flops", "50%")
+    first = run_json(runner, "--flops", "50%", "--importance", "magnitude", "--sensitivity", "full", "--no-descent")
+    for data in (new, first):
+        assert data["searcher"] == "binary"
+        assert 0.45 <= data["metrics"]["flops_ratio"] <= 0.50
+    assert new["metrics"]["evaluations"] < first["metrics"]["evaluations"]  # the budget map scores fewer choices
+    assert new["config"] != first["config"]
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--importance", "l3"), ("--sensitivity", "lazy")])
+def test_bad_binary_modes(runner: CliRunner, flag: str, value: str) -> None:
+    result = runner.invoke(app, [*DEMO, "--flops", "50%", flag, value])
+    assert_one_error(result, f"search.{flag.lstrip('-')}: unknown", repr(value))
+
+
 # ---- interruption and resume -------------------------------------------------------------------------------
 def _wait_for_write(path: Path, proc: subprocess.Popen, writes: int) -> None:
     """Wait until `path` has been (re)written `writes` times (os.replace gives each write a new inode)."""

@@ -138,6 +138,10 @@ def test_binary_on_a_converted_space_with_default_score() -> None:
     assert fvcore_flops(pruned, dummy) <= 0.4 * space.original_cost.flops
     assert state["summary"]["metrics"]["pruned"]["score"] <= 1.0
     assert space.config() == state["summary"]["config"]
+    # the default score of the original is 1.0 by definition: not evaluated, only the map and the candidates are
+    assert state["original_score"] == 1.0
+    scored = sum(len(v) for v in state["sensitivity_map"].values())
+    assert state["evaluations"] == scored + max(1, sum(c["score"] is not None for c in state["candidates"]))
 
 
 AUTONAS = load_recipe(

@@ -67,7 +67,10 @@ def _overhead() -> dict:
             "nasprune": {
                 "model": "resnet18",
                 "total_s": 4.0,
-                "by_self_time": [{"function": "torch.conv2d", "calls": 3, "self_s": 2.0, "cum_s": 2.0}],
+                "by_self_time": [
+                    {"function": "torch.conv2d", "calls": 3, "self_s": 2.0, "cum_s": 2.0},
+                    {"function": "/home/x/wt/nasprune_cli/space.py:9(select)", "calls": 1, "self_s": 0.1, "cum_s": 0.1},
+                ],
             }
         },
     }
@@ -109,6 +112,7 @@ def test_render_has_every_table_and_goal_checks() -> None:
     assert "| modelopt fastnas | 0.480 | 94.0% | 96.0% |" in text
     assert "**0.40x**" in text
     assert "`torch.conv2d`" in text
+    assert "`nasprune_cli/space.py:9(select)`" in text  # no machine-specific path
     assert "| resnet18 | 224 | 1.80 | 0.600 | 10.0 -> 6.5 | 0.650 | 1.08 |" in text
     assert "| swin_t * | 224 | 4.50 | 0.600 | 10.0 -> 9.0 | 0.900 | 1.50 (over) |" in text
     assert "Goal met (every batch size) for 1 of 1 CNNs." in text  # the transformer is measured, not counted
@@ -124,6 +128,33 @@ def test_quality_goal_not_met_when_a_peer_is_better_after_fine_tune() -> None:
     text = render({"quality": data})
     assert "Goal check (NOT met)" in text
     assert "after fine-tune -2.0 pts" in text
+
+
+def test_robust_table_summarises_every_baseline() -> None:
+    data = _quality()
+    data["settings"]["seed"] = 0
+
+    def row(seed: int, method: str, pruned: float, tuned: float) -> dict:
+        return {
+            "method": method,
+            "target_pct": 50.0,
+            "train_seed": seed,
+            "flops_ratio": 0.5,
+            "test_acc_pruned": pruned,
+            "test_acc_finetuned": tuned,
+        }
+
+    data["robust"] = [row(1, "nasprune", 0.90, 0.95), row(1, "modelopt", 0.92, 0.94)]
+    text = render({"quality": data})
+    assert "**Across 2 baselines** (train seeds 0, 1;" in text
+    assert "| 50% | nasprune fastnas * | 0.495 | 92.5% (90.0%-95.0%) | 96.0% (95.0%-97.0%) |" in text
+    assert "| 50% | modelopt fastnas | 0.490 | 93.0% (92.0%-94.0%) | 95.0% (94.0%-96.0%) |" in text
+    # baseline 0: +1 / +1 pts, baseline 1: -2 / +1 pts
+    assert (
+        "- 50%: nasprune fastnas after pruning: at least as good as the better peer on 1 of 2 baselines, "
+        "-0.5 pts on average; after fine-tune: at least as good as the better peer on 2 of 2 baselines, "
+        "+1.0 pts on average." in text
+    )
 
 
 def test_main_writes_markdown_from_a_results_dir(tmp_path: Path) -> None:

@@ -102,8 +102,8 @@ def budget(share: float, name: str = "flops") -> dict[str, float]:
 
 
 # ---- binary ------------------------------------------------------------------------------------------------
-def test_binary_sensitivity_map_covers_every_choice_and_counts_evaluations() -> None:
-    state, space, ev = run(BinarySearcher, budget(0.5))
+def test_binary_full_sensitivity_map_covers_every_choice_and_counts_evaluations() -> None:
+    state, space, ev = run(BinarySearcher, budget(0.5), sensitivity="full", descent=False)
     smap = state["sensitivity_map"]
     assert set(smap) == set(space.hparams)
     for name, hp in space.hparams.items():
@@ -135,15 +135,15 @@ def test_binary_with_fill_lands_just_under_the_budget(share: float, name: str) -
 
 def test_binary_without_fill_is_the_smallest_threshold_that_fits() -> None:
     bounds = budget(0.5)
-    state, space, _ = run(BinarySearcher, bounds, fill=False)
-    searcher = BinarySearcher(space, FakeEvaluator(space), bounds, SearchSettings())
+    state, space, _ = run(BinarySearcher, bounds, fill=False, descent=False)
+    searcher = BinarySearcher(space, FakeEvaluator(space), bounds, SearchSettings(descent=False))
     searcher.state = state
     thresholds = state["thresholds"]
     hi = thresholds.index(state["threshold"])
     assert state["best"]["config"] == searcher.config_at(state["threshold"])
     assert searcher.fits(searcher.config_at(thresholds[hi]))
     assert hi == 0 or not searcher.fits(searcher.config_at(thresholds[hi - 1]))
-    filled, _, _ = run(BinarySearcher, bounds, fill=True)
+    filled, _, _ = run(BinarySearcher, bounds, fill=True, descent=False)
     assert space.cost(filled["best"]["config"]).flops >= space.cost(state["best"]["config"]).flops
 
 
@@ -155,8 +155,8 @@ def test_binary_prefers_less_sensitive_hparams() -> None:
 
 
 def test_threshold_config_is_monotone() -> None:
-    state, space, _ = run(BinarySearcher, budget(0.5))
-    searcher = BinarySearcher(space, FakeEvaluator(space), budget(0.5), SearchSettings())
+    state, space, _ = run(BinarySearcher, budget(0.5), sensitivity="full")
+    searcher = BinarySearcher(space, FakeEvaluator(space), budget(0.5), SearchSettings(sensitivity="full"))
     searcher.state = state
     costs = [space.cost(searcher.config_at(t)).flops for t in state["thresholds"]]
     assert costs == sorted(costs, reverse=True)
@@ -279,17 +279,23 @@ def test_checkpoint_in_a_missing_directory_fails_before_any_evaluation(tmp_path:
     assert evaluator.calls == 0
 
 
-def test_progress_callback_reports_stages() -> None:
+@pytest.mark.parametrize("mode", ["budget", "full"])
+def test_progress_callback_reports_stages(mode: str) -> None:
     space = FakeSpace()
     seen: list[tuple[str, int, int]] = []
-    searcher = BinarySearcher(
-        space, FakeEvaluator(space), budget(0.5), SearchSettings(), on_progress=lambda *a: seen.append(a)
-    )
-    searcher.search()
+    settings = SearchSettings(sensitivity=mode)
+    searcher = BinarySearcher(space, FakeEvaluator(space), budget(0.5), settings, on_progress=lambda *a: seen.append(a))
+    state = searcher.search()
     stages = {s for s, _, _ in seen}
     assert stages == {"sensitivity", "search"}
     sens = [(d, t) for s, d, t in seen if s == "sensitivity"]
-    assert sens[-1][0] == sens[-1][1] == sum(len(hp.choices) - 1 for hp in space.hparams.values())
+    every_choice = sum(len(hp.choices) - 1 for hp in space.hparams.values())
+    assert sens[0][1] == every_choice  # the bar starts at the size of the complete map
+    assert sens[-1][0] == sens[-1][1]  # and ends full, at the number of choices scored
+    scored = sum(len(v) for v in state["sensitivity_map"].values())
+    assert sens[-1][0] <= scored  # (the descent may score a few more afterwards)
+    if mode == "full":
+        assert sens[-1][0] == every_choice
 
 
 def test_searcher_registry() -> None:

@@ -319,9 +319,7 @@ def test_convnext_stream_is_prunable_with_its_layer_scales() -> None:
     groups = {g.name: g for g in build_groups(trace_model(TOYS["convnext"][0](), torch.randn(2, 3, 16, 16))).groups}
     stream = groups["stem.0.out_channels"]
     assert stream.frozen_reason is None
-    assert {"stem.1.features", "stage1.0.layer_scale", "stage1.1.layer_scale", "down.0.features"} <= set(
-        stream.members
-    )
+    assert {"stem.1.features", "stage1.0.layer_scale", "stage1.1.layer_scale", "down.0.features"} <= set(stream.members)
     assert groups["down.1.out_channels"].frozen_reason is None
     assert "stage2.layer_scale" in groups["down.1.out_channels"].members
 
