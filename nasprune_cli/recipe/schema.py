@@ -256,6 +256,10 @@ class SearchSection(BaseModel):
     collect: str | None = None  # "pkg.module:fn", fn(batch) -> model inputs; default: batch[0] of a tuple / list batch
     max_batches: int = Field(8, ge=1)  # batches of `data` used per evaluation
     seed: int = 0
+    fill: bool = True  # binary: grow hparams greedily after the threshold search while the budget allows
+    descent: bool = True  # binary: also build the cost-aware descent subnet, score both, keep the better
+    sensitivity: Literal["budget", "full"] = "budget"  # binary: monotone drops, probe what the budget reaches | all
+    importance: Literal["magnitude", "consumer"] = "magnitude"  # channel order (nasprune_cli.importance)
     iterations: int = Field(100, ge=1)  # evolve / random: number of subnets evaluated
     population_size: int = Field(20, ge=2)  # evolve: subnets per generation
     candidate_size: int | None = Field(None, ge=1)  # evolve: best subnets kept as parents; None: min(10, population)

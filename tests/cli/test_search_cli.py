@@ -201,6 +201,38 @@ def test_bad_binary_modes(runner: CliRunner, flag: str, value: str) -> None:
     assert_one_error(result, f"search.{flag.lstrip('-')}: unknown", repr(value))
 
 
+def _demo_recipe_with(tmp_path: Path, extra: str) -> str:
+    """The demo recipe with lines added to its search section."""
+    text = Path(DEMO_RECIPE).read_text().replace("  seed: 0\n", "  seed: 0\n" + extra, 1)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_binary_settings_from_the_recipe_match_the_flags_and_flags_win(runner: CliRunner, tmp_path: Path) -> None:
+    first_version = _demo_recipe_with(tmp_path, "  sensitivity: full\n  descent: false\n")
+    base = ["search", "--model", "nasprune_cli.demo:build", "--flops", "50%", "--json"]
+
+    def run(*args: str) -> dict:
+        result = runner.invoke(app, [*base, *args])
+        assert result.exit_code == 0, (result.stdout, result.stderr)
+        return json.loads(result.stdout)
+
+    by_recipe = run("--recipe", first_version)
+    by_flags = run("--recipe", DEMO_RECIPE, "--sensitivity", "full", "--no-descent")
+    assert by_recipe["config"] == by_flags["config"]
+    assert by_recipe["metrics"]["evaluations"] == by_flags["metrics"]["evaluations"]
+    flags_win = run("--recipe", first_version, "--sensitivity", "budget", "--descent")
+    assert flags_win["config"] == run_json(runner, "--flops", "50%")["config"]
+    assert flags_win["metrics"]["evaluations"] < by_recipe["metrics"]["evaluations"]
+
+
+def test_bad_binary_setting_in_the_recipe(runner: CliRunner, tmp_path: Path) -> None:
+    recipe = _demo_recipe_with(tmp_path, "  sensitivity: lazy\n")
+    result = runner.invoke(app, ["search", "--model", "nasprune_cli.demo:build", "--recipe", recipe, "--flops", "50%"])
+    assert_one_error(result, "recipe.yaml", "search.sensitivity", "'lazy'")
+
+
 # ---- interruption and resume -------------------------------------------------------------------------------
 def _wait_for_write(path: Path, proc: subprocess.Popen, writes: int) -> None:
     """Wait until `path` has been (re)written `writes` times (os.replace gives each write a new inode)."""
