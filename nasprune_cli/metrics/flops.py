@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,7 +35,9 @@ def _as_tuple(dummy_input: Any) -> tuple:
 
 def fvcore_flops(model: nn.Module, dummy_input: Any, by_module: bool = False) -> float | dict[str, float]:
     """FLOPs of a model on the dummy input as fvcore counts them (eval mode; training flags restored)."""
-    from fvcore.nn import FlopCountAnalysis
+    with warnings.catch_warnings():  # fvcore.nn's import decorates a loss with torch.jit.script (deprecated)
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
+        from fvcore.nn import FlopCountAnalysis
 
     modes = {m: m.training for m in model.modules()}
     model.eval()
