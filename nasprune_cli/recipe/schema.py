@@ -262,6 +262,7 @@ class SearchSection(BaseModel):
     mutation_prob: float = Field(0.1, ge=0, le=1)  # evolve: probability to resample each hparam when mutating
     crossover_size: int = Field(10, ge=0)  # evolve: children made by crossover per generation
     mutation_size: int = Field(10, ge=0)  # evolve: children made by mutation per generation
+    width_floor: float | None = Field(None, ge=0, le=1)  # binary: share of the uniform width ratio; None: default
 
     @field_validator("constraints")
     @classmethod
