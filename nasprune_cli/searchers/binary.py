@@ -2,8 +2,8 @@
 
 0. Width floor (`width_floor`, nasprune_cli.searchers.floor): from the cost model alone, the largest uniform width
    ratio r_u that meets the budgets; every width hparam then keeps only its choices >= width_floor x r_u x its
-   maximum, in every step below. A layer cut far below the uniform width is a bottleneck that fine-tunes badly.
-   width_floor=0 keeps every choice.
+   maximum, in every step below: a guard against bottlenecks (layers cut far below the uniform width).
+   width_floor=0, the default, keeps every choice.
 1. Sensitivity map (nasprune_cli.searchers.sensitivity): the score of the model with one hparam reduced to one
    choice (all others at their maximum), BN recalibrated; drop(h, c) = original score - that score. By default
    (`sensitivity="budget"`) drops are monotone in the width and only the choices the budget can reach are scored;
