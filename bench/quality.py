@@ -2,6 +2,7 @@
 
 Methods, each on its own copy of the same trained baseline:
   nasprune          nasprune_cli.search, FastNAS (binary searcher, default settings)
+  nasprune-floor    the same with width_floor=0.5: no layer narrower than half its width in the uniform prune
   nasprune-v1       the first version's defaults: sensitivity=full, descent=False (fill on)
   nasprune-seed     the same with fill=False: the plain threshold subnet (the seed algorithm, as modelopt does it)
   modelopt          modelopt.torch.prune fastnas, the budget as a percentage (its FLOP unit is not fvcore's)
@@ -34,12 +35,21 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import digits_resnet20 as task  # noqa: E402
 from common import Timer, count_params, fvcore_flops, log, quiet, set_threads, write_result  # noqa: E402
 
-METHODS = ("nasprune", "nasprune-v1", "nasprune-seed", "modelopt", "torch-pruning", "torch-pruning-r1")
+METHODS = (
+    "nasprune",
+    "nasprune-floor",
+    "nasprune-v1",
+    "nasprune-seed",
+    "modelopt",
+    "torch-pruning",
+    "torch-pruning-r1",
+)
 OPTIONAL_METHODS = ("nasprune-consumer",)
-ROBUST_METHODS = ("nasprune", "nasprune-v1", "modelopt", "torch-pruning-r1")
+ROBUST_METHODS = ("nasprune", "nasprune-floor", "nasprune-v1", "modelopt", "torch-pruning-r1")
 # search settings of the nasprune rows (defaults for the rest)
 NASPRUNE_SETTINGS: dict[str, dict[str, Any]] = {
     "nasprune": {},
+    "nasprune-floor": {"width_floor": 0.5},
     "nasprune-v1": {"importance": "magnitude", "sensitivity": "full", "descent": False, "fill": True},
     "nasprune-seed": {"importance": "magnitude", "sensitivity": "full", "descent": False, "fill": False},
     "nasprune-consumer": {"importance": "consumer"},

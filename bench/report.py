@@ -18,6 +18,7 @@ FLOPS_WINDOW = (0.95, 1.0)  # achieved / target FLOPs
 
 METHOD_NAMES = {
     "nasprune": "nasprune fastnas",
+    "nasprune-floor": "nasprune fastnas, width_floor=0.5",
     "nasprune-v1": "nasprune fastnas, first version (sensitivity=full, descent=False)",
     "nasprune-consumer": "nasprune fastnas, importance=consumer",
     "nasprune-seed": "nasprune fastnas, seed algorithm (first version with fill=False)",

@@ -104,6 +104,15 @@ SensitivityOpt = Annotated[
         show_default=False,
     ),
 ]
+WidthFloorOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--width-floor",
+        help="binary: no layer narrower than this share of the uniform width ratio that meets the budget "
+        "(0: no floor, the search without it; 1: no layer narrower than a uniform prune).",
+        show_default=False,
+    ),
+]
 ImportanceOpt = Annotated[
     str | None,
     typer.Option(
@@ -137,6 +146,7 @@ def search_command(
     fill: FillOpt = None,
     descent: DescentOpt = None,
     sensitivity: SensitivityOpt = None,
+    width_floor: WidthFloorOpt = None,
     importance: ImportanceOpt = None,
     checkpoint: CheckpointOpt = None,
     output_path: SearchOutputOpt = None,
@@ -177,7 +187,8 @@ def search_command(
         "model_spec": {"entry_point": model, "kwargs": kwargs},
         "checkpoint": loaded.search.checkpoint,
     }
-    for key, value in (("fill", fill), ("descent", descent), ("sensitivity", sensitivity), ("importance", importance)):
+    binary = {"fill": fill, "descent": descent, "sensitivity": sensitivity, "width_floor": width_floor}
+    for key, value in {**binary, "importance": importance}.items():
         if value is not None:
             config[key] = value
     with _Progress(enabled=sys.stderr.isatty()) as on_progress:

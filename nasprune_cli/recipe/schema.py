@@ -256,10 +256,11 @@ class SearchSection(BaseModel):
     collect: str | None = None  # "pkg.module:fn", fn(batch) -> model inputs; default: batch[0] of a tuple / list batch
     max_batches: int = Field(8, ge=1)  # batches of `data` used per evaluation
     seed: int = 0
-    fill: bool = True  # binary: grow hparams greedily after the threshold search while the budget allows
-    descent: bool = True  # binary: also build the cost-aware descent subnet, score both, keep the better
-    sensitivity: Literal["budget", "full"] = "budget"  # binary: monotone drops, probe what the budget reaches | all
-    importance: Literal["magnitude", "consumer"] = "magnitude"  # channel order (nasprune_cli.importance)
+    fill: bool | None = None  # binary: grow hparams greedily after the threshold search; None: default (on)
+    descent: bool | None = None  # binary: also score the cost-aware descent subnet, keep the better; None: on
+    sensitivity: Literal["budget", "full"] | None = None  # binary: None: default ("budget")
+    importance: Literal["magnitude", "consumer"] | None = None  # channel order; None: default ("magnitude")
+    width_floor: float | None = Field(None, ge=0, le=1)  # binary: share of the uniform width ratio; None: 0 (off)
     iterations: int = Field(100, ge=1)  # evolve / random: number of subnets evaluated
     population_size: int = Field(20, ge=2)  # evolve: subnets per generation
     candidate_size: int | None = Field(None, ge=1)  # evolve: best subnets kept as parents; None: min(10, population)

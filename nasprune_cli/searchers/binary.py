@@ -1,5 +1,9 @@
 """FastNAS: a sensitivity map, a binary search on the tolerated score drop, a greedy fill, and a cost-aware rival.
 
+0. Width floor (`width_floor`, nasprune_cli.searchers.floor): from the cost model alone, the largest uniform width
+   ratio r_u that meets the budgets; every width hparam then keeps only its choices >= width_floor x r_u x its
+   maximum, in every step below: a guard against bottlenecks (layers cut far below the uniform width).
+   width_floor=0, the default, keeps every choice.
 1. Sensitivity map (nasprune_cli.searchers.sensitivity): the score of the model with one hparam reduced to one
    choice (all others at their maximum), BN recalibrated; drop(h, c) = original score - that score. By default
    (`sensitivity="budget"`) drops are monotone in the width and only the choices the budget can reach are scored;
@@ -26,6 +30,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from nasprune_cli.searchers.base import Searcher
+from nasprune_cli.searchers.floor import floor_choices, floored_hparams, uniform_ratio
 from nasprune_cli.searchers.sensitivity import SensitivityMap
 
 
@@ -33,12 +38,14 @@ class BinarySearcher(Searcher):
     """FastNAS binary search over a score-degradation threshold, with a cost-aware descent as a rival."""
 
     name = "binary"
+    _floored: tuple[Any, dict[str, Any]] | None = None  # (the state's floor, the hparams it leaves)
 
     def default_state(self) -> dict[str, Any]:
         """Adds the sensitivity map, the binary-search interval and the candidate subnets."""
         state = super().default_state()
         state.update(
             {
+                "floor": None,  # {"uniform_ratio", "lowest": {hparam: narrowest allowed choice}}
                 "sensitivity_map": {},  # hparam -> {choice: score}
                 "thresholds": None,  # sorted distinct score drops
                 "lo": None,  # index of a threshold known not to fit (None: none tested)
@@ -52,17 +59,32 @@ class BinarySearcher(Searcher):
         return state
 
     @property
+    def hparams(self) -> dict[str, Any]:
+        """The space's hparams with only the choices the width floor allows (all of them before it is set)."""
+        floor = self.state.get("floor")
+        if self._floored is None or self._floored[0] is not floor:
+            hparams = floored_hparams(self.space.hparams, floor["lowest"]) if floor else dict(self.space.hparams)
+            self._floored = (floor, hparams)
+        return self._floored[1]
+
+    @property
     def smap(self) -> SensitivityMap:
         """The sensitivity map over the state's scores."""
         st = self.state
-        return SensitivityMap(
-            self.space.hparams, st["sensitivity_map"], st["original_score"], self.settings.sensitivity
-        )
+        return SensitivityMap(self.hparams, st["sensitivity_map"], st["original_score"], self.settings.sensitivity)
+
+    def set_floor(self) -> None:
+        """Compute the width floor from the uniform ratio that meets the budgets (cost model only)."""
+        if self.state["floor"] is None:
+            ratio = uniform_ratio(self.space.hparams, self.fits)
+            lowest = floor_choices(self.space.hparams, float(self.settings.width_floor), ratio)
+            self.state["floor"] = {"uniform_ratio": ratio, "lowest": lowest}
 
     # ---- sensitivity map ---------------------------------------------------------------------------------
     def before_search(self) -> None:
         """Original score, then the sensitivity map (checkpointed after every evaluation)."""
         super().before_search()
+        self.set_floor()
         smap = self.smap
         total = smap.total()
         self.progress("sensitivity", smap.done(), total)
@@ -158,7 +180,7 @@ class BinarySearcher(Searcher):
             current = self.cost(config)
             best_key: float | None = None
             best_step: tuple[str, int] | None = None
-            for name, hp in self.space.hparams.items():
+            for name, hp in self.hparams.items():
                 idx = hp.choices.index(config[name])
                 if idx == 0:
                     continue
@@ -176,7 +198,7 @@ class BinarySearcher(Searcher):
                 if best_key is None or key < best_key:  # ties: the first hparam
                     best_key, best_step = key, (name, below)
             if best_step is None:  # pragma: no cover - sanitize checked that the smallest subnet fits
-                return self.space.min()
+                return {n: hp.choices[0] for n, hp in self.hparams.items()}
             config[best_step[0]] = best_step[1]
         return config
 
@@ -192,13 +214,14 @@ class BinarySearcher(Searcher):
     def fill(self, config: Mapping[str, int]) -> dict[str, int]:
         """Grow hparams one choice at a time (best estimated gain per budget used) while the subnet fits."""
         config = dict(config)
-        names = sorted(self.space.hparams)
+        hparams = self.hparams
+        names = sorted(hparams)
         while True:
             current = self.cost(config)
             best_key: tuple[float, float] | None = None
             best_step: tuple[str, int] | None = None
             for name in names:
-                choices = self.space.hparams[name].choices
+                choices = hparams[name].choices
                 idx = choices.index(config[name])
                 if idx == len(choices) - 1:
                     continue

@@ -31,6 +31,7 @@ class SearchSettings:
     fill: bool = True  # binary: after the threshold search, grow hparams greedily while the budget allows
     sensitivity: str = "budget"  # binary: budget (monotone drops, probe what the budget can reach) | full
     descent: bool = True  # binary: also build the cost-aware descent subnet, score both and keep the better
+    width_floor: float = 0.0  # binary: no width below width_floor x the uniform ratio that meets the budget; 0: off
     importance: str = "magnitude"  # channel order: magnitude | consumer (nasprune_cli.importance)
     iterations: int = 100  # evolve / random: subnets evaluated in total
     population_size: int = 20  # evolve: subnets per generation
@@ -64,6 +65,9 @@ class SearchSettings:
             raise SearchError(
                 f"search.importance: unknown method {self.importance!r} (expected one of {IMPORTANCE_METHODS})"
             )
+        floor = self.width_floor
+        if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0.0 <= floor <= 1.0:
+            raise SearchError(f"search.width_floor: expected a number in [0, 1] (got {self.width_floor!r})")
         if not 0.0 <= float(self.mutation_prob) <= 1.0:
             raise SearchError(f"search.mutation_prob: expected a number in [0, 1] (got {self.mutation_prob!r})")
         if self.candidate_size > self.population_size:

@@ -233,6 +233,30 @@ def test_bad_binary_setting_in_the_recipe(runner: CliRunner, tmp_path: Path) -> 
     assert_one_error(result, "recipe.yaml", "search.sensitivity", "'lazy'")
 
 
+def test_width_floor_flag_and_recipe_field(runner: CliRunner, tmp_path: Path) -> None:
+    off = run_json(runner, "--flops", "30%", "--width-floor", "0")
+    full = run_json(runner, "--flops", "30%", "--width-floor", "1")
+    for data in (off, full):
+        assert 0.28 <= data["metrics"]["flops_ratio"] <= 0.30
+
+    def narrowest(data: dict) -> float:
+        return min(row["kept"] / row["original"] for row in data["layers"])
+
+    assert narrowest(full) > narrowest(off)
+    recipe = tmp_path / "floor.yaml"
+    recipe.write_text(Path(DEMO_RECIPE).read_text().replace("  seed: 0\n", "  seed: 0\n  width_floor: 1.0\n"))
+    args = ["search", "--model", "nasprune_cli.demo:build", "--recipe", str(recipe), "--flops", "30%", "--json"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    assert json.loads(result.stdout)["config"] == full["config"]
+
+
+@pytest.mark.parametrize("value", ["1.5", "-0.5"])
+def test_bad_width_floor(runner: CliRunner, value: str) -> None:
+    result = runner.invoke(app, [*DEMO, "--flops", "50%", "--width-floor", value])
+    assert_one_error(result, "search.width_floor: expected a number in [0, 1]", value)
+
+
 # ---- interruption and resume -------------------------------------------------------------------------------
 def _wait_for_write(path: Path, proc: subprocess.Popen, writes: int) -> None:
     """Wait until `path` has been (re)written `writes` times (os.replace gives each write a new inode)."""

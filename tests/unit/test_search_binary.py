@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from nasprune_cli.constraints import Cost
+from nasprune_cli.constraints import Cost, satisfies
 from nasprune_cli.errors import SearchError
 from nasprune_cli.searchers.binary import BinarySearcher
+from nasprune_cli.searchers.floor import floor_choices, floored_hparams, uniform_config
 from nasprune_cli.searchers.sensitivity import SensitivityMap
 from nasprune_cli.searchers.state import SearchSettings
 from nasprune_cli.space import Hparam
@@ -176,3 +177,79 @@ def test_resume_during_the_descent_or_the_final_scoring(tmp_path: Path, late: in
     for key in ("sensitivity_map", "descent_config", "candidates", "best", "evaluations"):
         assert resumed[key] == reference[key], key
     assert ev.calls == late  # nothing scored twice
+
+
+# ---- width floor -------------------------------------------------------------------------------------------
+OLD_30 = {"h0": 32, "h1": 56, "h2": 64, "h3": 24, "h4": 96}  # the search without a floor at 30% FLOPs
+
+
+def larger_ratios_that_fit(space: FakeSpace, bounds: dict[str, float], ratio: float) -> list[float]:
+    """Brute force over every choice ratio above `ratio`: those whose uniform subnet meets the budget."""
+    ratios = {c / hp.choices[-1] for hp in space.hparams.values() for c in hp.choices}
+    return [r for r in ratios if r > ratio and satisfies(space.cost(uniform_config(space.hparams, r)), bounds)]
+
+
+def test_without_a_floor_the_search_is_the_old_one_and_cuts_a_layer_to_a_third() -> None:
+    state, space, _ = run(BinarySearcher, budget(0.3), width_floor=0.0)
+    assert state["best"]["config"] == OLD_30
+    assert all(low == space.hparams[n].choices[0] for n, low in state["floor"]["lowest"].items())
+
+
+@pytest.mark.parametrize("share", [0.3, 0.5, 0.8])
+@pytest.mark.parametrize("floor", [0.5, 0.75, 1.0])
+def test_no_width_below_the_floor_and_the_budget_is_met(share: float, floor: float) -> None:
+    bounds = budget(share)
+    state, space, ev = run(BinarySearcher, bounds, width_floor=floor)
+    ratio = state["floor"]["uniform_ratio"]
+    uniform = uniform_config(space.hparams, ratio)
+    assert satisfies(space.cost(uniform), bounds)
+    assert larger_ratios_that_fit(space, bounds, ratio) == []
+    for name, width in state["best"]["config"].items():
+        # at least f x r_u of the width, or the uniform subnet's width when that is narrower (f near 1)
+        assert width >= min(floor * ratio * space.hparams[name].choices[-1], uniform[name]) - 1e-9, name
+    assert state["best"]["flops"] <= bounds["flops"]
+    scored = [c for n, s in state["sensitivity_map"].items() for c in s if c < state["floor"]["lowest"][n]]
+    assert scored == []  # nothing below the floor is even probed
+    assert state["evaluations"] == ev.calls
+
+
+def test_the_floor_lifts_the_layer_the_old_search_cut_to_a_third() -> None:
+    state, space, _ = run(BinarySearcher, budget(0.3), width_floor=0.5)
+    assert state["floor"]["lowest"]["h3"] > OLD_30["h3"]
+    assert state["best"]["config"]["h3"] >= state["floor"]["lowest"]["h3"]
+    assert state["best"]["flops"] / space.original_cost.flops == pytest.approx(0.3, abs=0.01)
+
+
+@pytest.mark.parametrize("floor", [0.5, 1.0])
+def test_a_budget_only_the_smallest_subnet_meets_is_still_met(floor: float) -> None:
+    space = FakeSpace()
+    bounds = {"flops": space.cost(space.min()).flops, "params": space.cost(space.min()).params}
+    state = BinarySearcher(space, FakeEvaluator(space), bounds, SearchSettings(width_floor=floor)).search()
+    assert state["best"]["config"] == space.min()
+
+
+def test_a_layer_that_cannot_shrink_much_does_not_block_a_tight_budget() -> None:
+    # h0 cannot go below 24 of 32: the uniform ratio is set by what the others can give
+    space = FakeSpace()
+    space.hparams["h0"] = Hparam("h0", "width", (24, 32), 32, ("layer0.out",))
+    bounds = budget(0.35)
+    state = BinarySearcher(space, FakeEvaluator(space), bounds, SearchSettings(width_floor=1.0)).search()
+    assert satisfies(space.cost(state["best"]["config"]), bounds)
+
+
+def test_the_floor_leaves_depth_and_kernel_hparams_alone() -> None:
+    hps = {
+        "w": Hparam("w", "width", (8, 16, 24, 32), 32, ("a.out",)),
+        "d": Hparam("d", "depth", (1, 2, 3), 3, ("seq",)),
+    }
+    assert uniform_config(hps, 0.5) == {"w": 16, "d": 1}
+    assert floor_choices(hps, 0.5, 1.0) == {"w": 16, "d": 1}
+    floored = floored_hparams(hps, {"w": 16, "d": 1})
+    assert floored["w"].choices == (16, 24, 32)
+    assert floored["d"] is hps["d"]
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.5, "half", True])
+def test_bad_width_floor_is_refused(value: object) -> None:
+    with pytest.raises(SearchError, match=r"search\.width_floor: expected a number in \[0, 1\]"):
+        SearchSettings(width_floor=value).check()  # type: ignore[arg-type]
