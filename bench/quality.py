@@ -2,7 +2,9 @@
 
 Methods, each on its own copy of the same trained baseline:
   nasprune          nasprune_cli.search, FastNAS (binary searcher, default settings)
-  nasprune-floor    the same with width_floor=0.5: no layer narrower than half its width in the uniform prune
+  nasprune-norival  the same with rival_floor=0: no balanced rival (threshold and descent subnets only)
+  nasprune-floor    width_floor=0.5: no layer narrower than half its width in the uniform prune, in every step
+                    (not run by default: --methods ... nasprune-floor)
   nasprune-v1       the first version's defaults: sensitivity=full, descent=False (fill on)
   nasprune-seed     the same with fill=False: the plain threshold subnet (the seed algorithm, as modelopt does it)
   modelopt          modelopt.torch.prune fastnas, the budget as a percentage (its FLOP unit is not fvcore's)
@@ -12,8 +14,8 @@ Methods, each on its own copy of the same trained baseline:
   nasprune-consumer nasprune with importance=consumer (not run by default: --methods ... nasprune-consumer)
 Shared: the channel divisor, the score function (validation accuracy), the BN-calibration batches. Every pruned
 model gets the same BN recalibration, then the same short fine-tune. FLOPs are counted by fvcore on the final
-plain model. A second part repeats the comparison on baselines trained with other seeds (--robust-seeds, one
-fine-tune each): one baseline's after-pruning accuracy swings by several points with small changes of the subnet.
+plain model. A second part repeats the comparison on baselines trained with other seeds (--robust-seeds, the
+same fine-tunes): one baseline's after-pruning accuracy swings by several points with small changes of the subnet.
 Run: python bench/quality.py [--quick]
 """
 
@@ -37,18 +39,19 @@ from common import Timer, count_params, fvcore_flops, log, quiet, set_threads, w
 
 METHODS = (
     "nasprune",
-    "nasprune-floor",
+    "nasprune-norival",
     "nasprune-v1",
     "nasprune-seed",
     "modelopt",
     "torch-pruning",
     "torch-pruning-r1",
 )
-OPTIONAL_METHODS = ("nasprune-consumer",)
-ROBUST_METHODS = ("nasprune", "nasprune-floor", "nasprune-v1", "modelopt", "torch-pruning-r1")
+OPTIONAL_METHODS = ("nasprune-floor", "nasprune-consumer")
+ROBUST_METHODS = ("nasprune", "nasprune-norival", "nasprune-v1", "modelopt", "torch-pruning-r1")
 # search settings of the nasprune rows (defaults for the rest)
 NASPRUNE_SETTINGS: dict[str, dict[str, Any]] = {
     "nasprune": {},
+    "nasprune-norival": {"rival_floor": 0.0},
     "nasprune-floor": {"width_floor": 0.5},
     "nasprune-v1": {"importance": "magnitude", "sensitivity": "full", "descent": False, "fill": True},
     "nasprune-seed": {"importance": "magnitude", "sensitivity": "full", "descent": False, "fill": False},
@@ -265,7 +268,7 @@ def evaluate(
 
 
 def robust_rows(args: argparse.Namespace, splits: task.Splits, calib: list) -> list[dict[str, Any]]:
-    """The comparison again on baselines trained with seeds SEED+1 .. SEED+robust_seeds (one fine-tune each)."""
+    """The comparison again on baselines trained with seeds SEED+1 .. SEED+robust_seeds (the same fine-tunes)."""
     out = []
     methods = [m for m in args.robust_methods if m in args.methods]
     for k in range(1, args.robust_seeds + 1):
@@ -278,7 +281,17 @@ def robust_rows(args: argparse.Namespace, splits: task.Splits, calib: list) -> l
         for target in args.targets:
             for method in methods:
                 pruned = prune(method, baseline, target, splits, calib, args.divisor)
-                row = evaluate(method, pruned, base_flops, base_widths, splits, calib, target, args.finetune_epochs, 1)
+                row = evaluate(
+                    method,
+                    pruned,
+                    base_flops,
+                    base_widths,
+                    splits,
+                    calib,
+                    target,
+                    args.finetune_epochs,
+                    args.finetune_seeds,
+                )
                 row.update({"train_seed": seed, "baseline_test_acc": base_acc})
                 row.pop("widths", None)
                 log(

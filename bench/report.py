@@ -18,6 +18,7 @@ FLOPS_WINDOW = (0.95, 1.0)  # achieved / target FLOPs
 
 METHOD_NAMES = {
     "nasprune": "nasprune fastnas",
+    "nasprune-norival": "nasprune fastnas without the balanced rival (rival_floor=0)",
     "nasprune-floor": "nasprune fastnas, width_floor=0.5",
     "nasprune-v1": "nasprune fastnas, first version (sensitivity=full, descent=False)",
     "nasprune-consumer": "nasprune fastnas, importance=consumer",
@@ -134,8 +135,8 @@ def render_robust(data: Mapping[str, Any]) -> str:
     all_seeds = [base_seed, *seeds]
     out = [
         f"**Across {len(all_seeds)} baselines** (train seeds {', '.join(str(s) for s in all_seeds)}; seed {base_seed} "
-        "is the baseline above, the others are trained the same way with another seed and fine-tuned once per "
-        "pruned model). Mean over the baselines, range in brackets.",
+        "is the baseline above, the others are trained and fine-tuned the same way with another seed). Mean over the "
+        "baselines, range in brackets.",
         "",
     ]
     header = ["target", "method", "FLOPs ratio", "test acc after pruning", "test acc after fine-tune"]

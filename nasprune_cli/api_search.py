@@ -56,9 +56,9 @@ def search(
     `model` is a SearchSpace, or an nn.Module converted here with `config["recipe"]` (None: default rules).
     `config` keys: recipe (Recipe, path or dict), score / data / collect (callables or "pkg.mod:fn"; data may be
     an iterable of batches), checkpoint, on_progress(stage, done, total), model_spec ({entry_point, kwargs}),
-    and the search settings (searcher, seed, max_batches, fill, sensitivity, descent, width_floor, importance,
-    iterations, population_size, candidate_size, mutation_prob, crossover_size, mutation_size). Unset settings
-    come from the recipe's `search` section.
+    and the search settings (searcher, seed, max_batches, fill, sensitivity, descent, width_floor, rival_floor,
+    importance, iterations, population_size, candidate_size, mutation_prob, crossover_size, mutation_size). Unset
+    settings come from the recipe's `search` section.
     The state's "summary" holds the subnet config, the original / pruned figures and a per-layer table.
     """
     from nasprune_cli.conversion import convert, dummy_input_for

@@ -113,6 +113,15 @@ WidthFloorOpt = Annotated[
         show_default=False,
     ),
 ]
+RivalFloorOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--rival-floor",
+        help="binary: also score a balanced rival, the descent with no layer narrower than this share of the uniform "
+        "width ratio that meets the budget, and keep it when it scores higher (default: 0.5; 0: no rival).",
+        show_default=False,
+    ),
+]
 ImportanceOpt = Annotated[
     str | None,
     typer.Option(
@@ -147,6 +156,7 @@ def search_command(
     descent: DescentOpt = None,
     sensitivity: SensitivityOpt = None,
     width_floor: WidthFloorOpt = None,
+    rival_floor: RivalFloorOpt = None,
     importance: ImportanceOpt = None,
     checkpoint: CheckpointOpt = None,
     output_path: SearchOutputOpt = None,
@@ -187,7 +197,13 @@ def search_command(
         "model_spec": {"entry_point": model, "kwargs": kwargs},
         "checkpoint": loaded.search.checkpoint,
     }
-    binary = {"fill": fill, "descent": descent, "sensitivity": sensitivity, "width_floor": width_floor}
+    binary = {
+        "fill": fill,
+        "descent": descent,
+        "sensitivity": sensitivity,
+        "width_floor": width_floor,
+        "rival_floor": rival_floor,
+    }
     for key, value in {**binary, "importance": importance}.items():
         if value is not None:
             config[key] = value

@@ -261,6 +261,7 @@ class SearchSection(BaseModel):
     sensitivity: Literal["budget", "full"] | None = None  # binary: None: default ("budget")
     importance: Literal["magnitude", "consumer"] | None = None  # channel order; None: default ("magnitude")
     width_floor: float | None = Field(None, ge=0, le=1)  # binary: share of the uniform width ratio; None: 0 (off)
+    rival_floor: float | None = Field(None, ge=0, le=1)  # binary: floor of the balanced rival; None: 0.5
     iterations: int = Field(100, ge=1)  # evolve / random: number of subnets evaluated
     population_size: int = Field(20, ge=2)  # evolve: subnets per generation
     candidate_size: int | None = Field(None, ge=1)  # evolve: best subnets kept as parents; None: min(10, population)

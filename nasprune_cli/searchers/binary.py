@@ -20,8 +20,11 @@
    that saves little while a cheaper-to-lose one stays whole. A second subnet is built from the same map by
    greedy descent from the largest subnet: each step narrows the hparam with the smallest drop increase per share
    of the budget it saves, until the subnet fits (then the fill). Its map entries are scored when first needed.
-5. The threshold subnet (and the descent subnet, when it differs) is scored; the higher score wins, ties go to
-   the threshold subnet. With `descent=False` only the threshold subnet is scored.
+   Balanced rival (`rival_floor`, default 0.5, needs the descent): the same descent and fill once more, with no
+   width hparam below rival_floor x r_u x its maximum. The descent alone can leave a layer far narrower than the
+   rest (a bottleneck); this rival keeps every layer near the uniform prune, and it is only kept if it scores higher.
+5. The candidates (threshold, descent, balanced; a duplicate subnet is scored once) are scored; the highest score
+   wins, ties go to the earlier candidate. With `descent=False` only the threshold subnet is scored.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ class BinarySearcher(Searcher):
                 "threshold": None,
                 "threshold_config": None,
                 "descent_config": None,
+                "rival_config": None,  # the descent within the rival floor (rival_floor > width_floor)
                 "candidates": [],  # [{"source", "config", "score"}]: the subnets scored at the end
             }
         )
@@ -78,7 +82,18 @@ class BinarySearcher(Searcher):
         if self.state["floor"] is None:
             ratio = uniform_ratio(self.space.hparams, self.fits)
             lowest = floor_choices(self.space.hparams, float(self.settings.width_floor), ratio)
-            self.state["floor"] = {"uniform_ratio": ratio, "lowest": lowest}
+            rival = float(self.settings.rival_floor)
+            rival_lowest = None
+            if rival > self.settings.width_floor:  # a rival floor at or under the width floor adds nothing
+                rival_lowest = floor_choices(self.space.hparams, rival, ratio)
+            self.state["floor"] = {"uniform_ratio": ratio, "lowest": lowest, "rival_lowest": rival_lowest}
+
+    @property
+    def rival_hparams(self) -> dict[str, Any] | None:
+        """The hparams with only the choices the rival floor allows; None when there is no rival."""
+        floor = self.state.get("floor") or {}
+        lowest = floor.get("rival_lowest")
+        return floored_hparams(self.hparams, lowest) if lowest else None
 
     # ---- sensitivity map ---------------------------------------------------------------------------------
     def before_search(self) -> None:
@@ -139,11 +154,15 @@ class BinarySearcher(Searcher):
         if self.settings.descent and st["descent_config"] is None:
             st["descent_config"] = self.descend()
             self.save_checkpoint()
+        rival = self.rival_hparams
+        if self.settings.descent and rival is not None and st["rival_config"] is None:
+            st["rival_config"] = self.descend(rival)
+            self.save_checkpoint()
         self.choose()
 
-    def finish(self, config: Mapping[str, int]) -> dict[str, int]:
-        """The fill of a subnet when `fill` is on, else the subnet itself."""
-        return self.fill(config) if self.settings.fill else dict(config)
+    def finish(self, config: Mapping[str, int], hparams: Mapping[str, Any] | None = None) -> dict[str, int]:
+        """The fill of a subnet (within `hparams`' choices) when `fill` is on, else the subnet itself."""
+        return self.fill(config, hparams) if self.settings.fill else dict(config)
 
     def choose(self) -> None:
         """Score the candidate subnets (threshold, then descent when it differs) and keep the best."""
@@ -151,10 +170,13 @@ class BinarySearcher(Searcher):
         candidates = st["candidates"]
         if not candidates:
             candidates.append({"source": "threshold", "config": self.finish(st["threshold_config"]), "score": None})
-            if st["descent_config"] is not None:
-                config = self.finish(st["descent_config"])
-                if config != candidates[0]["config"]:
-                    candidates.append({"source": "descent", "config": config, "score": None})
+            rivals = [("descent", st["descent_config"], None), ("balanced", st["rival_config"], self.rival_hparams)]
+            for source, start, hparams in rivals:
+                if start is None:
+                    continue
+                config = self.finish(start, hparams)
+                if all(config != c["config"] for c in candidates):
+                    candidates.append({"source": source, "config": config, "score": None})
             self.save_checkpoint()
         if len(candidates) == 1:  # nothing to compare: after_search scores it
             best = candidates[0]
@@ -173,14 +195,16 @@ class BinarySearcher(Searcher):
         }
         self.save_checkpoint()
 
-    def descend(self) -> dict[str, int]:
-        """From the largest subnet, narrow the hparam with the least drop per share of budget saved until it fits."""
+    def descend(self, hparams: Mapping[str, Any] | None = None) -> dict[str, int]:
+        """From the largest subnet, narrow the hparam with the least drop per share of budget saved until it fits
+        (within `hparams`' choices; default: every choice the width floor allows)."""
+        hparams = self.hparams if hparams is None else hparams
         config = self.space.max()
         while not self.fits(config):
             current = self.cost(config)
             best_key: float | None = None
             best_step: tuple[str, int] | None = None
-            for name, hp in self.hparams.items():
+            for name, hp in hparams.items():
                 idx = hp.choices.index(config[name])
                 if idx == 0:
                     continue
@@ -198,7 +222,7 @@ class BinarySearcher(Searcher):
                 if best_key is None or key < best_key:  # ties: the first hparam
                     best_key, best_step = key, (name, below)
             if best_step is None:  # pragma: no cover - sanitize checked that the smallest subnet fits
-                return {n: hp.choices[0] for n, hp in self.hparams.items()}
+                return {n: hp.choices[0] for n, hp in hparams.items()}
             config[best_step[0]] = best_step[1]
         return config
 
@@ -211,10 +235,10 @@ class BinarySearcher(Searcher):
         """Largest share of any budget that a step uses."""
         return max((after.get(k) - before.get(k)) / bound for k, bound in self.bounds.items())
 
-    def fill(self, config: Mapping[str, int]) -> dict[str, int]:
+    def fill(self, config: Mapping[str, int], hparams: Mapping[str, Any] | None = None) -> dict[str, int]:
         """Grow hparams one choice at a time (best estimated gain per budget used) while the subnet fits."""
         config = dict(config)
-        hparams = self.hparams
+        hparams = self.hparams if hparams is None else hparams
         names = sorted(hparams)
         while True:
             current = self.cost(config)

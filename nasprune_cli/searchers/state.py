@@ -32,6 +32,7 @@ class SearchSettings:
     sensitivity: str = "budget"  # binary: budget (monotone drops, probe what the budget can reach) | full
     descent: bool = True  # binary: also build the cost-aware descent subnet, score both and keep the better
     width_floor: float = 0.0  # binary: no width below width_floor x the uniform ratio that meets the budget; 0: off
+    rival_floor: float = 0.5  # binary: also score a descent whose widths stay >= rival_floor x that ratio; 0: off
     importance: str = "magnitude"  # channel order: magnitude | consumer (nasprune_cli.importance)
     iterations: int = 100  # evolve / random: subnets evaluated in total
     population_size: int = 20  # evolve: subnets per generation
@@ -65,9 +66,10 @@ class SearchSettings:
             raise SearchError(
                 f"search.importance: unknown method {self.importance!r} (expected one of {IMPORTANCE_METHODS})"
             )
-        floor = self.width_floor
-        if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0.0 <= floor <= 1.0:
-            raise SearchError(f"search.width_floor: expected a number in [0, 1] (got {self.width_floor!r})")
+        for name in ("width_floor", "rival_floor"):
+            floor = getattr(self, name)
+            if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0.0 <= floor <= 1.0:
+                raise SearchError(f"search.{name}: expected a number in [0, 1] (got {floor!r})")
         if not 0.0 <= float(self.mutation_prob) <= 1.0:
             raise SearchError(f"search.mutation_prob: expected a number in [0, 1] (got {self.mutation_prob!r})")
         if self.candidate_size > self.population_size:

@@ -257,6 +257,22 @@ def test_bad_width_floor(runner: CliRunner, value: str) -> None:
     assert_one_error(result, "search.width_floor: expected a number in [0, 1]", value)
 
 
+def test_rival_floor_flag_and_recipe_field(runner: CliRunner, tmp_path: Path) -> None:
+    on = run_json(runner, "--flops", "50%", "--rival-floor", "1")
+    off = run_json(runner, "--flops", "50%", "--rival-floor", "0")
+    assert off["metrics"]["evaluations"] < on["metrics"]["evaluations"]  # the balanced rival is scored
+    assert on["metrics"]["pruned"]["score"] >= off["metrics"]["pruned"]["score"]  # and kept only when better
+    for data in (on, off):
+        assert 0.45 <= data["metrics"]["flops_ratio"] <= 0.50
+    recipe = _demo_recipe_with(tmp_path, "  rival_floor: 0.0\n")
+    args = ["search", "--model", "nasprune_cli.demo:build", "--recipe", recipe, "--flops", "50%", "--json"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    assert json.loads(result.stdout)["metrics"]["evaluations"] == off["metrics"]["evaluations"]
+    bad = runner.invoke(app, [*DEMO, "--flops", "50%", "--rival-floor", "2"])
+    assert_one_error(bad, "search.rival_floor: expected a number in [0, 1]", "2")
+
+
 # ---- interruption and resume -------------------------------------------------------------------------------
 def _wait_for_write(path: Path, proc: subprocess.Popen, writes: int) -> None:
     """Wait until `path` has been (re)written `writes` times (os.replace gives each write a new inode)."""

@@ -253,3 +253,61 @@ def test_the_floor_leaves_depth_and_kernel_hparams_alone() -> None:
 def test_bad_width_floor_is_refused(value: object) -> None:
     with pytest.raises(SearchError, match=r"search\.width_floor: expected a number in \[0, 1\]"):
         SearchSettings(width_floor=value).check()  # type: ignore[arg-type]
+
+
+# ---- balanced rival ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("share", [0.3, 0.5, 0.8])
+def test_without_the_rival_only_threshold_and_descent_are_candidates(share: float) -> None:
+    state, _, _ = run(BinarySearcher, budget(share), rival_floor=0.0)
+    assert state["rival_config"] is None and state["floor"]["rival_lowest"] is None
+    assert {c["source"] for c in state["candidates"]} <= {"threshold", "descent"}
+
+
+@pytest.mark.parametrize("share", [0.3, 0.5, 0.8])
+@pytest.mark.parametrize("rival", [0.5, 1.0])
+def test_the_balanced_rival_stays_above_its_floor_and_the_best_scored_candidate_wins(
+    share: float, rival: float
+) -> None:
+    bounds = budget(share)
+    state, space, ev = run(BinarySearcher, bounds, rival_floor=rival)
+    lowest = state["floor"]["rival_lowest"]
+    assert lowest == floor_choices(space.hparams, rival, state["floor"]["uniform_ratio"])
+    assert all(state["rival_config"][n] >= low for n, low in lowest.items())
+    balanced = [c for c in state["candidates"] if c["source"] == "balanced"]
+    for cand in balanced:
+        assert all(cand["config"][n] >= low for n, low in lowest.items())
+    configs = [tuple(sorted(c["config"].items())) for c in state["candidates"]]
+    assert len(configs) == len(set(configs))  # a subnet is a candidate once
+    for cand in state["candidates"]:
+        assert satisfies(space.cost(cand["config"]), bounds)
+    if len(state["candidates"]) > 1:
+        assert state["best"]["score"] == max(c["score"] for c in state["candidates"])
+    assert state["evaluations"] == ev.calls
+
+
+class BottleneckSpace(FakeSpace):
+    """A score that punishes the narrowest layer beyond what single-layer probes show (bottlenecks compound)."""
+
+    def true_score(self, config: Mapping[str, int]) -> float:
+        ratios = [config[n] / hp.original for n, hp in self.hparams.items()]
+        return super().true_score(config) - 4.0 * (1.0 - min(ratios)) ** 2 * sum(1 - r for r in ratios)
+
+
+def test_the_balanced_rival_wins_when_bottlenecks_hurt() -> None:
+    def search(rival: float) -> dict:
+        space = BottleneckSpace()
+        settings = SearchSettings(rival_floor=rival)
+        return BinarySearcher(space, FakeEvaluator(space), budget(0.3), settings).search()
+
+    without, with_rival = search(0.0), search(0.75)
+    balanced = [c for c in with_rival["candidates"] if c["source"] == "balanced"]
+    assert len(balanced) == 1
+    assert with_rival["best"]["config"] == balanced[0]["config"]
+    assert with_rival["best"]["score"] > without["best"]["score"]
+    assert with_rival["evaluations"] > without["evaluations"]  # the rival costs evaluations: it is scored
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.5, "half", True])
+def test_bad_rival_floor_is_refused(value: object) -> None:
+    with pytest.raises(SearchError, match=r"search\.rival_floor: expected a number in \[0, 1\]"):
+        SearchSettings(rival_floor=value).check()  # type: ignore[arg-type]
