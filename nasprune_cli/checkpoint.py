@@ -10,6 +10,8 @@ Pruned-model file (`--output pruned.pt`):
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import os
 import pickle
 import tempfile
@@ -45,7 +47,15 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    _remove_stale_temporaries(path)
     return path
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Delete temporary files of `path` that a killed earlier write left behind (the file itself is complete)."""
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        with contextlib.suppress(OSError):
+            stale.unlink()
 
 
 def read_torch_file(path: Path, what: str) -> Any:

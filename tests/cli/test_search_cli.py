@@ -328,6 +328,7 @@ def test_interrupted_search_resumes_to_the_same_subnet(
 
     resumed = runner.invoke(app, command)
     assert resumed.exit_code == 0, resumed.stderr
+    assert not list(tmp_path.glob(".search_state.pt.*.tmp"))  # nothing a killed write left behind survives
     got = json.loads(resumed.stdout)
     assert got["config"] == expected["config"]
     assert got["metrics"] == expected["metrics"]

@@ -57,6 +57,17 @@ def test_wrong_kind_corrupt_and_unsafe_files_are_refused(tmp_path: Path) -> None
         load_search_state(future, FP)
 
 
+def test_atomic_save_removes_what_a_killed_write_left_behind(tmp_path: Path) -> None:
+    path = tmp_path / "state.pt"
+    stale = tmp_path / ".state.pt.k1ll3d.tmp"  # a write killed between mkstemp and os.replace
+    stale.write_bytes(b"partial")
+    other = tmp_path / ".other.pt.abc.tmp"  # another file's temporary: not ours to delete
+    other.write_bytes(b"x")
+    atomic_save({"v": 2}, path)
+    assert torch.load(path, weights_only=True) == {"v": 2}
+    assert not stale.exists() and other.exists()
+
+
 def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path: Path) -> None:
     path = tmp_path / "x.pt"
     atomic_save({"v": 1}, path)
