@@ -51,6 +51,15 @@ def collect(batch):
     return batch["image"]
 
 
+def slow_score(model):  # the demo's score, slowed down: a test can interrupt the search in the middle
+    import time
+
+    from nasprune_cli.demo import score
+
+    time.sleep(0.05)
+    return score(model)
+
+
 def random_init():
     return torch.nn.Sequential(
         torch.nn.Conv2d(1, 64, 3, padding=1), torch.nn.BatchNorm2d(64), torch.nn.ReLU(),
@@ -296,9 +305,9 @@ def _wait_for_write(path: Path, proc: subprocess.Popen, writes: int) -> None:
 
 @pytest.mark.parametrize(("sig", "writes"), [(signal.SIGINT, 4), (signal.SIGKILL, 1)])
 def test_interrupted_search_resumes_to_the_same_subnet(
-    runner: CliRunner, tmp_path: Path, sig: signal.Signals, writes: int
+    runner: CliRunner, tmp_path: Path, helpers: Path, sig: signal.Signals, writes: int
 ) -> None:
-    args = ["--flops", "50%", "--seed", "3"]
+    args = ["--flops", "50%", "--seed", "3", "--score", "np_search_helpers:slow_score"]  # slow: a wide window
     reference = tmp_path / "reference.pt"
     uninterrupted = runner.invoke(app, [*DEMO, *args, "--output", str(reference), "--json"])
     assert uninterrupted.exit_code == 0, uninterrupted.stderr
@@ -310,7 +319,8 @@ def test_interrupted_search_resumes_to_the_same_subnet(
     proc = subprocess.Popen(
         [sys.executable, "-m", "nasprune_cli", *command],
         cwd=ROOT,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},  # the same thread count as this process: the same numerics
+        # the same thread count as this process (the same numerics); the helpers module importable
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(helpers), str(ROOT)])},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
