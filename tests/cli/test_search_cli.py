@@ -324,6 +324,8 @@ def test_interrupted_search_resumes_to_the_same_subnet(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # a shell's background job (nohup make test &) ignores SIGINT, and Python then keeps ignoring it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     _wait_for_write(ckpt, proc, writes)
     proc.send_signal(sig)
