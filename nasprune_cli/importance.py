@@ -104,8 +104,7 @@ def _column_energy(module: nn.Module) -> torch.Tensor | None:
         return w.flatten(1).sum(1)
     groups = getattr(module, "groups", 1)
     if groups > 1:  # [out, in/groups, *k]: fold every group's rows onto its columns
-        per_row = w.shape[0] // groups
-        return w.view(groups, per_row, w.shape[1], -1).sum((1, 3)).flatten()
+        return _fold_groups(w, groups)
     return w.transpose(0, 1).flatten(1).sum(1)
 
 
@@ -125,7 +124,12 @@ def _side_magnitude(module: nn.Module | None, side: str) -> torch.Tensor | None:
     if groups > 1 and (side == "out") != transposed:  # weight rows are this side's positions
         return w.flatten(1).sum(1)
     if groups > 1:  # columns are local to each group: fold the group's rows onto its columns
-        per_row = w.shape[0] // groups
-        return w.view(groups, per_row, w.shape[1], -1).sum((1, 3)).flatten()
+        return _fold_groups(w, groups)
     dim = out_dim if side == "out" else in_dim
     return w.transpose(0, dim).flatten(1).sum(1)
+
+
+def _fold_groups(w: torch.Tensor, groups: int) -> torch.Tensor:
+    """Per-input-position sums of a grouped weight [out, in/groups, *k]: each group's rows folded onto its columns."""
+    per_row = w.shape[0] // groups
+    return w.view(groups, per_row, w.shape[1], -1).sum((1, 3)).flatten()
