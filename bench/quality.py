@@ -267,6 +267,23 @@ def evaluate(
     }
 
 
+def prune_and_evaluate(
+    method: str,
+    baseline: nn.Module,
+    base_flops: float,
+    base_widths: dict[str, int],
+    target: float,
+    splits: task.Splits,
+    calib: list,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """One method's pruned copy of the baseline, evaluated with the run's divisor and fine-tune settings."""
+    pruned = prune(method, baseline, target, splits, calib, args.divisor)
+    return evaluate(
+        method, pruned, base_flops, base_widths, splits, calib, target, args.finetune_epochs, args.finetune_seeds
+    )
+
+
 def robust_rows(args: argparse.Namespace, splits: task.Splits, calib: list) -> list[dict[str, Any]]:
     """The comparison again on baselines trained with seeds SEED+1 .. SEED+robust_seeds (the same fine-tunes)."""
     out = []
@@ -280,18 +297,7 @@ def robust_rows(args: argparse.Namespace, splits: task.Splits, calib: list) -> l
         base_acc = task.accuracy(baseline, splits.x_test, splits.y_test)
         for target in args.targets:
             for method in methods:
-                pruned = prune(method, baseline, target, splits, calib, args.divisor)
-                row = evaluate(
-                    method,
-                    pruned,
-                    base_flops,
-                    base_widths,
-                    splits,
-                    calib,
-                    target,
-                    args.finetune_epochs,
-                    args.finetune_seeds,
-                )
+                row = prune_and_evaluate(method, baseline, base_flops, base_widths, target, splits, calib, args)
                 row.update({"train_seed": seed, "baseline_test_acc": base_acc})
                 row.pop("widths", None)
                 log(
@@ -345,18 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     for target in args.targets:
         for method in args.methods:
             log(f"{method} @ {target:g}% FLOPs")
-            pruned = prune(method, baseline, target, splits, calib, args.divisor)
-            row = evaluate(
-                method,
-                pruned,
-                base_flops,
-                base_widths,
-                splits,
-                calib,
-                target,
-                args.finetune_epochs,
-                args.finetune_seeds,
-            )
+            row = prune_and_evaluate(method, baseline, base_flops, base_widths, target, splits, calib, args)
             log(
                 f"  flops {row['flops_ratio']:.3f}  test {row['test_acc_pruned']:.4f} -> "
                 f"{row['test_acc_finetuned']:.4f}"
