@@ -12,6 +12,7 @@ from torch import nn
 
 from nasprune_cli.constraints import Cost, parse_constraints, satisfies
 from nasprune_cli.errors import CheckpointError, LoadError, NasPruneError, SearchError
+from nasprune_cli.metrics.latency import LATENCY_UNIT, latency_model_for
 from nasprune_cli.metrics.score import (
     DEFAULT_SCORE_NAME,
     Evaluator,
@@ -22,7 +23,7 @@ from nasprune_cli.metrics.score import (
 )
 from nasprune_cli.searchers import searcher_class
 from nasprune_cli.searchers.base import unsatisfiable_message
-from nasprune_cli.searchers.state import SearchSettings, fingerprint
+from nasprune_cli.searchers.state import SearchSettings, digest, fingerprint
 
 _DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16", torch.int64: "int64"}
 # modelopt's names for the same settings are accepted too
@@ -32,7 +33,17 @@ _ALIASES = {
     "collect_func": "collect",
     "max_iter_data_loader": "max_batches",
 }
-_OTHER_KEYS = ("recipe", "model_spec", "score", "data", "collect", "checkpoint", "on_progress")
+_OTHER_KEYS = (
+    "recipe",
+    "model_spec",
+    "score",
+    "data",
+    "collect",
+    "checkpoint",
+    "on_progress",
+    "latency_table",
+    "latency_batch",
+)
 NO_DATA_WARNING = (
     "no --data given: BatchNorm statistics are recalibrated, and subnets scored, on random inputs shaped like the "
     "dummy input; a subnet ranked on noise can rank differently on real inputs, so pass --data (a few training "
@@ -56,9 +67,10 @@ def search(
     `model` is a SearchSpace, or an nn.Module converted here with `config["recipe"]` (None: default rules).
     `config` keys: recipe (Recipe, path or dict), score / data / collect (callables or "pkg.mod:fn"; data may be
     an iterable of batches), checkpoint, on_progress(stage, done, total), model_spec ({entry_point, kwargs}),
-    and the search settings (searcher, seed, max_batches, fill, sensitivity, descent, width_floor, rival_floor,
-    importance, iterations, population_size, candidate_size, mutation_prob, crossover_size, mutation_size). Unset
-    settings come from the recipe's `search` section.
+    latency_table (JSON path: read when it exists, else measured and written) and latency_batch (default 1) for a
+    "latency" constraint, and the search settings (searcher, seed, max_batches, fill, sensitivity, descent,
+    width_floor, rival_floor, importance, iterations, population_size, candidate_size, mutation_prob,
+    crossover_size, mutation_size). Unset settings come from the recipe's `search` section.
     The state's "summary" holds the subnet config, the original / pruned figures and a per-layer table.
     """
     from nasprune_cli.conversion import convert, dummy_input_for
@@ -80,6 +92,22 @@ def search(
 
     if not constraints and recipe is not None:
         constraints = dict(recipe.search.constraints)
+    section = recipe.search if recipe is not None else None
+    latency_info = None
+    if (constraints or {}).get("latency") is not None:
+        table = options.get("latency_table") or getattr(section, "latency_table", None)
+        batch = options.get("latency_batch") or getattr(section, "latency_batch", None) or 1
+        latency_model, measured_now = latency_model_for(space, table, int(batch), options.get("on_progress"))
+        space.attach_latency(latency_model)
+        latency_info = {
+            "table": str(table) if table is not None else None,
+            "measured": measured_now,
+            "batch": int(batch),
+            "threads": latency_model.meta["threads"],
+            "unit": LATENCY_UNIT,
+        }
+    else:
+        space.attach_latency(None)
     bounds = parse_constraints(constraints or {}, space.original_cost)
     if not bounds:
         raise SearchError("no constraints: pass --flops and/or --params (e.g. --flops 60%)")
@@ -87,7 +115,6 @@ def search(
     if message:
         raise SearchError(message)
 
-    section = recipe.search if recipe is not None else None
     for key in ("score", "data", "collect"):  # config wins over the recipe's search section
         if options.get(key) is None and section is not None:
             options[key] = getattr(section, key, None)
@@ -122,6 +149,7 @@ def search(
         data=data_name,
         collect=collect_name,
         weights=weights_digest(space.model),
+        latency=digest(space.latency_model.to_dict()) if space.latency_model is not None else None,
     )
     searcher = searcher_class(settings.searcher)(
         space,
@@ -137,13 +165,14 @@ def search(
     pruned = space.export()
     from nasprune_cli.metrics.flops import FLOPS_UNIT, count_params, fvcore_flops
 
-    measured = Cost(float(fvcore_flops(pruned, dummy_input)), float(count_params(pruned)))
+    best = state["best"]
+    predicted_latency = space.cost(best["config"]).latency  # a latency table's prediction (None without one)
+    measured = Cost(float(fvcore_flops(pruned, dummy_input)), float(count_params(pruned)), predicted_latency)
     if not satisfies(measured, bounds):
         raise SearchError(
             f"the pruned model breaks the budget when fvcore counts it (flops {measured.flops:.4g}, params "
             f"{measured.params:.4g}; limits {bounds}) although the cost model said it fits; please report this bug"
         )
-    best = state["best"]
     original = space.original_cost
     state["summary"] = {
         "searcher": settings.searcher,
@@ -158,12 +187,24 @@ def search(
             "pruned": {"flops": measured.flops, "params": measured.params, "score": best["score"]},
             "flops_ratio": measured.flops / max(original.flops, 1.0),
             "params_ratio": measured.params / max(original.params, 1.0),
+            **_latency_metrics(original, measured),
             "evaluations": state["evaluations"],
             "flops_unit": FLOPS_UNIT,
         },
+        "latency": latency_info,
         "layers": layer_rows(space, best["config"]),
     }
     return pruned, state
+
+
+def _latency_metrics(original: Cost, pruned: Cost) -> dict[str, Any]:
+    """Predicted latency (ms) of the original and pruned models, when a latency table is attached."""
+    if original.latency is None or pruned.latency is None:
+        return {}
+    return {
+        "latency_ms": {"original": original.latency, "pruned": pruned.latency},
+        "latency_ratio": pruned.latency / max(original.latency, 1e-12),
+    }
 
 
 def layer_rows(space: Any, config: Mapping[str, int]) -> list[dict[str, Any]]:

@@ -18,6 +18,7 @@ from nasprune_cli.errors import NasPruneError
 from nasprune_cli.graph.groups import ChannelGroup, GroupMap
 from nasprune_cli.importance import DEFAULT_IMPORTANCE, group_importance
 from nasprune_cli.metrics.flops import CostModel, count_params, fvcore_flops
+from nasprune_cli.metrics.latency import LatencyModel
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ class SearchSpace:
         self._group_ids = {g: torch.nonzero(gmap.group_of == g).flatten() for g in group_hparams.values()}
         self._active = {name: hp.original for name, hp in hparams.items()}
         self._modules = dict(model.named_modules())
+        self.latency_model: LatencyModel | None = None
         self.select(self._active)
 
     # ---- configs -------------------------------------------------------------------------------------------
@@ -140,10 +142,21 @@ class SearchSpace:
 
     # ---- cost ----------------------------------------------------------------------------------------------
     def cost(self, config: Mapping[str, int] | None = None) -> Cost:
-        """FLOPs and params of a subnet from the fast cost model (equal to fvcore's count)."""
+        """FLOPs and params of a subnet from the fast cost model (equal to fvcore's count); with a latency table
+        attached, also its predicted latency in ms."""
         full = self._active if config is None else self.check(config)
         widths = {g: full[name] for name, g in self._group_hparams.items()}
-        return self._cost_model.cost(widths, full)
+        cost = self._cost_model.cost(widths, full)
+        if self.latency_model is None:
+            return cost
+        latency = self.latency_model.predict(full, cost.flops / max(self.original_cost.flops, 1.0))
+        return Cost(cost.flops, cost.params, latency)
+
+    def attach_latency(self, model: LatencyModel | None) -> None:
+        """Predict latency with a table measured for this space (None detaches it); sets the original latency."""
+        self.latency_model = model
+        latency = None if model is None else model.original_ms
+        self.original_cost = Cost(self.original_cost.flops, self.original_cost.params, latency)
 
     def measured_cost(self) -> Cost:
         """FLOPs (fvcore) and params of the exported active subnet: slow, for confirmation."""

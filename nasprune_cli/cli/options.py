@@ -58,6 +58,15 @@ ParamsOpt = Annotated[
         show_default=False,
     ),
 ]
+LatencyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--latency",
+        help="Latency budget on this machine: a share of the original ('60%') or milliseconds ('25ms'), predicted "
+        "from a latency table (see --latency-table).",
+        show_default=False,
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout instead of tables.")]
 SeedOpt = Annotated[
     int | None, typer.Option("--seed", help="Random seed (overrides the recipe's search.seed).", show_default=False)
@@ -87,13 +96,15 @@ def recipe_overrides(
     flops: str | None = None,
     params: str | None = None,
     seed: int | None = None,
+    latency: str | None = None,
 ) -> dict[str, Any]:
     """The recipe keys set on the command line, as nested overrides for `load_recipe`."""
     overrides: dict[str, Any] = {}
     if input_shape is not None:
         overrides["input"] = {"shape": parse_input_shape(input_shape)}
     search: dict[str, Any] = {}
-    constraints = {name: value for name, value in (("flops", flops), ("params", params)) if value is not None}
+    given = (("flops", flops), ("params", params), ("latency", latency))
+    constraints = {name: value for name, value in given if value is not None}
     if constraints:
         search["constraints"] = constraints
     if seed is not None:

@@ -13,6 +13,7 @@ from nasprune_cli.cli.options import (
     FlopsOpt,
     InputShapeOpt,
     JsonOpt,
+    LatencyOpt,
     ModelKwargsOpt,
     ModelOpt,
     OverwriteOpt,
@@ -131,6 +132,19 @@ ImportanceOpt = Annotated[
         show_default=False,
     ),
 ]
+LatencyTableOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--latency-table",
+        help="--latency: JSON table of layer times, read when it exists (same model, input, batch, threads), else "
+        "measured on this machine and written. Default: <output>.latency.json next to --output.",
+        show_default=False,
+    ),
+]
+LatencyBatchOpt = Annotated[
+    int | None,
+    typer.Option("--latency-batch", min=1, help="--latency: batch size to measure at (default 1).", show_default=False),
+]
 SearchOutputOpt = Annotated[
     Path | None,
     typer.Option("--output", "-o", help="Pruned-model file to write (e.g. pruned.pt).", show_default=False),
@@ -143,6 +157,9 @@ def search_command(
     recipe: RecipeOpt = None,
     flops: FlopsOpt = None,
     params: ParamsOpt = None,
+    latency: LatencyOpt = None,
+    latency_table: LatencyTableOpt = None,
+    latency_batch: LatencyBatchOpt = None,
     input_shape: InputShapeOpt = None,
     searcher: SearcherOpt = None,
     score: ScoreOpt = None,
@@ -163,14 +180,14 @@ def search_command(
     overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Search the best subnet within --flops / --params and write the pruned model (--output)."""
+    """Search the best subnet within --flops / --params / --latency and write the pruned model (--output)."""
     from nasprune_cli.api_search import search, seed_everything
     from nasprune_cli.checkpoint import save_pruned
     from nasprune_cli.loading import build_model, parse_kwargs
     from nasprune_cli.recipe.load import load_recipe
 
     kwargs = parse_kwargs(model_kwargs)
-    overrides = recipe_overrides(input_shape=input_shape, flops=flops, params=params, seed=seed)
+    overrides = recipe_overrides(input_shape=input_shape, flops=flops, params=params, seed=seed, latency=latency)
     flags = {
         "searcher": searcher,
         "score": score,
@@ -180,6 +197,8 @@ def search_command(
         "iterations": iterations,
         "population_size": population_size,
         "checkpoint": str(checkpoint) if checkpoint is not None else None,
+        "latency_table": str(latency_table) if latency_table is not None else None,
+        "latency_batch": latency_batch,
     }
     search_overrides = {k: v for k, v in flags.items() if v is not None}
     if search_overrides:
@@ -197,6 +216,9 @@ def search_command(
         "model_spec": {"entry_point": model, "kwargs": kwargs},
         "checkpoint": loaded.search.checkpoint,
     }
+    wants_latency = loaded.search.constraints.get("latency") is not None
+    if wants_latency and loaded.search.latency_table is None and output_path is not None:
+        config["latency_table"] = str(output_path.with_name(f"{output_path.stem}.latency.json"))
     binary = {
         "fill": fill,
         "descent": descent,
@@ -218,6 +240,9 @@ def search_command(
         output.print_json({**summary, "output": str(output_path) if output_path is not None else None})
     else:
         print_summary(summary)
+    latency_info = summary.get("latency")
+    if latency_info is not None:
+        output.info(_latency_note(latency_info))
     if output_path is not None:
         output.info(f"wrote {output_path}")
     elif not json_out:
@@ -260,6 +285,16 @@ class _Progress:
             self.bar.stop()
 
 
+def _latency_note(info: dict[str, Any]) -> str:
+    """Where the latency table came from, and how to make a rerun use the same one."""
+    where = f"batch {info['batch']}, {info['threads']} thread(s)"
+    if info["table"] is None:
+        return f"measured a latency table ({where}) for this run only; pass --latency-table FILE to keep and reuse it"
+    if info["measured"]:
+        return f"measured a latency table ({where}) and wrote {info['table']}; reruns read it (delete it to re-measure)"
+    return f"latency predicted from the table {info['table']} ({where})"
+
+
 def _score(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
@@ -280,11 +315,22 @@ def print_summary(summary: dict[str, Any]) -> None:
         (name, output.human(orig[key]), output.human(pruned[key]), _ratio(pruned[key], orig[key]))
         for name, key in (("FLOPs", "flops"), ("params", "params"))
     ]
+    if "latency_ms" in metrics:
+        lat = metrics["latency_ms"]
+        rows.append(
+            (
+                "latency ms (predicted)",
+                f"{lat['original']:.2f}",
+                f"{lat['pruned']:.2f}",
+                _ratio(lat["pruned"], lat["original"]),
+            )
+        )
+        orig = {**orig, "latency": lat["original"]}
     rows.append(("score", _score(orig["score"]), _score(pruned["score"]), _ratio(pruned["score"], orig["score"])))
     output.print_table(output.table("Search result", ["", "original", "pruned", "pruned / original"], rows))
     output.print_text(f"{summary['searcher']} searcher, {metrics['evaluations']} score evaluations")
     limits = ", ".join(
-        f"{name} <= {output.human(bound)} ({_ratio(bound, orig[name])})"
+        f"{name} <= {f'{bound:.3g} ms' if name == 'latency' else output.human(bound)} ({_ratio(bound, orig[name])})"
         for name, bound in summary["constraints"].items()
     )
     output.print_text(f"constraints: {limits}")

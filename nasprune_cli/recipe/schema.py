@@ -248,7 +248,9 @@ class SearchSection(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    constraints: dict[str, str | float] = Field(default_factory=dict)  # flops / params: "60%", "450M", 4.5e8
+    constraints: dict[str, str | float] = Field(default_factory=dict)  # flops / params / latency: "60%", "450M", "25ms"
+    latency_table: str | None = None  # latency constraint: JSON table, read when it exists, else measured and written
+    latency_batch: int | None = Field(None, ge=1)  # latency constraint: batch size the table is measured at (1)
     searcher: Literal["binary", "evolve", "random"] | None = None  # None: binary (fastnas) / evolve (autonas)
     checkpoint: str | None = None  # search state file, resumed when it exists
     score: str | None = None  # "pkg.module:fn", fn(model) -> float, higher is better

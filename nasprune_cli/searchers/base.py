@@ -26,14 +26,19 @@ def unsatisfiable_message(bounds: Mapping[str, float], smallest: Cost, original:
     failed = [name for name, bound in bounds.items() if smallest.get(name) > bound]
     if not failed:
         return None
+    unit = {"latency": " ms (predicted)"}
     parts = [
-        f"{name} <= {bounds[name]:.4g} ({bounds[name] / max(original.get(name), 1.0):.1%} of the original) but the "
-        f"smallest subnet has {smallest.get(name):.4g} ({smallest.get(name) / max(original.get(name), 1.0):.1%})"
+        f"{name} <= {bounds[name]:.4g}{unit.get(name, '')} ({bounds[name] / max(original.get(name), 1e-12):.1%} of "
+        f"the original) but the smallest subnet has {smallest.get(name):.4g} "
+        f"({smallest.get(name) / max(original.get(name), 1e-12):.1%})"
         for name in failed
     ]
+    hint = "(smaller channels_ratio / channel_divisor); `nasprune profile` shows the achievable range"
+    if "latency" in failed:
+        hint += "; layers that are frozen, and time spent outside prunable layers, do not shrink with the width"
     return (
         f"constraints cannot be met: {'; '.join(parts)}; raise the budget, or widen the search space in the recipe "
-        "(smaller channels_ratio / channel_divisor); `nasprune profile` shows the achievable range"
+        + hint
     )
 
 

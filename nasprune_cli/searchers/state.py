@@ -101,10 +101,12 @@ def fingerprint(
     data: str,
     collect: str,
     weights: str | None = None,
+    latency: str | None = None,
 ) -> dict[str, Any]:
     """Everything a search result depends on, as plain JSON-able values (compared key by key on resume).
 
     `weights` is a digest of the model's parameters: a retrained (or freshly initialised) model is another model.
+    `latency` is a digest of the latency table a "latency" constraint was measured with.
     """
     rules = None
     if recipe is not None:
@@ -112,7 +114,7 @@ def fingerprint(
     spec = {"entry_point": model.get("entry_point"), "kwargs": dict(model.get("kwargs") or {})}
     if weights is not None:
         spec["weights"] = weights
-    return {
+    result = {
         "model": spec,
         "recipe": rules,
         "settings": settings.to_dict(),
@@ -123,6 +125,9 @@ def fingerprint(
         "data": data,
         "collect": collect,
     }
+    if latency is not None:
+        result["latency_table"] = latency
+    return result
 
 
 def digest(obj: Any) -> str:

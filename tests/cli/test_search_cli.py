@@ -445,3 +445,37 @@ def test_progress_bars_follow_the_sensitivity_map_and_the_search() -> None:
         update("search", 3, 5)
     tasks = {t.description: (t.completed, t.total) for t in progress.bar.tasks}
     assert tasks == {"sensitivity map": (20, 20), "search": (3, 5)}
+
+
+# ---- latency budget ----------------------------------------------------------------------------------------
+def test_latency_budget_measures_a_table_next_to_the_output_and_reruns_read_it(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    pruned = tmp_path / "pruned.pt"
+    table = tmp_path / "pruned.latency.json"
+    first = runner.invoke(app, [*DEMO, "--latency", "100%", "--latency-batch", "4", "--output", str(pruned)])
+    assert first.exit_code == 0, (first.stdout, first.stderr)
+    assert "latency ms (predicted)" in first.stdout and "latency <= " in first.stdout
+    assert f"measured a latency table (batch 4, 1 thread(s)) and wrote {table}" in first.stderr
+    assert json.loads(table.read_text())["meta"]["batch"] == 4
+
+    args = ["--latency", "90%", "--flops", "70%", "--latency-batch", "4", "-o", str(pruned), "--overwrite"]
+    second = runner.invoke(app, [*DEMO, *args, "--json"])
+    assert second.exit_code == 0, (second.stdout, second.stderr)
+    summary = json.loads(second.stdout)
+    assert summary["latency"] == {**summary["latency"], "table": str(table), "measured": False, "batch": 4}
+    metrics = summary["metrics"]
+    assert metrics["latency_ms"]["pruned"] <= summary["constraints"]["latency"]
+    assert summary["constraints"]["latency"] == pytest.approx(0.9 * metrics["latency_ms"]["original"])
+
+    wrong_batch = runner.invoke(app, [*DEMO, "--latency", "90%", "--latency-table", str(table)])
+    assert_one_error(wrong_batch, str(table), "another batch (4 in the table vs 1 now)", "--latency-table")
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [("fast", "expected milliseconds ('25ms', 25) or a percentage"), ("1%", "constraints cannot be met: latency <=")],
+)
+def test_bad_latency_budgets(runner: CliRunner, tmp_path: Path, value: str, fragment: str) -> None:
+    result = runner.invoke(app, [*DEMO, "--latency", value, "--latency-table", str(tmp_path / "t.json")])
+    assert_one_error(result, fragment)

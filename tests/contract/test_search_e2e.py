@@ -282,3 +282,44 @@ def test_a_checkpoint_of_the_same_builder_with_other_weights_is_refused(tmp_path
             CheckpointError, match=r"state\.pt: this checkpoint belongs to a different search \(model\.weights "
         ):
             search(Residual(), {"flops": "60%"}, dummy, config)  # retrained / re-initialised: another model
+
+
+def test_latency_budget_is_met_by_the_prediction_and_a_rerun_reads_the_same_table(tmp_path: Path) -> None:
+    from nasprune_cli.metrics.latency import measure_latency, save_latency_table
+
+    table = tmp_path / "demo.latency.json"
+    space = convert(build(), DEMO, DIGIT)
+    measured = measure_latency(space, batch=4, repeats=2)
+    save_latency_table(measured, table)
+    space.attach_latency(measured)
+    smallest = space.cost(space.min()).latency
+    bound = (smallest + measured.original_ms) / 2
+    config = {"latency_table": str(table), "latency_batch": 4}
+    pruned, state = demo_search({"latency": f"{bound}ms"}, **config)
+    summary = state["summary"]
+    assert summary["latency"]["measured"] is False and summary["latency"]["batch"] == 4
+    assert summary["metrics"]["latency_ms"]["pruned"] <= bound
+    assert summary["metrics"]["latency_ms"]["original"] == pytest.approx(measured.original_ms)
+    assert summary["metrics"]["latency_ratio"] < 1.0
+    space.select(summary["config"])
+    assert space.cost().latency == pytest.approx(summary["metrics"]["latency_ms"]["pruned"])
+    _, again = demo_search({"latency": f"{bound}ms"}, **config)
+    assert again["summary"]["config"] == summary["config"]
+
+
+def test_a_checkpoint_made_with_another_latency_table_is_refused(tmp_path: Path) -> None:
+    import json
+
+    from nasprune_cli.metrics.latency import measure_latency, save_latency_table
+
+    table, checkpoint = tmp_path / "t.json", tmp_path / "state.pt"
+    measured = measure_latency(convert(build(), DEMO, DIGIT), batch=1, repeats=1)
+    save_latency_table(measured, table)
+    config = {"latency_table": str(table), "checkpoint": str(checkpoint)}
+    budget = {"latency": f"{0.95 * measured.original_ms}ms", "flops": "60%"}  # absolute: the bound stays the same
+    demo_search(budget, **config)
+    data = json.loads(table.read_text())
+    data["leaves"][0]["samples"] = [[w, t * 2] for w, t in data["leaves"][0]["samples"]]
+    table.write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match="latency_table"):
+        demo_search(budget, **config)

@@ -46,7 +46,7 @@ def test_percentages_are_of_each_figure_own_original() -> None:
         ("flops", 0, r"must be a positive finite number \(got 0\)"),
         ("flops", float("inf"), r"must be a positive finite number \(got inf\)"),
         ("params", True, r"constraint 'params': expected a number or a percentage such as '60%' \(got True\)"),
-        ("latency", "5", r"constraint 'latency': unknown \(expected one of flops, params\)"),
+        ("memory", "5", r"constraint 'memory': unknown \(expected one of flops, params, latency\)"),
     ],
 )
 def test_bad_budgets_name_the_constraint_and_the_value(name: str, value: object, message: str) -> None:

@@ -110,8 +110,8 @@ BAD_RECIPES = [
         "x.yaml: search.constraints.flops: percentage must be in (0%, 100%] (got '160%')",
     ),
     (
-        "search: {constraints: {latency: 5}}\n",
-        "x.yaml: search.constraints.latency: unknown constraint (expected one of flops, params)",
+        "search: {constraints: {memory: 5}}\n",
+        "x.yaml: search.constraints.memory: unknown constraint (expected one of flops, params, latency)",
     ),
     (
         "search: {searcher: evol}\n",

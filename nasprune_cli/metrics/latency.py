@@ -1,0 +1,456 @@
+"""Latency cost model: layer times measured on this machine, predicted for any width subnet without a model run.
+
+How it is built (`measure_latency`):
+1. Probe, on the dummy input: with every width hparam at its original value, then with one hparam at a time at its
+   smallest choice, record the size of each leaf layer's input and output at each call. A layer's input and output
+   sizes are linear in the kept widths (channels pass through, or are concatenated), so one probe per hparam gives
+   the share of the layer's input / output that one channel of that hparam holds.
+2. Time the exported subnet at a few uniform width ratios (1.0, 0.8, 0.6, 0.4, 0.2) on an input of the latency
+   batch size: forward hooks give every leaf call's median time, and the rest of the forward (elementwise adds,
+   reshapes, attention maths outside leaf layers) is the remainder.
+3. A leaf's time is a piecewise-linear function of its work fraction, interpolated between those samples:
+   (kept input share) x (kept output share) for layers with a weight matrix (convolutions, linear layers), the kept
+   input share for the others (norms, activations, pooling). The remainder follows the subnet's FLOPs fraction.
+
+The prediction of the original model is its measured time (layer times are scaled down when the hooks made them
+add up to more than the forward without hooks); in between, the table captures what FLOPs miss: pooling and
+normalisation time that shrinks only linearly with the width, and narrow convolutions that run at fewer FLOPs per
+second. Depthwise convolutions count as unweighted (their time follows the channel count). Width hparams only: depth
+and kernel hparams are rejected. A table is valid for one model, recipe, input shape, batch size, thread count
+and machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from nasprune_cli.errors import NasPruneError
+
+LATENCY_KIND = "nasprune-latency-table"
+LATENCY_VERSION = 1
+SAMPLE_RATIOS = (1.0, 0.8, 0.6, 0.4, 0.2)
+LATENCY_UNIT = "milliseconds per forward pass, predicted from a latency table measured on this machine"
+
+
+@dataclass
+class LeafTiming:
+    """One call of a leaf layer: how its input / output shrink with each hparam, and its measured times."""
+
+    key: str  # "<module name>#<call index>"
+    weighted: bool  # time follows input share x output share (a weight matrix), else the input share
+    coef_in: dict[str, float]  # hparam -> share of the input one of its channels holds
+    coef_out: dict[str, float]
+    samples: list[tuple[float, float]]  # (work fraction, ms), ascending in work
+
+    def work(self, removed: Mapping[str, int]) -> float:
+        """Work fraction of this call when `removed[h]` channels of each hparam are pruned."""
+        share_in = max(0.0, 1.0 - sum(c * removed.get(h, 0) for h, c in self.coef_in.items()))
+        if not self.weighted:
+            return share_in
+        share_out = max(0.0, 1.0 - sum(c * removed.get(h, 0) for h, c in self.coef_out.items()))
+        return share_in * share_out
+
+
+class LatencyModel:
+    """Predicted latency (ms) of any width subnet of one search space, from a measured table."""
+
+    def __init__(self, leaves: list[LeafTiming], remainder: list[tuple[float, float]], meta: dict[str, Any]) -> None:
+        self.leaves = leaves
+        self.remainder = remainder  # (FLOPs fraction, ms), ascending
+        self.meta = meta
+        self.originals: dict[str, int] = {h: int(v) for h, v in meta["hparams"].items()}
+        self.original_ms = self.predict(self.originals, 1.0)
+
+    def predict(self, config: Mapping[str, int], flops_fraction: float) -> float:
+        """Latency in ms of the subnet `config` (width hparam -> kept channels) whose FLOPs fraction is given."""
+        removed = {h: orig - int(config.get(h, orig)) for h, orig in self.originals.items()}
+        total = sum(interpolate(leaf.samples, leaf.work(removed)) for leaf in self.leaves)
+        return total + interpolate(self.remainder, flops_fraction)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The table as plain JSON values."""
+        return {
+            "kind": LATENCY_KIND,
+            "version": LATENCY_VERSION,
+            "meta": self.meta,
+            "remainder": [list(s) for s in self.remainder],
+            "leaves": [
+                {
+                    "key": leaf.key,
+                    "weighted": leaf.weighted,
+                    "coef_in": leaf.coef_in,
+                    "coef_out": leaf.coef_out,
+                    "samples": [list(s) for s in leaf.samples],
+                }
+                for leaf in self.leaves
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str) -> LatencyModel:
+        """Rebuild a table written by to_dict; `source` names the file in errors."""
+        if not isinstance(data, Mapping) or data.get("kind") != LATENCY_KIND:
+            raise NasPruneError(f'{source}: not a nasprune latency table (expected "kind": "{LATENCY_KIND}")')
+        if data.get("version") != LATENCY_VERSION:
+            raise NasPruneError(
+                f"{source}: latency table version {data.get('version')!r}, this nasprune reads version "
+                f"{LATENCY_VERSION}; delete the file to measure again"
+            )
+        try:
+            leaves = [
+                LeafTiming(
+                    str(e["key"]),
+                    bool(e["weighted"]),
+                    {str(k): float(v) for k, v in e["coef_in"].items()},
+                    {str(k): float(v) for k, v in e["coef_out"].items()},
+                    [(float(w), float(t)) for w, t in e["samples"]],
+                )
+                for e in data["leaves"]
+            ]
+            remainder = [(float(w), float(t)) for w, t in data["remainder"]]
+            meta = dict(data["meta"])
+            return cls(leaves, remainder, meta)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise NasPruneError(
+                f"{source}: damaged latency table ({type(exc).__name__}: {exc}); delete it to measure again"
+            ) from exc
+
+    def check(self, space: Any, batch: int, source: str) -> None:
+        """Raise when this table was measured for another space, input shape, batch size or thread count."""
+        expected = table_meta(space, batch)
+        for key in ("hparams", "input_shape", "batch", "threads"):
+            if self.meta.get(key) != expected[key]:
+                raise NasPruneError(
+                    f"{source}: the latency table was measured for another {key.replace('_', ' ')} "
+                    f"({_short(self.meta.get(key))} in the table vs {_short(expected[key])} now); pass another "
+                    "--latency-table path to measure a new one, or delete this file"
+                )
+
+
+def interpolate(samples: list[tuple[float, float]], x: float) -> float:
+    """Piecewise-linear interpolation through ascending (x, y) samples; proportional below the first one."""
+    if not samples:
+        return 0.0
+    x0, y0 = samples[0]
+    if x <= x0:
+        return y0 * x / x0 if x0 > 0 else y0
+    for (xa, ya), (xb, yb) in zip(samples, samples[1:], strict=False):
+        if x <= xb:
+            return ya + (yb - ya) * (x - xa) / (xb - xa)
+    return samples[-1][1]
+
+
+def table_meta(space: Any, batch: int) -> dict[str, Any]:
+    """What a latency table is valid for: the width hparams, the input shape, batch size, threads and machine."""
+    shapes = [list(t.shape[1:]) for t in _tensors(space.dummy_input)]
+    return {
+        "hparams": {n: hp.original for n, hp in sorted(space.hparams.items())},
+        "input_shape": shapes,
+        "batch": int(batch),
+        "threads": torch.get_num_threads(),
+        "machine": f"{platform.machine()} {platform.processor() or platform.node()}".strip(),
+        "torch": torch.__version__,
+    }
+
+
+def measure_latency(
+    space: Any,
+    batch: int = 1,
+    repeats: int | None = None,
+    on_progress: Callable[[str, int, int], None] | None = None,
+) -> LatencyModel:
+    """Measure a latency table for a search space on this machine (restores the active subnet)."""
+    if batch < 1:
+        raise NasPruneError(f"latency batch size: expected an integer >= 1 (got {batch})")
+    other = sorted(n for n, hp in space.hparams.items() if hp.kind != "width")
+    if other:
+        raise NasPruneError(
+            f"latency constraint: the latency table models width hparams only, and this space also has "
+            f"{len(other)} depth / kernel hparam(s) ({', '.join(other[:3])}); use flops / params constraints, or a "
+            "recipe without depth / kernel choices"
+        )
+    if not space.hparams:
+        raise NasPruneError("latency constraint: the space has no width hparams, so nothing can make it faster")
+    active = space.config()
+    repeats = repeats if repeats is not None else (10 if batch == 1 else 3)
+    widths = sorted(space.hparams)
+    total_steps = 1 + len(widths) + len(SAMPLE_RATIOS)
+    step = 0
+
+    def tick() -> None:
+        nonlocal step
+        step += 1
+        if on_progress is not None:
+            on_progress("latency table", step, total_steps)
+
+    try:
+        space.select(space.max())
+        base = _probe(space.model, space.dummy_input)
+        tick()
+        coef_in: dict[str, dict[str, float]] = {k: {} for k in base}
+        coef_out: dict[str, dict[str, float]] = {k: {} for k in base}
+        for name in widths:
+            hp = space.hparams[name]
+            space.select({**space.max(), name: hp.choices[0]})
+            probe = _probe(space.model, space.dummy_input)
+            removed = hp.original - hp.choices[0]
+            for key, (n_in, n_out) in base.items():
+                if key not in probe or removed <= 0:
+                    continue
+                p_in, p_out = probe[key]
+                if n_in and p_in != n_in:
+                    coef_in[key][name] = (n_in - p_in) / n_in / removed
+                if n_out and p_out != n_out:
+                    coef_out[key][name] = (n_out - p_out) / n_out / removed
+            tick()
+        weighted = {k: w for k, w in _weighted_leaves(space.model, base).items()}
+        x = _batched(space.dummy_input, batch)
+        leaf_samples: dict[str, list[tuple[float, float]]] = {k: [] for k in base}
+        remainder: list[tuple[float, float]] = []
+        original_flops = max(space.original_cost.flops, 1.0)
+        for ratio in SAMPLE_RATIOS:
+            config = uniform_config(space, ratio)
+            space.select(config)
+            flops_fraction = space.cost(config).flops / original_flops
+            removed = {h: space.hparams[h].original - v for h, v in config.items()}
+            times, total = _time_leaves(space.export().eval(), x, repeats)
+            hooked = sum(times.values())
+            if hooked > total:  # hooks cost time too: scale the layer times so that they add up to the forward
+                times = {k: t * total / hooked for k, t in times.items()}
+            for key in base:
+                if key in times:
+                    probe_leaf = LeafTiming(key, weighted[key], coef_in[key], coef_out[key], [])
+                    leaf_samples[key].append((probe_leaf.work(removed), times[key]))
+            remainder.append((flops_fraction, max(0.0, total - sum(times.values()))))
+            tick()
+    finally:
+        space.select(active)
+    leaves = [
+        LeafTiming(k, weighted[k], coef_in[k], coef_out[k], _merge(leaf_samples[k])) for k in base if leaf_samples[k]
+    ]
+    return LatencyModel(leaves, _merge(remainder), table_meta(space, batch))
+
+
+def latency_model_for(
+    space: Any,
+    table: str | Path | None,
+    batch: int = 1,
+    on_progress: Callable[[str, int, int], None] | None = None,
+) -> tuple[LatencyModel, bool]:
+    """The latency table of a space: read from `table` when that file exists (checked against the space), else
+    measured now and, with a path, written there. Returns (table, whether it was measured now)."""
+    if table is not None and Path(table).exists():
+        model = load_latency_table(table)
+        model.check(space, batch, str(table))
+        return model, False
+    model = measure_latency(space, batch, on_progress=on_progress)
+    if table is not None:
+        save_latency_table(model, table)
+    return model, True
+
+
+def uniform_config(space: Any, ratio: float) -> dict[str, int]:
+    """Every width hparam at its smallest choice >= ratio x its original width."""
+    config = {}
+    for name, hp in space.hparams.items():
+        target = ratio * hp.original - 1e-9
+        config[name] = min((c for c in hp.choices if c >= target), default=hp.choices[-1])
+    return config
+
+
+def save_latency_table(model: LatencyModel, path: str | Path) -> Path:
+    """Write a latency table as JSON atomically (temporary file, then rename)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise NasPruneError(f"{path}: directory '{path.parent}' does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(model.to_dict(), f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise NasPruneError(f"{path}: cannot write the latency table: {exc}") from exc
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def load_latency_table(path: str | Path) -> LatencyModel:
+    """Read a latency table written by save_latency_table."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise NasPruneError(f"{path}: latency table not found") from exc
+    except (OSError, ValueError) as exc:
+        raise NasPruneError(f"{path}: cannot read the latency table ({exc}); delete it to measure again") from exc
+    return LatencyModel.from_dict(data, str(path))
+
+
+def _tensors(inputs: Any) -> list[torch.Tensor]:
+    items = inputs if isinstance(inputs, (tuple, list)) else (inputs,)
+    return [t for t in items if isinstance(t, torch.Tensor)]
+
+
+def _batched(dummy_input: Any, batch: int) -> Any:
+    """The dummy input with its batch dimension set to `batch` (random values, seeded)."""
+    gen = torch.Generator().manual_seed(0)
+
+    def grow(t: Any) -> Any:
+        if not isinstance(t, torch.Tensor) or t.dim() == 0:
+            return t
+        if t.is_floating_point():
+            return torch.randn((batch, *t.shape[1:]), generator=gen, dtype=t.dtype)
+        return t[:1].expand(batch, *t.shape[1:]).clone()
+
+    if isinstance(dummy_input, tuple):
+        return tuple(grow(t) for t in dummy_input)
+    return grow(dummy_input)
+
+
+def _call(model: nn.Module, x: Any) -> Any:
+    if isinstance(x, tuple):
+        if x and isinstance(x[-1], dict):
+            return model(*x[:-1], **x[-1])
+        return model(*x)
+    return model(x)
+
+
+def _leaves(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(n, m) for n, m in model.named_modules() if n and not any(True for _ in m.children())]
+
+
+def _first_tensor(value: Any) -> torch.Tensor | None:
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, (tuple, list)):
+        for v in value:
+            found = _first_tensor(v)
+            if found is not None:
+                return found
+    return None
+
+
+def _probe(model: nn.Module, x: Any) -> dict[str, tuple[int, int]]:
+    """Input / output element count of every leaf call on one forward (eval mode, no grad)."""
+    sizes: dict[str, tuple[int, int]] = {}
+    calls: dict[str, int] = {}
+    handles = []
+
+    def hook(name: str) -> Callable[..., None]:
+        def record(module: nn.Module, args: tuple, out: Any) -> None:
+            index = calls.get(name, 0)
+            calls[name] = index + 1
+            t_in, t_out = _first_tensor(args), _first_tensor(out)
+            sizes[f"{name}#{index}"] = (
+                t_in.numel() if t_in is not None else 0,
+                t_out.numel() if t_out is not None else 0,
+            )
+
+        return record
+
+    training = model.training
+    model.eval()
+    try:
+        for name, module in _leaves(model):
+            handles.append(module.register_forward_hook(hook(name)))
+        with torch.no_grad():
+            _call(model, x)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(training)
+    return sizes
+
+
+def _weighted_leaves(model: nn.Module, keys: Mapping[str, Any]) -> dict[str, bool]:
+    """Per leaf call key: whether the layer has a weight matrix (its time follows input x output)."""
+    modules = dict(model.named_modules())
+    out = {}
+    for key in keys:
+        module = modules.get(key.rsplit("#", 1)[0])
+        weight = getattr(module, "weight", None)
+        out[key] = isinstance(weight, torch.Tensor) and weight.dim() >= 2 and not _depthwise(module)
+    return out
+
+
+def _depthwise(module: Any) -> bool:
+    """A convolution with one group per channel: its time follows the channel count, not its square."""
+    groups = getattr(module, "groups", 1)
+    return groups > 1 and groups == getattr(module, "in_channels", -1)
+
+
+@torch.inference_mode()
+def _time_leaves(model: nn.Module, x: Any, repeats: int) -> tuple[dict[str, float], float]:
+    """Median ms per leaf call (forward hooks) and the median ms of a whole forward without hooks."""
+    totals = []
+    _call(model, x)  # warm-up
+    for _ in range(repeats):
+        start = time.perf_counter()
+        _call(model, x)
+        totals.append(time.perf_counter() - start)
+    runs: dict[str, list[float]] = {}
+    calls: dict[str, int] = {}
+    starts: dict[str, float] = {}
+    handles = []
+
+    def pre(name: str) -> Callable[..., None]:
+        def record(module: nn.Module, args: tuple) -> None:
+            starts[name] = time.perf_counter()
+
+        return record
+
+    def post(name: str) -> Callable[..., None]:
+        def record(module: nn.Module, args: tuple, out: Any) -> None:
+            elapsed = time.perf_counter() - starts[name]
+            index = calls.get(name, 0)
+            calls[name] = index + 1
+            runs.setdefault(f"{name}#{index}", []).append(elapsed)
+
+        return record
+
+    try:
+        for name, module in _leaves(model):
+            handles.append(module.register_forward_pre_hook(pre(name)))
+            handles.append(module.register_forward_hook(post(name)))
+        for _ in range(repeats):
+            calls.clear()
+            _call(model, x)
+    finally:
+        for h in handles:
+            h.remove()
+    return {k: statistics.median(v) * 1e3 for k, v in runs.items()}, statistics.median(totals) * 1e3
+
+
+def _merge(samples: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Ascending samples with one (mean) time per distinct work fraction, made non-decreasing (timing noise must
+    not make a narrower layer look slower: the searchers rely on cost falling with width)."""
+    by_x: dict[float, list[float]] = {}
+    for x, y in samples:
+        by_x.setdefault(round(x, 9), []).append(y)
+    merged: list[tuple[float, float]] = []
+    for x, ys in sorted(by_x.items()):
+        merged.append((x, sum(ys) / len(ys)))
+    for i in range(len(merged) - 2, -1, -1):  # a smaller work fraction never takes longer than a larger one
+        merged[i] = (merged[i][0], min(merged[i][1], merged[i + 1][1]))
+    return merged
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."

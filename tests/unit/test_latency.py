@@ -1,0 +1,150 @@
+"""Latency table: layer shares follow the subnet exactly, predictions are monotone, files round-trip and are checked."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from nasprune_cli.constraints import Cost, parse_constraint
+from nasprune_cli.conversion import convert
+from nasprune_cli.errors import NasPruneError
+from nasprune_cli.metrics import latency as lat
+from nasprune_cli.recipe.load import load_recipe
+from tests.toys import Chain, Concat, Residual, cbr
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def space_of(model: nn.Module, size: int = 16):
+    torch.manual_seed(0)
+    return convert(model.eval(), None, torch.randn(1, 3, size, size))
+
+
+@pytest.fixture(scope="module")
+def concat_table():
+    space = space_of(Concat())
+    return space, lat.measure_latency(space, batch=1, repeats=1)
+
+
+@pytest.mark.parametrize("toy", [Chain, Residual, Concat])
+def test_layer_shares_from_one_probe_per_hparam_match_any_subnet(toy: type[nn.Module]) -> None:
+    space = space_of(toy())
+    table = lat.measure_latency(space, batch=1, repeats=1)
+    full = lat._probe(space.model, space.dummy_input)
+    rng = random.Random(0)
+    for _ in range(5):
+        config = space.sample(rng)
+        sizes = lat._probe(space.model, space.dummy_input)
+        removed = {h: hp.original - config[h] for h, hp in space.hparams.items()}
+        for leaf in table.leaves:
+            n_in, n_out = full[leaf.key]
+            share_in, share_out = sizes[leaf.key][0] / n_in, sizes[leaf.key][1] / n_out
+            expected = share_in * share_out if leaf.weighted else share_in
+            assert leaf.work(removed) == pytest.approx(expected, abs=1e-9), leaf.key
+
+
+def test_prediction_falls_when_any_width_shrinks(concat_table) -> None:
+    space, table = concat_table
+    space.attach_latency(table)
+    rng = random.Random(1)
+    for _ in range(20):
+        config = space.sample(rng)
+        name = rng.choice(sorted(space.hparams))
+        choices = space.hparams[name].choices
+        idx = choices.index(config[name])
+        if idx == 0:
+            continue
+        narrower = {**config, name: choices[idx - 1]}
+        assert space.cost(narrower).latency <= space.cost(config).latency + 1e-12
+    assert space.cost(space.max()).latency == pytest.approx(table.original_ms)
+    assert space.original_cost.latency == pytest.approx(table.original_ms)
+    space.attach_latency(None)
+    assert space.cost().latency is None and space.original_cost.latency is None
+
+
+def test_interpolation_is_exact_at_samples_linear_between_and_proportional_below() -> None:
+    samples = [(0.25, 2.0), (0.5, 3.0), (1.0, 7.0)]
+    assert [lat.interpolate(samples, x) for x, _ in samples] == [2.0, 3.0, 7.0]
+    assert lat.interpolate(samples, 0.75) == pytest.approx(5.0)
+    assert lat.interpolate(samples, 0.125) == pytest.approx(1.0)
+    assert lat.interpolate(samples, 2.0) == 7.0
+
+
+def test_noisy_samples_are_made_non_decreasing_and_keep_the_full_width_time() -> None:
+    merged = lat._merge([(1.0, 5.0), (0.5, 6.0), (0.25, 1.0), (0.5, 4.0)])
+    assert merged == [(0.25, 1.0), (0.5, 5.0), (1.0, 5.0)]
+
+
+def test_table_round_trips_through_its_file(concat_table, tmp_path: Path) -> None:
+    space, table = concat_table
+    path = lat.save_latency_table(table, tmp_path / "t.json")
+    assert not list(tmp_path.glob(".*.tmp"))
+    loaded = lat.load_latency_table(path)
+    loaded.check(space, 1, str(path))
+    rng = random.Random(2)
+    for _ in range(5):
+        config = space.sample(rng)
+        assert loaded.predict(config, 0.5) == pytest.approx(table.predict(config, 0.5))
+
+
+def test_a_table_made_for_another_input_batch_or_file_kind_is_refused(concat_table, tmp_path: Path) -> None:
+    space, table = concat_table
+    with pytest.raises(NasPruneError, match="another batch.*1 in the table vs 8 now"):
+        table.check(space, 8, "t.json")
+    other = space_of(Concat(), size=24)
+    with pytest.raises(NasPruneError, match=r"t.json: the latency table was measured for another input shape"):
+        table.check(other, 1, "t.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"kind": "something else"}))
+    with pytest.raises(NasPruneError, match="bad.json: not a nasprune latency table"):
+        lat.load_latency_table(bad)
+    bad.write_text("{not json")
+    with pytest.raises(NasPruneError, match="bad.json: cannot read the latency table"):
+        lat.load_latency_table(bad)
+    damaged = table.to_dict()
+    del damaged["leaves"][0]["samples"]
+    bad.write_text(json.dumps(damaged))
+    with pytest.raises(NasPruneError, match="bad.json: damaged latency table"):
+        lat.load_latency_table(bad)
+
+
+def test_latency_model_for_measures_once_then_reads_the_file(tmp_path: Path) -> None:
+    space = space_of(Chain())
+    path = tmp_path / "chain.latency.json"
+    first, measured = lat.latency_model_for(space, path, 1)
+    assert measured and path.exists()
+    again, measured_again = lat.latency_model_for(space, path, 1)
+    assert not measured_again
+    assert again.to_dict() == json.loads(json.dumps(first.to_dict()))
+
+
+def test_depth_hparams_are_refused_with_the_reason() -> None:
+    model = nn.Sequential(cbr(3, 32), nn.Sequential(cbr(32, 32), cbr(32, 32), cbr(32, 32)), nn.Conv2d(32, 10, 1))
+    torch.manual_seed(0)
+    space = convert(model.eval(), load_recipe(ROOT / "recipes" / "autonas.yaml"), torch.randn(1, 3, 16, 16))
+    assert any(hp.kind != "width" for hp in space.hparams.values())
+    with pytest.raises(NasPruneError, match="width hparams only.*depth / kernel"):
+        lat.measure_latency(space)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [("25ms", 25.0), ("2.5 ms", 2.5), (12, 12.0), ("12", 12.0), ("50%", 20.0)]
+)
+def test_latency_budgets_are_milliseconds_or_a_share(value: str | float, expected: float) -> None:
+    assert parse_constraint("latency", value, 40.0) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("value", ["25M", "fast", "0ms"])
+def test_bad_latency_budgets_say_what_is_expected(value: str) -> None:
+    with pytest.raises(NasPruneError, match="constraint 'latency'"):
+        parse_constraint("latency", value, 40.0)
+
+
+def test_a_cost_without_a_table_has_no_latency_to_check() -> None:
+    with pytest.raises(NasPruneError, match="no latency table"):
+        Cost(1.0, 1.0).get("latency")
