@@ -6,7 +6,14 @@ FLOPs with nasprune's space API: convert (default FastNAS rules), sort_parameter
 for every hparam found by bisection on `space.cost`, then the relatively narrowest hparams grown one choice at a
 time while the budget allows (no score: latency depends on the shapes, not on the
 weights), export. Latency: torch.inference_mode, fixed threads, warm-up runs, median of repeated runs, at
-batch 1 and 32. Run: python bench/latency.py [--quick]
+batch 1 and 32.
+
+Latency-aware (the CNNs, at each batch size): a latency table (nasprune_cli.metrics.latency) is measured for the
+space at that batch size, and the FLOPs budget goes to the widths that run fastest on this machine: from a uniform
+prune at half the width ratio that meets the budget (the same floor as FastNAS's balanced rival), the width step
+that adds the most FLOPs per predicted millisecond is taken while the FLOPs stay within the budget. FLOPs stand in
+for the score here (random weights); `nasprune search --latency` trades the score per predicted millisecond instead.
+Run: python bench/latency.py [--quick]
 """
 
 from __future__ import annotations
@@ -114,6 +121,32 @@ def fill_balanced(space: Any, config: dict[str, int], budget: float) -> dict[str
             return config
 
 
+def prune_latency_aware(space: Any, flops_ratio: float, floor: float = 0.5) -> dict[str, int]:
+    """At the FLOPs budget, the widths with the most FLOPs per predicted ms (space has a latency table attached)."""
+    budget = flops_ratio * space.original_cost.flops
+    _, ratio = prune_uniform(space, flops_ratio)
+    config = uniform_config(space, floor * ratio)
+    current = space.cost(config)
+    while True:
+        best = None
+        for name in sorted(space.hparams):
+            hp = space.hparams[name]
+            idx = hp.choices.index(config[name])
+            if hp.kind != "width" or idx == len(hp.choices) - 1:
+                continue
+            step = {**config, name: hp.choices[idx + 1]}
+            cost = space.cost(step)
+            if cost.flops > budget:
+                continue
+            slower = max(cost.latency - current.latency, 1e-9 * space.original_cost.latency)
+            gain = (cost.flops - current.flops) / slower
+            if best is None or gain > best[0]:
+                best = (gain, step, cost)
+        if best is None:
+            return config
+        _, config, current = best
+
+
 @torch.inference_mode()
 def latency_ms(model: nn.Module, x: torch.Tensor, repeats: int, warmup: int) -> float:
     """Median wall time of a forward pass, in milliseconds."""
@@ -129,8 +162,9 @@ def latency_ms(model: nn.Module, x: torch.Tensor, repeats: int, warmup: int) -> 
 
 
 def measure(name: str, size: int, kwargs: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
-    """Prune one model to the budget and time original vs exported at every batch size."""
+    """Prune one model to the budget and time original vs exported at every batch size (and latency-aware)."""
     from nasprune_cli.conversion import convert
+    from nasprune_cli.metrics.latency import measure_latency
 
     original = build(name, kwargs)
     pruned_src = build(name, kwargs)
@@ -157,17 +191,46 @@ def measure(name: str, size: int, kwargs: dict[str, Any], args: argparse.Namespa
         x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
         repeats = args.repeats if batch == 1 else args.repeats_large
         warmup = args.warmup if batch == 1 else args.warmup_large
-        # alternate original / pruned so that a load change on the machine hits both; keep each one's best round
-        orig_ms, pruned_ms = [], []
+        models = {"original": original, "pruned": pruned}
+        aware: dict[str, Any] = {}
+        if args.aware and not row["transformer"]:
+            try:
+                with Timer() as t_table, quiet(f"latency_table_{name}_b{batch}"):
+                    table = measure_latency(space, batch, repeats=args.table_repeats if batch > 1 else None)
+                    space.attach_latency(table)
+                    aware_config = prune_latency_aware(space, args.flops / 100.0)
+                    predicted = space.cost(aware_config)
+                    space.select(aware_config)
+                    models["aware"] = space.export().eval()
+                aware = {
+                    "table_s": t_table.seconds,
+                    "flops_ratio": fvcore_flops(models["aware"], dummy) / base_flops,
+                    "predicted_ratio": predicted.latency / table.original_ms,
+                    "uniform_predicted_ratio": table.predict(config, row["flops_ratio"]) / table.original_ms,
+                }
+            except Exception as exc:  # noqa: BLE001 - the uniform row still stands
+                row.setdefault("aware_error", f"{type(exc).__name__}: {str(exc)[:300]}")
+                log(f"  latency-aware prune failed: {row['aware_error']}")
+                traceback.print_exc()
+            finally:
+                space.attach_latency(None)
+        # alternate the models so that a load change on the machine hits all of them; keep each one's best round
+        times: dict[str, list[float]] = {k: [] for k in models}
         for _ in range(args.rounds):
-            orig_ms.append(latency_ms(original, x, repeats, warmup))
-            pruned_ms.append(latency_ms(pruned, x, repeats, warmup))
+            for key, model in models.items():
+                times[key].append(latency_ms(model, x, repeats, warmup))
+        best = {k: min(v) for k, v in times.items()}
         row[f"b{batch}"] = {
-            "original_ms": min(orig_ms),
-            "pruned_ms": min(pruned_ms),
-            "latency_ratio": min(pruned_ms) / min(orig_ms),
+            "original_ms": best["original"],
+            "pruned_ms": best["pruned"],
+            "latency_ratio": best["pruned"] / best["original"],
         }
         row[f"b{batch}"]["latency_over_flops"] = row[f"b{batch}"]["latency_ratio"] / row["flops_ratio"]
+        if aware:
+            aware["pruned_ms"] = best["aware"]
+            aware["latency_ratio"] = best["aware"] / best["original"]
+            aware["latency_over_flops"] = aware["latency_ratio"] / aware["flops_ratio"]
+            row[f"b{batch}"]["aware"] = aware
     return row
 
 
@@ -183,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup-large", type=int, default=1, help="warm-up runs at larger batches")
     parser.add_argument("--rounds", type=int, default=2, help="alternating original / pruned rounds (best kept)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: the cores are shared)")
+    parser.add_argument("--no-aware", dest="aware", action="store_false", help="skip the latency-aware prune")
+    parser.add_argument("--table-repeats", type=int, default=2, help="latency table: timed runs at larger batches")
     parser.add_argument("--name", default="latency")
     args = parser.parse_args(argv)
     set_threads(args.threads)
@@ -203,6 +268,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"  flops {row['flops_ratio']:.3f}  "
                 + "  ".join(
                     f"{k}: {v['original_ms']:.1f} -> {v['pruned_ms']:.1f} ms ({v['latency_ratio']:.3f})"
+                    + (
+                        f" aware flops {v['aware']['flops_ratio']:.3f} latency {v['aware']['latency_ratio']:.3f} "
+                        f"(predicted {v['aware']['predicted_ratio']:.3f})"
+                        if "aware" in v
+                        else ""
+                    )
                     for k, v in b.items()
                 )
             )

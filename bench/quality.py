@@ -315,14 +315,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS + OPTIONAL_METHODS)
     parser.add_argument("--epochs", type=int, default=12, help="baseline training epochs")
     parser.add_argument("--finetune-epochs", type=int, default=2)
-    parser.add_argument("--finetune-seeds", type=int, default=3, help="fine-tunes per model (mean reported)")
+    parser.add_argument("--finetune-seeds", type=int, default=5, help="fine-tunes per model (mean reported)")
     parser.add_argument("--divisor", type=int, default=8, help="channel divisor shared by every method")
     parser.add_argument("--calib-batches", type=int, default=8, help="BN calibration batches of 64 train images")
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (1: the cores are shared; see BENCHMARKS.md)"
     )
     parser.add_argument(
-        "--robust-seeds", type=int, default=4, help="extra baselines (train seeds 1..N) for the across-seeds table"
+        "--robust-seeds", type=int, default=9, help="extra baselines (train seeds 1..N) for the across-seeds table"
     )
     parser.add_argument("--robust-methods", nargs="+", default=list(ROBUST_METHODS), choices=METHODS + OPTIONAL_METHODS)
     parser.add_argument("--name", default="quality")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -158,23 +159,53 @@ def render_robust(data: Mapping[str, Any]) -> str:
     return "\n".join(out)
 
 
+# two-sided 95% Student t quantiles by degrees of freedom (stdlib has no t distribution)
+_T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23, 11: 2.20}
+_T95.update({12: 2.18, 13: 2.16, 14: 2.14, 15: 2.13, 16: 2.12, 17: 2.11, 18: 2.10, 19: 2.09, 24: 2.06, 29: 2.05})
+
+
+def paired_ci(deltas: list[float]) -> tuple[float, float]:
+    """Mean of paired differences and the half-width of its 95% confidence interval (Student t)."""
+    mean = sum(deltas) / len(deltas)
+    if len(deltas) < 2:
+        return mean, float("inf")
+    df = len(deltas) - 1
+    t = _T95.get(df) or next((v for k, v in sorted(_T95.items(), reverse=True) if k <= df), 1.96)
+    return mean, t * statistics.stdev(deltas) / len(deltas) ** 0.5
+
+
 def _robust_verdict(rows_by: Mapping[tuple, Mapping[str, Any]], seeds: list[int], target: float, methods: list) -> str:
+    """Per accuracy column: nasprune minus the peer with the higher mean, paired by baseline, with a 95% CI."""
     peers = [m for m in methods if not m.startswith("nasprune")]
     parts = []
     for key, label in (("test_acc_pruned", "after pruning"), ("test_acc_finetuned", "after fine-tune")):
-        wins, deltas = 0, []
-        for s in seeds:
-            mine = rows_by.get((s, target, "nasprune"))
-            theirs = [rows_by[(s, target, p)][key] for p in peers if (s, target, p) in rows_by]
-            if mine is None or not theirs:
-                continue
-            deltas.append(mine[key] - max(theirs))
-            wins += deltas[-1] >= 0
-        if deltas:
-            parts.append(
-                f"{label}: at least as good as the better peer on {wins} of {len(deltas)} baselines, "
-                f"{sum(deltas) / len(deltas) * 100:+.1f} pts on average"
-            )
+        best_peer, best_mean = None, -1.0
+        for p in peers:
+            vals = [rows_by[(s, target, p)][key] for s in seeds if (s, target, p) in rows_by]
+            if vals and sum(vals) / len(vals) > best_mean:
+                best_peer, best_mean = p, sum(vals) / len(vals)
+        if best_peer is None:
+            continue
+        deltas = [
+            rows_by[(s, target, "nasprune")][key] - rows_by[(s, target, best_peer)][key]
+            for s in seeds
+            if (s, target, "nasprune") in rows_by and (s, target, best_peer) in rows_by
+        ]
+        if not deltas:
+            continue
+        mean, half = paired_ci(deltas)
+        wins = sum(d >= 0 for d in deltas)
+        if mean >= 0:
+            verdict = "at least as good"
+        elif mean + half >= 0:
+            verdict = "behind, but within noise"
+        else:
+            verdict = "behind"
+        parts.append(
+            f"{label} vs the better peer on average ({METHOD_NAMES.get(best_peer, best_peer)}): "
+            f"{mean * 100:+.1f} pts (95% CI {(mean - half) * 100:+.1f} to {(mean + half) * 100:+.1f}, "
+            f"{wins} of {len(deltas)} baselines at least as good): **{verdict}**"
+        )
     return f"- {target:g}%: nasprune fastnas " + "; ".join(parts) + "." if parts else ""
 
 
@@ -319,6 +350,70 @@ def render_latency(data: Mapping[str, Any]) -> str:
     if failed:
         out += ["", "Not measured (pruning or export failed):", ""]
         out += [f"- {r['model']}: {r['error']}" for r in failed]
+    aware = render_latency_aware(data, batches)
+    if aware:
+        out += ["", aware]
+    return "\n".join(out)
+
+
+def render_latency_aware(data: Mapping[str, Any], batches: list[int]) -> str:
+    """Table 3b: the latency-aware prune of every CNN (a latency table per batch size), when it was run."""
+    rows_in = [r for r in data["rows"] if "error" not in r and any("aware" in r.get(f"b{b}", {}) for b in batches)]
+    errors = [r for r in data["rows"] if "aware_error" in r]
+    if not rows_in and not errors:
+        return ""
+    s = data.get("settings", {})
+    out = [
+        "### Latency-aware prune (latency table)",
+        "",
+        "The same CNNs and FLOPs budget, pruned with a latency table measured at each batch size "
+        "(`nasprune_cli/metrics/latency.py`; `nasprune search --latency` uses the same table): from a uniform prune "
+        "at half the width ratio that meets the budget, the width step that adds the most FLOPs per predicted "
+        "millisecond is taken while the FLOPs stay within the budget. FLOPs stand in for the score (random weights). "
+        "Timed in the same rounds as the original and the prune above. Predicted: the table's latency ratio; "
+        f"measured: the median of the timed runs (larger batches: {s.get('table_repeats', 2)} timed runs per "
+        "table sample).",
+        "",
+    ]
+    header = ["model"]
+    for b in batches:
+        header += [f"b{b} FLOPs ratio", f"b{b} latency predicted / measured", f"b{b} lat/FLOPs", f"b{b} table s"]
+    rows = []
+    for r in rows_in:
+        row = [r["model"]]
+        for b in batches:
+            v = r.get(f"b{b}", {}).get("aware")
+            if v is None:
+                row += ["-", "-", "-", "-"]
+                continue
+            flag = "" if v["latency_over_flops"] <= LATENCY_GOAL else " (over)"
+            row += [
+                _num(v["flops_ratio"], 3),
+                f"{v['predicted_ratio']:.3f} / {v['latency_ratio']:.3f}",
+                f"{v['latency_over_flops']:.2f}{flag}",
+                f"{v['table_s']:.0f}",
+            ]
+        rows.append(row)
+    out.append(_table(header, rows))
+    if rows_in:
+        met = sum(
+            all(r[f"b{b}"]["aware"]["latency_over_flops"] <= LATENCY_GOAL for b in batches if "aware" in r[f"b{b}"])
+            for r in rows_in
+        )
+        errs = [
+            abs(r[f"b{b}"]["aware"]["predicted_ratio"] / r[f"b{b}"]["aware"]["latency_ratio"] - 1)
+            for r in rows_in
+            for b in batches
+            if "aware" in r[f"b{b}"]
+        ]
+        out += [
+            "",
+            f"Goal met (every batch size) for {met} of {len(rows_in)} CNNs. The table's prediction of the latency "
+            f"ratio was off by {statistics.median(errs):.1%} (median), {max(errs):.1%} at most.",
+        ]
+    if errors:
+        out += ["", "Latency-aware prune failed:", ""]
+        out += [f"- {r['model']}: {r['aware_error']}" for r in errors]
     return "\n".join(out)
 
 

@@ -96,8 +96,12 @@ def search(
     latency_info = None
     if (constraints or {}).get("latency") is not None:
         table = options.get("latency_table") or getattr(section, "latency_table", None)
-        batch = options.get("latency_batch") or getattr(section, "latency_batch", None) or 1
-        latency_model, measured_now = latency_model_for(space, table, int(batch), options.get("on_progress"))
+        batch = options.get("latency_batch") or getattr(section, "latency_batch", None)
+        if table is None and batch is None and space.latency_model is not None:  # a table the caller attached
+            latency_model, measured_now, batch = space.latency_model, False, space.latency_model.meta["batch"]
+        else:
+            batch = batch or 1
+            latency_model, measured_now = latency_model_for(space, table, int(batch), options.get("on_progress"))
         space.attach_latency(latency_model)
         latency_info = {
             "table": str(table) if table is not None else None,
@@ -110,7 +114,7 @@ def search(
         space.attach_latency(None)
     bounds = parse_constraints(constraints or {}, space.original_cost)
     if not bounds:
-        raise SearchError("no constraints: pass --flops and/or --params (e.g. --flops 60%)")
+        raise SearchError("no constraints: pass --flops, --params and/or --latency (e.g. --flops 60%)")
     message = unsatisfiable_message(bounds, space.cost(space.min()), space.original_cost)
     if message:
         raise SearchError(message)

@@ -221,7 +221,7 @@ def measure_latency(
         remainder: list[tuple[float, float]] = []
         original_flops = max(space.original_cost.flops, 1.0)
         for ratio in SAMPLE_RATIOS:
-            config = uniform_config(space, ratio)
+            config = _uniform_widths(space, ratio)
             space.select(config)
             flops_fraction = space.cost(config).flops / original_flops
             removed = {h: space.hparams[h].original - v for h, v in config.items()}
@@ -261,7 +261,7 @@ def latency_model_for(
     return model, True
 
 
-def uniform_config(space: Any, ratio: float) -> dict[str, int]:
+def _uniform_widths(space: Any, ratio: float) -> dict[str, int]:
     """Every width hparam at its smallest choice >= ratio x its original width."""
     config = {}
     for name, hp in space.hparams.items():

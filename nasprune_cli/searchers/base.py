@@ -86,7 +86,7 @@ class Searcher(ABC):
         if self.checkpoint is not None and not self.checkpoint.parent.is_dir():
             raise CheckpointError(f"{self.checkpoint}: directory '{self.checkpoint.parent}' does not exist")
         if not self.bounds:
-            raise SearchError("no constraints: pass --flops and/or --params (e.g. --flops 60%)")
+            raise SearchError("no constraints: pass --flops, --params and/or --latency (e.g. --flops 60%)")
         message = unsatisfiable_message(self.bounds, self.space.cost(self.space.min()), self.space.original_cost)
         if message:
             raise SearchError(message)

@@ -356,7 +356,7 @@ def test_unsatisfiable_budget(runner: CliRunner) -> None:
 
 
 def test_no_budget(runner: CliRunner) -> None:
-    assert_one_error(runner.invoke(app, DEMO), "no constraints: pass --flops and/or --params")
+    assert_one_error(runner.invoke(app, DEMO), "no constraints: pass --flops, --params and/or --latency")
 
 
 @pytest.mark.parametrize(

@@ -323,3 +323,14 @@ def test_a_checkpoint_made_with_another_latency_table_is_refused(tmp_path: Path)
     table.write_text(json.dumps(data))
     with pytest.raises(CheckpointError, match="latency_table"):
         demo_search(budget, **config)
+
+
+def test_a_latency_table_attached_to_the_space_is_used_as_it_is() -> None:
+    from nasprune_cli.metrics.latency import measure_latency
+
+    space = convert(build(), DEMO, DIGIT)
+    table = measure_latency(space, batch=2, repeats=1)
+    space.attach_latency(table)
+    _, state = search(space, {"latency": "100%"}, None, {"recipe": DEMO})
+    assert state["summary"]["latency"]["measured"] is False and state["summary"]["latency"]["batch"] == 2
+    assert state["summary"]["metrics"]["latency_ms"]["original"] == table.original_ms

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench.report import load_results, main, render
+import pytest
+
+from bench.report import load_results, main, paired_ci, render
 
 MACHINE = {"cpu": "Test CPU", "cores": 2, "torch": "2.x", "torch_threads": 1, "load_avg_1m": 0.1}
 
@@ -89,7 +91,20 @@ def _latency() -> dict:
                 "input": 224,
                 "gflops": 1.8,
                 "flops_ratio": 0.6,
-                "b1": {"original_ms": 10.0, "pruned_ms": 6.5, "latency_ratio": 0.65, "latency_over_flops": 1.08},
+                "b1": {
+                    "original_ms": 10.0,
+                    "pruned_ms": 6.5,
+                    "latency_ratio": 0.65,
+                    "latency_over_flops": 1.08,
+                    "aware": {
+                        "flops_ratio": 0.6,
+                        "predicted_ratio": 0.55,
+                        "latency_ratio": 0.5,
+                        "latency_over_flops": 0.5 / 0.6,
+                        "table_s": 3.0,
+                        "pruned_ms": 5.0,
+                    },
+                },
             },
             {
                 "model": "swin_t",
@@ -117,6 +132,8 @@ def test_render_has_every_table_and_goal_checks() -> None:
     assert "| swin_t * | 224 | 4.50 | 0.600 | 10.0 -> 9.0 | 0.900 | 1.50 (over) |" in text
     assert "Goal met (every batch size) for 1 of 1 CNNs." in text  # the transformer is measured, not counted
     assert "- vit_b_16: TraceError: boom" in text
+    assert "| resnet18 | 0.600 | 0.550 / 0.500 | 0.83 | 3 |" in text  # the latency-aware prune
+    assert "off by 10.0% (median), 10.0% at most" in text
     assert "| resnet18 | - | 600 / 700 | 100 / 200 | yes |" in text
     assert "Test CPU, 2 cores" in text
     assert text.rstrip().endswith("hello")
@@ -151,10 +168,18 @@ def test_robust_table_summarises_every_baseline() -> None:
     assert "| 50% | modelopt fastnas | 0.490 | 93.0% (92.0%-94.0%) | 95.0% (94.0%-96.0%) |" in text
     # baseline 0: +1 / +1 pts, baseline 1: -2 / +1 pts
     assert (
-        "- 50%: nasprune fastnas after pruning: at least as good as the better peer on 1 of 2 baselines, "
-        "-0.5 pts on average; after fine-tune: at least as good as the better peer on 2 of 2 baselines, "
-        "+1.0 pts on average." in text
+        "- 50%: nasprune fastnas after pruning vs the better peer on average (modelopt fastnas): -0.5 pts "
+        "(95% CI -19.6 to +18.6, 1 of 2 baselines at least as good): **behind, but within noise**; after fine-tune "
+        "vs the better peer on average (modelopt fastnas): +1.0 pts (95% CI +1.0 to +1.0, 2 of 2 baselines at least "
+        "as good): **at least as good**." in text
     )
+
+
+def test_paired_ci_is_the_student_t_interval() -> None:
+    mean, half = paired_ci([0.01, 0.02, 0.03])
+    assert mean == pytest.approx(0.02)
+    assert half == pytest.approx(4.30 * 0.01 / 3**0.5)
+    assert paired_ci([0.01])[1] == float("inf")
 
 
 def test_main_writes_markdown_from_a_results_dir(tmp_path: Path) -> None:

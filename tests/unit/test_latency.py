@@ -148,3 +148,10 @@ def test_bad_latency_budgets_say_what_is_expected(value: str) -> None:
 def test_a_cost_without_a_table_has_no_latency_to_check() -> None:
     with pytest.raises(NasPruneError, match="no latency table"):
         Cost(1.0, 1.0).get("latency")
+
+
+def test_profile_leaves_a_latency_budget_to_the_search() -> None:
+    from nasprune_cli.profiling import profile
+
+    report = profile(space_of(Chain()), None, None, {"flops": "50%", "latency": "50%"})
+    assert [c.name for c in report.constraints] == ["flops"]
