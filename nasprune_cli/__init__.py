@@ -1,11 +1,21 @@
-"""nasprune: structured pruning of PyTorch models to a FLOPs / params budget (FastNAS and AutoNAS)."""
+"""nasprune: structured pruning of PyTorch models to a FLOPs / params / latency budget (FastNAS and AutoNAS)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["convert", "export", "load_recipe", "profile", "restore", "save", "search", "SearchSpace"]
+__all__ = [
+    "convert",
+    "export",
+    "load_recipe",
+    "measure_latency",
+    "profile",
+    "restore",
+    "save",
+    "search",
+    "SearchSpace",
+]
 
 if TYPE_CHECKING:
     from nasprune_cli.space import SearchSpace
@@ -18,6 +28,7 @@ _LAZY = {
     "search": ("nasprune_cli.api_search", "search"),
     "restore": ("nasprune_cli.api_search", "restore"),
     "save": ("nasprune_cli.checkpoint", "save_pruned"),
+    "measure_latency": ("nasprune_cli.metrics.latency", "measure_latency"),
 }
 
 

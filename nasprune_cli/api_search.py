@@ -97,8 +97,9 @@ def search(
     if (constraints or {}).get("latency") is not None:
         table = options.get("latency_table") or getattr(section, "latency_table", None)
         batch = options.get("latency_batch") or getattr(section, "latency_batch", None)
-        if table is None and batch is None and space.latency_model is not None:  # a table the caller attached
-            latency_model, measured_now, batch = space.latency_model, False, space.latency_model.meta["batch"]
+        attached = space.latency_model
+        if table is None and attached is not None and batch in (None, attached.meta["batch"]):  # the caller's table
+            latency_model, measured_now, batch = attached, False, attached.meta["batch"]
         else:
             batch = batch or 1
             latency_model, measured_now = latency_model_for(space, table, int(batch), options.get("on_progress"))

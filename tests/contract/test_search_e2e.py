@@ -333,4 +333,6 @@ def test_a_latency_table_attached_to_the_space_is_used_as_it_is() -> None:
     space.attach_latency(table)
     _, state = search(space, {"latency": "100%"}, None, {"recipe": DEMO})
     assert state["summary"]["latency"]["measured"] is False and state["summary"]["latency"]["batch"] == 2
+    _, same_batch = search(space, {"latency": "100%"}, None, {"recipe": DEMO, "latency_batch": 2})
+    assert same_batch["summary"]["latency"]["measured"] is False
     assert state["summary"]["metrics"]["latency_ms"]["original"] == table.original_ms
