@@ -6,7 +6,7 @@ How it is built (`measure_latency`):
    sizes are linear in the kept widths (channels pass through, or are concatenated), so one probe per hparam gives
    the share of the layer's input / output that one channel of that hparam holds.
 2. Time the exported subnet at a few uniform width ratios (1.0, 0.8, 0.6, 0.4, 0.2) on an input of the latency
-   batch size: forward hooks give every leaf call's median time, and the rest of the forward (elementwise adds,
+   batch size: forward hooks give every leaf call's fastest time, and the rest of the forward (elementwise adds,
    reshapes, attention maths outside leaf layers) is the remainder.
 3. A leaf's time is a piecewise-linear function of its work fraction, interpolated between those samples:
    (kept input share) x (kept output share) for layers with a weight matrix (convolutions, linear layers), the kept
@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import statistics
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -225,7 +224,8 @@ def measure_latency(
             space.select(config)
             flops_fraction = space.cost(config).flops / original_flops
             removed = {h: space.hparams[h].original - v for h, v in config.items()}
-            times, total = _time_leaves(space.export().eval(), x, repeats)
+            warmup = 3 if ratio == SAMPLE_RATIOS[0] else 1
+            times, total = _time_leaves(space.export().eval(), x, repeats, warmup)
             hooked = sum(times.values())
             if hooked > total:  # hooks cost time too: scale the layer times so that they add up to the forward
                 times = {k: t * total / hooked for k, t in times.items()}
@@ -396,14 +396,12 @@ def _depthwise(module: Any) -> bool:
 
 
 @torch.inference_mode()
-def _time_leaves(model: nn.Module, x: Any, repeats: int) -> tuple[dict[str, float], float]:
-    """Median ms per leaf call (forward hooks) and the median ms of a whole forward without hooks."""
-    totals = []
-    _call(model, x)  # warm-up
-    for _ in range(repeats):
-        start = time.perf_counter()
-        _call(model, x)
-        totals.append(time.perf_counter() - start)
+def _time_leaves(model: nn.Module, x: Any, repeats: int, warmup: int = 1) -> tuple[dict[str, float], float]:
+    """Fastest ms per leaf call (forward hooks) and the fastest ms of a whole forward without hooks.
+
+    The minimum over repeats is the least noisy estimate on a shared machine (noise only adds time). The whole
+    forwards are timed after the hooked ones. The first forwards of a process run slower (the allocator is still
+    growing its heap, so big tensors fault in fresh pages): the first model timed gets more warm-up runs."""
     runs: dict[str, list[float]] = {}
     calls: dict[str, int] = {}
     starts: dict[str, float] = {}
@@ -424,6 +422,8 @@ def _time_leaves(model: nn.Module, x: Any, repeats: int) -> tuple[dict[str, floa
 
         return record
 
+    for _ in range(warmup):
+        _call(model, x)
     try:
         for name, module in _leaves(model):
             handles.append(module.register_forward_pre_hook(pre(name)))
@@ -434,7 +434,12 @@ def _time_leaves(model: nn.Module, x: Any, repeats: int) -> tuple[dict[str, floa
     finally:
         for h in handles:
             h.remove()
-    return {k: statistics.median(v) * 1e3 for k, v in runs.items()}, statistics.median(totals) * 1e3
+    totals = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        _call(model, x)
+        totals.append(time.perf_counter() - start)
+    return {k: min(v) * 1e3 for k, v in runs.items()}, min(totals) * 1e3
 
 
 def _merge(samples: list[tuple[float, float]]) -> list[tuple[float, float]]:
