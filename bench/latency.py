@@ -88,7 +88,13 @@ def uniform_config(space: Any, ratio: float) -> dict[str, int]:
 
 
 def prune_uniform(space: Any, flops_ratio: float, steps: int = 30) -> tuple[dict[str, int], float]:
-    """The largest uniform ratio whose cost-model FLOPs are within the budget (bisection)."""
+    """The largest uniform ratio whose cost-model FLOPs are within the budget, grown by fill_balanced."""
+    ratio = uniform_ratio(space, flops_ratio, steps)
+    return fill_balanced(space, uniform_config(space, ratio), flops_ratio * space.original_cost.flops), ratio
+
+
+def uniform_ratio(space: Any, flops_ratio: float, steps: int = 30) -> float:
+    """The largest uniform width ratio whose cost-model FLOPs are within the budget (bisection)."""
     budget = flops_ratio * space.original_cost.flops
     lo, hi = 0.0, 1.0  # lo fits, hi does not (or is the original)
     if space.cost(uniform_config(space, 0.0)).flops > budget:
@@ -99,7 +105,7 @@ def prune_uniform(space: Any, flops_ratio: float, steps: int = 30) -> tuple[dict
             lo = mid
         else:
             hi = mid
-    return fill_balanced(space, uniform_config(space, lo), budget), lo
+    return lo
 
 
 def fill_balanced(space: Any, config: dict[str, int], budget: float) -> dict[str, int]:
@@ -124,8 +130,7 @@ def fill_balanced(space: Any, config: dict[str, int], budget: float) -> dict[str
 def prune_latency_aware(space: Any, flops_ratio: float, floor: float = 0.5) -> dict[str, int]:
     """At the FLOPs budget, the widths with the most FLOPs per predicted ms (space has a latency table attached)."""
     budget = flops_ratio * space.original_cost.flops
-    _, ratio = prune_uniform(space, flops_ratio)
-    config = uniform_config(space, floor * ratio)
+    config = uniform_config(space, floor * uniform_ratio(space, flops_ratio))
     current = space.cost(config)
     while True:
         best = None

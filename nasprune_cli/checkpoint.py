@@ -15,9 +15,9 @@ import glob
 import os
 import pickle
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from torch import nn
@@ -32,13 +32,19 @@ FORMAT_VERSION = 1
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
     """torch.save to a temporary file next to `path`, then os.replace: readers never see a partial file."""
+    return atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], Any]) -> Path:
+    """Call write(f) on a temporary file next to `path`, then os.replace it there: readers never see a partial
+    file, and temporaries of earlier writes that were killed are removed."""
     path = Path(path)
     if not path.parent.is_dir():
         raise CheckpointError(f"{path}: directory '{path.parent}' does not exist")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -19,6 +19,7 @@ from nasprune_cli.graph.labels import ChannelBook, Lab
 from nasprune_cli.graph.layers import ATOMIC_TYPES, PARAM_SIDES, handle_layer
 from nasprune_cli.graph.rules import TABLE, unknown
 from nasprune_cli.graph.watch import use_all, watched_ints
+from nasprune_cli.metrics.score import call_model
 
 _WATCH_AWARE = frozenset(("view", "reshape"))  # rules that decide themselves which channel counts are used
 
@@ -235,15 +236,6 @@ class _LabelMode(TorchFunctionMode):
         if not self.ctx.suspended:
             return self.ctx.on_function(func, args, kwargs, out)
         return out
-
-
-def call_model(model: nn.Module, dummy_input: Any) -> Any:
-    """Call a model with modelopt's dummy_input convention (tensor, tuple of args, trailing kwargs dict)."""
-    if isinstance(dummy_input, tuple):
-        if dummy_input and isinstance(dummy_input[-1], dict):
-            return model(*dummy_input[:-1], **dummy_input[-1])
-        return model(*dummy_input)
-    return model(dummy_input)
 
 
 def trace_model(model: nn.Module, dummy_input: Any, depth_sequentials: Iterable[str] = ()) -> Trace:

@@ -23,9 +23,7 @@ and machine.
 from __future__ import annotations
 
 import json
-import os
 import platform
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -36,6 +34,7 @@ import torch
 from torch import nn
 
 from nasprune_cli.errors import NasPruneError
+from nasprune_cli.metrics.score import call_model
 
 LATENCY_KIND = "nasprune-latency-table"
 LATENCY_VERSION = 1
@@ -214,9 +213,9 @@ def measure_latency(
                 if n_out and p_out != n_out:
                     coef_out[key][name] = (n_out - p_out) / n_out / removed
             tick()
-        weighted = {k: w for k, w in _weighted_leaves(space.model, base).items()}
+        weighted = _weighted_leaves(space.model, base)
+        leaves = {k: LeafTiming(k, weighted[k], coef_in[k], coef_out[k], []) for k in base}
         x = _batched(space.dummy_input, batch)
-        leaf_samples: dict[str, list[tuple[float, float]]] = {k: [] for k in base}
         remainder: list[tuple[float, float]] = []
         original_flops = max(space.original_cost.flops, 1.0)
         for ratio in SAMPLE_RATIOS:
@@ -229,18 +228,17 @@ def measure_latency(
             hooked = sum(times.values())
             if hooked > total:  # hooks cost time too: scale the layer times so that they add up to the forward
                 times = {k: t * total / hooked for k, t in times.items()}
-            for key in base:
+            for key, leaf in leaves.items():
                 if key in times:
-                    probe_leaf = LeafTiming(key, weighted[key], coef_in[key], coef_out[key], [])
-                    leaf_samples[key].append((probe_leaf.work(removed), times[key]))
+                    leaf.samples.append((leaf.work(removed), times[key]))
             remainder.append((flops_fraction, max(0.0, total - sum(times.values()))))
             tick()
     finally:
         space.select(active)
-    leaves = [
-        LeafTiming(k, weighted[k], coef_in[k], coef_out[k], _merge(leaf_samples[k])) for k in base if leaf_samples[k]
-    ]
-    return LatencyModel(leaves, _merge(remainder), table_meta(space, batch))
+    for leaf in leaves.values():
+        leaf.samples = _merge(leaf.samples)
+    timed = [leaf for leaf in leaves.values() if leaf.samples]
+    return LatencyModel(timed, _merge(remainder), table_meta(space, batch))
 
 
 def latency_model_for(
@@ -272,22 +270,10 @@ def _uniform_widths(space: Any, ratio: float) -> dict[str, int]:
 
 def save_latency_table(model: LatencyModel, path: str | Path) -> Path:
     """Write a latency table as JSON atomically (temporary file, then rename)."""
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise NasPruneError(f"{path}: directory '{path.parent}' does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(model.to_dict(), f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise NasPruneError(f"{path}: cannot write the latency table: {exc}") from exc
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    from nasprune_cli.checkpoint import atomic_write
+
+    payload = json.dumps(model.to_dict(), indent=1).encode()
+    return atomic_write(path, lambda f: f.write(payload))
 
 
 def load_latency_table(path: str | Path) -> LatencyModel:
@@ -321,14 +307,6 @@ def _batched(dummy_input: Any, batch: int) -> Any:
     if isinstance(dummy_input, tuple):
         return tuple(grow(t) for t in dummy_input)
     return grow(dummy_input)
-
-
-def _call(model: nn.Module, x: Any) -> Any:
-    if isinstance(x, tuple):
-        if x and isinstance(x[-1], dict):
-            return model(*x[:-1], **x[-1])
-        return model(*x)
-    return model(x)
 
 
 def _leaves(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -370,7 +348,7 @@ def _probe(model: nn.Module, x: Any) -> dict[str, tuple[int, int]]:
         for name, module in _leaves(model):
             handles.append(module.register_forward_hook(hook(name)))
         with torch.no_grad():
-            _call(model, x)
+            call_model(model, x)
     finally:
         for h in handles:
             h.remove()
@@ -423,21 +401,21 @@ def _time_leaves(model: nn.Module, x: Any, repeats: int, warmup: int = 1) -> tup
         return record
 
     for _ in range(warmup):
-        _call(model, x)
+        call_model(model, x)
     try:
         for name, module in _leaves(model):
             handles.append(module.register_forward_pre_hook(pre(name)))
             handles.append(module.register_forward_hook(post(name)))
         for _ in range(repeats):
             calls.clear()
-            _call(model, x)
+            call_model(model, x)
     finally:
         for h in handles:
             h.remove()
     totals = []
     for _ in range(repeats):
         start = time.perf_counter()
-        _call(model, x)
+        call_model(model, x)
         totals.append(time.perf_counter() - start)
     return {k: min(v) * 1e3 for k, v in runs.items()}, min(totals) * 1e3
 
