@@ -13,6 +13,9 @@ space at that batch size, and the FLOPs budget goes to the widths that run faste
 prune at half the width ratio that meets the budget (the same floor as FastNAS's balanced rival), the width step
 that adds the most FLOPs per predicted millisecond is taken while the FLOPs stay within the budget. FLOPs stand in
 for the score here (random weights); `nasprune search --latency` trades the score per predicted millisecond instead.
+The space is converted with depth search on (recipes/autonas.yaml with `skippable: blocks`), and the one table serves
+two prunes: widths only (every block kept), and widths plus blocks (each skippable run keeps at least half of its
+blocks, and a step may also add a block back).
 Run: python bench/latency.py [--quick]
 """
 
@@ -127,17 +130,38 @@ def fill_balanced(space: Any, config: dict[str, int], budget: float) -> dict[str
             return config
 
 
-def prune_latency_aware(space: Any, flops_ratio: float, floor: float = 0.5) -> dict[str, int]:
-    """At the FLOPs budget, the widths with the most FLOPs per predicted ms (space has a latency table attached)."""
+def block_depths(space: Any) -> list[str]:
+    """Depth hparams whose children are all blocks with a weight matrix (not a trailing norm or activation)."""
+    names = []
+    for name, hp in space.hparams.items():
+        if hp.kind != "depth":
+            continue
+        modules = [space.model.get_submodule(m) for m in hp.members]
+        if all(
+            any(getattr(x, "weight", None) is not None and x.weight.dim() >= 2 for x in m.modules()) for m in modules
+        ):
+            names.append(name)
+    return sorted(names)
+
+
+def prune_latency_aware(
+    space: Any, flops_ratio: float, floor: float = 0.5, depths: tuple[str, ...] | list[str] = ()
+) -> dict[str, int]:
+    """At the FLOPs budget, the widths (and blocks of `depths`) with the most FLOPs per predicted ms (the space has a
+    latency table attached). Widths start at `floor` x the uniform ratio that meets the budget, each depth hparam of
+    `depths` at half of its skippable children; other hparams stay at their original value."""
     budget = flops_ratio * space.original_cost.flops
     config = uniform_config(space, floor * uniform_ratio(space, flops_ratio))
+    for name in depths:
+        hp = space.hparams[name]
+        config[name] = hp.choices[0] + len(hp.members) // 2
     current = space.cost(config)
     while True:
         best = None
         for name in sorted(space.hparams):
             hp = space.hparams[name]
             idx = hp.choices.index(config[name])
-            if hp.kind != "width" or idx == len(hp.choices) - 1:
+            if (hp.kind != "width" and name not in depths) or idx == len(hp.choices) - 1:
                 continue
             step = {**config, name: hp.choices[idx + 1]}
             cost = space.cost(step)
@@ -166,6 +190,24 @@ def latency_ms(model: nn.Module, x: torch.Tensor, repeats: int, warmup: int) -> 
     return statistics.median(times) * 1e3
 
 
+def depth_recipe() -> Any:
+    """recipes/autonas.yaml (FastNAS widths plus depth) with inner runs of blocks skippable too."""
+    import yaml
+
+    from nasprune_cli.recipe.load import recipe_from_dict
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "recipes", "autonas.yaml")) as f:
+        data = yaml.safe_load(f)
+    data["rules"]["nn.Sequential"] = {"*": {"min_depth": 1, "skippable": "blocks"}}
+    return recipe_from_dict(data)
+
+
+def skipped_blocks(space: Any, config: dict[str, int]) -> int:
+    """Number of children skipped by the depth hparams of a config."""
+    return sum(space.hparams[n].original - v for n, v in config.items() if space.hparams[n].kind == "depth")
+
+
 def measure(name: str, size: int, kwargs: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """Prune one model to the budget and time original vs exported at every batch size (and latency-aware)."""
     from nasprune_cli.conversion import convert
@@ -192,33 +234,43 @@ def measure(name: str, size: int, kwargs: dict[str, Any], args: argparse.Namespa
         "params_ratio": sum(p.numel() for p in pruned.parameters()) / sum(p.numel() for p in original.parameters()),
         "gflops": base_flops / 1e9,
     }
+    deep = None
+    if args.aware and not row["transformer"]:
+        with quiet(f"latency_deep_{name}"):
+            deep = convert(build(name, kwargs), depth_recipe(), dummy)
+            deep.sort_parameters()
+        row["depth_hparams"] = block_depths(deep)
     for batch in args.batches:
         x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
         repeats = args.repeats if batch == 1 else args.repeats_large
         warmup = args.warmup if batch == 1 else args.warmup_large
         models = {"original": original, "pruned": pruned}
-        aware: dict[str, Any] = {}
-        if args.aware and not row["transformer"]:
+        aware: dict[str, dict[str, Any]] = {}
+        if deep is not None:
             try:
                 with Timer() as t_table, quiet(f"latency_table_{name}_b{batch}"):
-                    table = measure_latency(space, batch, repeats=args.table_repeats if batch > 1 else None)
-                    space.attach_latency(table)
-                    aware_config = prune_latency_aware(space, args.flops / 100.0)
-                    predicted = space.cost(aware_config)
-                    space.select(aware_config)
-                    models["aware"] = space.export().eval()
-                aware = {
-                    "table_s": t_table.seconds,
-                    "flops_ratio": fvcore_flops(models["aware"], dummy) / base_flops,
-                    "predicted_ratio": predicted.latency / table.original_ms,
-                    "uniform_predicted_ratio": table.predict(config, row["flops_ratio"]) / table.original_ms,
-                }
+                    table = measure_latency(deep, batch, repeats=args.table_repeats if batch > 1 else None)
+                deep.attach_latency(table)
+                for key, depths in (("aware", ()), ("deep", row["depth_hparams"])):
+                    if key == "deep" and not depths:
+                        continue
+                    aware_config = prune_latency_aware(deep, args.flops / 100.0, depths=depths)
+                    predicted = deep.cost(aware_config)
+                    deep.select(aware_config)
+                    models[key] = deep.export().eval()
+                    aware[key] = {
+                        "table_s": t_table.seconds,
+                        "flops_ratio": fvcore_flops(models[key], dummy) / base_flops,
+                        "predicted_ratio": predicted.latency / table.original_ms,
+                        "skipped_blocks": skipped_blocks(deep, aware_config),
+                    }
             except Exception as exc:  # noqa: BLE001 - the uniform row still stands
                 row.setdefault("aware_error", f"{type(exc).__name__}: {str(exc)[:300]}")
                 log(f"  latency-aware prune failed: {row['aware_error']}")
                 traceback.print_exc()
             finally:
-                space.attach_latency(None)
+                deep.attach_latency(None)
+                deep.select(deep.max())
         # alternate the models so that a load change on the machine hits all of them; keep each one's best round
         times: dict[str, list[float]] = {k: [] for k in models}
         for _ in range(args.rounds):
@@ -231,11 +283,11 @@ def measure(name: str, size: int, kwargs: dict[str, Any], args: argparse.Namespa
             "latency_ratio": best["pruned"] / best["original"],
         }
         row[f"b{batch}"]["latency_over_flops"] = row[f"b{batch}"]["latency_ratio"] / row["flops_ratio"]
-        if aware:
-            aware["pruned_ms"] = best["aware"]
-            aware["latency_ratio"] = best["aware"] / best["original"]
-            aware["latency_over_flops"] = aware["latency_ratio"] / aware["flops_ratio"]
-            row[f"b{batch}"]["aware"] = aware
+        for key, result in aware.items():
+            result["pruned_ms"] = best[key]
+            result["latency_ratio"] = best[key] / best["original"]
+            result["latency_over_flops"] = result["latency_ratio"] / result["flops_ratio"]
+            row[f"b{batch}"][key] = result
     return row
 
 
@@ -274,10 +326,12 @@ def main(argv: list[str] | None = None) -> int:
                 + "  ".join(
                     f"{k}: {v['original_ms']:.1f} -> {v['pruned_ms']:.1f} ms ({v['latency_ratio']:.3f})"
                     + (
-                        f" aware flops {v['aware']['flops_ratio']:.3f} latency {v['aware']['latency_ratio']:.3f} "
-                        f"(predicted {v['aware']['predicted_ratio']:.3f})"
-                        if "aware" in v
-                        else ""
+                        "".join(
+                            f" {key} flops {v[key]['flops_ratio']:.3f} latency {v[key]['latency_ratio']:.3f} "
+                            f"(predicted {v[key]['predicted_ratio']:.3f})"
+                            for key in ("aware", "deep")
+                            if key in v
+                        )
                     )
                     for k, v in b.items()
                 )

@@ -350,39 +350,57 @@ def render_latency(data: Mapping[str, Any]) -> str:
     if failed:
         out += ["", "Not measured (pruning or export failed):", ""]
         out += [f"- {r['model']}: {r['error']}" for r in failed]
-    aware = render_latency_aware(data, batches)
-    if aware:
-        out += ["", aware]
+    for key in AWARE_TITLES:
+        aware = render_latency_aware(data, batches, key)
+        if aware:
+            out += ["", aware]
     return "\n".join(out)
 
 
-def render_latency_aware(data: Mapping[str, Any], batches: list[int]) -> str:
-    """Table 3b: the latency-aware prune of every CNN (a latency table per batch size), when it was run."""
-    rows_in = [r for r in data["rows"] if "error" not in r and any("aware" in r.get(f"b{b}", {}) for b in batches)]
-    errors = [r for r in data["rows"] if "aware_error" in r]
-    if not rows_in and not errors:
-        return ""
-    s = data.get("settings", {})
-    out = [
+AWARE_TITLES = {
+    "aware": (
         "### Latency-aware prune (latency table)",
-        "",
         "The same CNNs and FLOPs budget, pruned with a latency table measured at each batch size "
         "(`nasprune_cli/metrics/latency.py`; `nasprune search --latency` uses the same table): from a uniform prune "
         "at half the width ratio that meets the budget, the width step that adds the most FLOPs per predicted "
-        "millisecond is taken while the FLOPs stay within the budget. FLOPs stand in for the score (random weights). "
-        "Timed in the same rounds as the original and the prune above. Predicted: the table's latency ratio; "
-        f"measured: the median of the timed runs (larger batches: {s.get('table_repeats', 2)} timed runs per "
-        "table sample).",
+        "millisecond is taken while the FLOPs stay within the budget; every block is kept.",
+    ),
+    "deep": (
+        "### Latency-aware prune with depth (latency table, AutoNAS space)",
+        "The same table and budget, and the same greedy prune, but blocks may be skipped too: the space is converted "
+        "with depth search (`recipes/autonas.yaml` with `nn.Sequential: {min_depth: 1, skippable: blocks}`), every "
+        "run of skippable blocks starts at half of its blocks, and a step either widens a layer or adds a block back. "
+        "Only models with skippable blocks have a row.",
+    ),
+}
+
+
+def render_latency_aware(data: Mapping[str, Any], batches: list[int], key: str = "aware") -> str:
+    """Table 3b / 3c: the latency-aware prune of every CNN (a latency table per batch size), widths only ("aware")
+    or widths and blocks ("deep"), when it was run."""
+    rows_in = [r for r in data["rows"] if "error" not in r and any(key in r.get(f"b{b}", {}) for b in batches)]
+    errors = [r for r in data["rows"] if "aware_error" in r] if key == "aware" else []
+    if not rows_in and not errors:
+        return ""
+    s = data.get("settings", {})
+    title, text = AWARE_TITLES[key]
+    out = [
+        title,
+        "",
+        text + " FLOPs stand in for the score (random weights). Timed in the same rounds as the original and the "
+        "prune above. Predicted: the table's latency ratio; measured: the median of the timed runs (larger batches: "
+        f"{s.get('table_repeats', 2)} timed runs per table sample).",
         "",
     ]
     header = ["model"]
     for b in batches:
-        header += [f"b{b} FLOPs ratio", f"b{b} latency predicted / measured", f"b{b} lat/FLOPs", f"b{b} table s"]
+        header += [f"b{b} FLOPs ratio", f"b{b} latency predicted / measured", f"b{b} lat/FLOPs"]
+        header.append(f"b{b} blocks skipped" if key == "deep" else f"b{b} table s")
     rows = []
     for r in rows_in:
         row = [r["model"]]
         for b in batches:
-            v = r.get(f"b{b}", {}).get("aware")
+            v = r.get(f"b{b}", {}).get(key)
             if v is None:
                 row += ["-", "-", "-", "-"]
                 continue
@@ -391,20 +409,20 @@ def render_latency_aware(data: Mapping[str, Any], batches: list[int]) -> str:
                 _num(v["flops_ratio"], 3),
                 f"{v['predicted_ratio']:.3f} / {v['latency_ratio']:.3f}",
                 f"{v['latency_over_flops']:.2f}{flag}",
-                f"{v['table_s']:.0f}",
+                str(v.get("skipped_blocks", "-")) if key == "deep" else f"{v['table_s']:.0f}",
             ]
         rows.append(row)
     out.append(_table(header, rows))
     if rows_in:
         met = sum(
-            all(r[f"b{b}"]["aware"]["latency_over_flops"] <= LATENCY_GOAL for b in batches if "aware" in r[f"b{b}"])
+            all(r[f"b{b}"][key]["latency_over_flops"] <= LATENCY_GOAL for b in batches if key in r[f"b{b}"])
             for r in rows_in
         )
         errs = [
-            abs(r[f"b{b}"]["aware"]["predicted_ratio"] / r[f"b{b}"]["aware"]["latency_ratio"] - 1)
+            abs(r[f"b{b}"][key]["predicted_ratio"] / r[f"b{b}"][key]["latency_ratio"] - 1)
             for r in rows_in
             for b in batches
-            if "aware" in r[f"b{b}"]
+            if key in r[f"b{b}"]
         ]
         out += [
             "",

@@ -17,7 +17,7 @@ from nasprune_cli.graph.layers import ATTENTION_TYPES
 from nasprune_cli.graph.trace import Trace, trace_model
 from nasprune_cli.metrics.flops import CostModel, count_params, fvcore_flops
 from nasprune_cli.recipe.rules import resolve_rules, width_choices
-from nasprune_cli.space import FrozenLayer, Hparam, SearchSpace
+from nasprune_cli.space import FrozenLayer, Hparam, SearchSpace, depth_gates
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int64": torch.int64}
 
@@ -65,6 +65,9 @@ def convert(model: nn.Module, recipe: Any = None, dummy_input: Any = None) -> Se
     )
     trace = trace_model(model, dummy_input, depth_seqs)
     depth_hparams = _depth_hparams(trace, rules, modules)
+    # a Sequential subclass (a stage of blocks) is converted only when it has something to skip
+    with_depth = {n for hp in depth_hparams.values() for n in [hp.members[0].rpartition(".")[0]]}
+    converted -= {n for n in depth_seqs if type(modules[n]) is not nn.Sequential and n not in with_depth}
     gmap = build_groups(trace)
     apply_block_constraints(trace, gmap)
     _freeze_unconverted(gmap, converted, modules)
@@ -128,32 +131,71 @@ def _group_choices(size: int, sources: list[str], members: list[str], rules: dic
 
 
 def _depth_hparams(trace: Trace, rules: dict, modules: dict[str, nn.Module]) -> dict[str, Hparam]:
-    """Depth choices of Sequentials whose trailing children keep the shape; unite their in/out channels."""
+    """Depth choices of Sequentials: the trailing children that keep the shape may be skipped (with `skippable:
+    blocks`, every run of blocks whose output channels are their input channels instead); their in/out channels are
+    united so that a skipped child leaves the widths around it whole."""
     hparams: dict[str, Hparam] = {}
     for name, seq in trace.sequentials.items():
         n_children = len(modules[name])
         calls = seq.children
         if len(calls) != n_children or len({c[0] for c in calls}) != n_children:
             continue  # not every child ran exactly once: depth is not safe to change
-        first_skippable = n_children
-        for i in range(n_children - 1, -1, -1):
-            _, in_shape, _, out_shape, _ = calls[i]
-            if in_shape != out_shape:
-                break
-            first_skippable = i
-        min_depth = max(int(getattr(rules[name], "min_depth", 0) or 0), first_skippable)
-        if min_depth >= n_children:
-            continue
-        for child, _, in_lab, _, out_lab in calls[min_depth:]:
-            _unite(trace, in_lab, out_lab, f"{child} may be skipped (depth search)")
-        hparams[f"{name}.depth"] = Hparam(
-            f"{name}.depth",
-            "depth",
-            tuple(range(min_depth, n_children + 1)),
-            n_children,
-            tuple(c[0] for c in calls[min_depth:]),
-        )
+        min_depth = int(getattr(rules[name], "min_depth", 0) or 0)
+        keeps_shape = [calls[i][1] == calls[i][3] for i in range(n_children)]
+        if getattr(rules[name], "skippable", "trailing") == "blocks":
+            blocks = [
+                k and any(True for _ in modules[c[0]].children()) and _passes_channels(trace, c[2], c[4])
+                for k, c in zip(keeps_shape, calls, strict=True)
+            ]
+            runs = _skippable_runs(blocks, min_depth)
+        else:
+            runs = [r for r in _skippable_runs(keeps_shape, min_depth) if r[1] == n_children]
+        for start, stop in runs:
+            for child, _, in_lab, _, out_lab in calls[start:stop]:
+                _unite(trace, in_lab, out_lab, f"{child} may be skipped (depth search)")
+            members = tuple(c[0] for c in calls[start:stop])
+            if stop == n_children:  # the trailing run: the number of children that run
+                hp = Hparam(f"{name}.depth", "depth", tuple(range(start, n_children + 1)), n_children, members)
+            else:  # an inner run: how many of its children run
+                size = stop - start
+                hp = Hparam(f"{name}.depth[{start}:{stop}]", "depth", tuple(range(size + 1)), size, members)
+            hparams[hp.name] = hp
     return hparams
+
+
+def _passes_channels(trace: Trace, in_lab: Any, out_lab: Any) -> bool:
+    """Whether a child's output channels already are its input channels (a residual block, a channel-wise scale):
+    skipping it then couples no new channels. Positions frozen (or fixed) on both sides count as passed."""
+    book = trace.book
+    frozen_roots = {book.find(i) for i in book.frozen}
+
+    def root(i: int) -> int | None:  # None: fixed or frozen
+        if i < 0:
+            return None
+        r = book.find(i)
+        return None if r in frozen_roots else r
+
+    if in_lab is None or out_lab is None:  # channels the tracer does not follow: frozen
+        known = in_lab if in_lab is not None else out_lab
+        return known is None or all(root(i) is None for i in torch.unique(known.vec).tolist())
+    if in_lab.dim != out_lab.dim or in_lab.vec.numel() != out_lab.vec.numel():
+        return False
+    pairs = torch.unique(torch.stack([in_lab.vec, out_lab.vec], dim=1), dim=0).tolist()
+    return all(root(a) == root(b) for a, b in pairs)
+
+
+def _skippable_runs(skippable: list[bool], min_depth: int) -> list[tuple[int, int]]:
+    """(start, stop) of every run of consecutive skippable children at or after `min_depth`."""
+    runs: list[tuple[int, int]] = []
+    i = min_depth
+    while i < len(skippable):
+        j = i
+        while j < len(skippable) and skippable[j]:
+            j += 1
+        if j > i:
+            runs.append((i, j))
+        i = j + 1
+    return runs
 
 
 def _unite(trace: Trace, a: Any, b: Any, reason: str) -> None:
@@ -185,16 +227,9 @@ def _kernel_hparams(trace: Trace, rules: dict, modules: dict[str, nn.Module], co
 
 
 def _gates(scope_names: set[str] | tuple[str, ...], hparams: dict[str, Hparam]) -> list[tuple[str, int]]:
-    gates = []
-    for hp in hparams.values():
-        if hp.kind != "depth":
-            continue
-        seq = hp.name[: -len(".depth")]
-        for child in scope_names:
-            prefix = f"{seq}." if seq else ""
-            if child.startswith(prefix) and child.count(".") == (seq.count(".") + 1 if seq else 0):
-                gates.append((hp.name, int(child[len(prefix) :])))
-    return gates
+    """(depth hparam, threshold) of every skippable child among the enclosing modules of an op."""
+    by_child = depth_gates(hparams)
+    return [by_child[name] for name in scope_names if name in by_child]
 
 
 def _build_cost_model(

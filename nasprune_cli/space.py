@@ -32,6 +32,18 @@ class Hparam:
     members: tuple[str, ...]  # layer sides / modules it changes
 
 
+def depth_gates(hparams: Mapping[str, Hparam]) -> dict[str, tuple[str, int]]:
+    """Skippable child module name -> (its depth hparam, threshold): the child runs while the hparam's value is
+    greater than the threshold (a depth hparam's members are its children in order, the first at its smallest
+    choice)."""
+    return {
+        child: (hp.name, hp.choices[0] + j)
+        for hp in hparams.values()
+        if hp.kind == "depth"
+        for j, child in enumerate(hp.members)
+    }
+
+
 @dataclass(frozen=True)
 class FrozenLayer:
     """A layer whose channels are kept whole, and why."""
@@ -72,6 +84,7 @@ class SearchSpace:
         self._group_ids = {g: torch.nonzero(gmap.group_of == g).flatten() for g in group_hparams.values()}
         self._active = {name: hp.original for name, hp in hparams.items()}
         self._modules = dict(model.named_modules())
+        self._skippable = self._skippable_children()
         self.latency_model: LatencyModel | None = None
         self.select(self._active)
 
@@ -133,12 +146,25 @@ class SearchSpace:
                 continue
             kept = (vec < 0) | keep_ids[vec.clamp(min=0)]
             module.set_index(side, None if bool(kept.all()) else torch.nonzero(kept).flatten())
+        skipped: dict[str, set[int]] = {seq: set() for seq, _ in self._skippable.values()}
+        for child, (hp_name, threshold) in depth_gates(self.hparams).items():
+            seq, position = self._skippable[child]
+            if self._active[hp_name] <= threshold:
+                skipped[seq].add(position)
+        for seq, positions in skipped.items():
+            self._modules[seq].set_skipped(positions)
         for name, hp in self.hparams.items():
-            module = self._modules[name.rsplit(".", 1)[0]]
-            if hp.kind == "depth":
-                module.set_depth(None if self._active[name] == hp.original else self._active[name])
-            elif hp.kind == "kernel":
+            if hp.kind == "kernel":
+                module = self._modules[name.rsplit(".", 1)[0]]
                 module.set_kernel_size(None if self._active[name] == hp.original else self._active[name])
+
+    def _skippable_children(self) -> dict[str, tuple[str, int]]:
+        """Skippable child name -> (its Sequential's name, its position there)."""
+        out = {}
+        for child in depth_gates(self.hparams):
+            seq, _, local = child.rpartition(".")
+            out[child] = (seq, list(self._modules[seq]._modules).index(local))
+        return out
 
     # ---- cost ----------------------------------------------------------------------------------------------
     def cost(self, config: Mapping[str, int] | None = None) -> Cost:

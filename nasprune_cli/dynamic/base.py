@@ -203,6 +203,16 @@ def take(tensor: torch.Tensor | None, dim: int, index: torch.Tensor | None) -> t
     return tensor.index_select(dim, index)
 
 
+def is_sequential_like(module_type: type) -> bool:
+    """A subclass of nn.Sequential that keeps its forward (torchvision's AnyStage): it runs its children in order."""
+    return (
+        isinstance(module_type, type)
+        and issubclass(module_type, nn.Sequential)
+        and module_type is not nn.Sequential
+        and module_type.forward is nn.Sequential.forward
+    )
+
+
 def is_dynamic(module: nn.Module | None) -> bool:
     """Whether a module has been converted by make_dynamic."""
     return isinstance(module, DynamicModule)
@@ -215,6 +225,8 @@ def make_dynamic(module: nn.Module, *, name: str | None = None) -> DynamicModule
             module._nasprune_name = name
         return module
     cls = DYNAMIC_REGISTRY.get(type(module))
+    if cls is None and is_sequential_like(type(module)):
+        cls = DYNAMIC_REGISTRY.get(nn.Sequential)
     if cls is None:
         supported = ", ".join(sorted(type_label(t) for t in DYNAMIC_REGISTRY))
         where = f" '{name}'" if name else ""

@@ -15,9 +15,10 @@ How it is built (`measure_latency`):
 The prediction of the original model is its measured time (layer times are scaled down when the hooks made them
 add up to more than the forward without hooks); in between, the table captures what FLOPs miss: pooling and
 normalisation time that shrinks only linearly with the width, and narrow convolutions that run at fewer FLOPs per
-second. Depthwise convolutions count as unweighted (their time follows the channel count). Width hparams only: depth
-and kernel hparams are rejected. A table is valid for one model, recipe, input shape, batch size, thread count
-and machine.
+second. Depthwise convolutions count as unweighted (their time follows the channel count). Depth hparams gate the
+layers inside the children they skip: a skipped child's layers take no time (the widths around it are whole, so the
+other layers' shares do not change). Kernel-size hparams are rejected. A table is valid for one model, recipe, input
+shape, batch size, thread count and machine.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from __future__ import annotations
 import json
 import platform
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,8 @@ from nasprune_cli.errors import NasPruneError
 from nasprune_cli.metrics.score import call_model
 
 LATENCY_KIND = "nasprune-latency-table"
-LATENCY_VERSION = 1
+LATENCY_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1: width hparams only, no gates
 SAMPLE_RATIOS = (1.0, 0.8, 0.6, 0.4, 0.2)
 LATENCY_UNIT = "milliseconds per forward pass, predicted from a latency table measured on this machine"
 
@@ -51,6 +53,11 @@ class LeafTiming:
     coef_in: dict[str, float]  # hparam -> share of the input one of its channels holds
     coef_out: dict[str, float]
     samples: list[tuple[float, float]]  # (work fraction, ms), ascending in work
+    gates: list[tuple[str, int]] = field(default_factory=list)  # (depth hparam, threshold): runs while value > it
+
+    def runs(self, config: Mapping[str, int]) -> bool:
+        """Whether this call runs in the subnet `config` (no enclosing child is skipped by a depth hparam)."""
+        return all(config.get(h, threshold + 1) > threshold for h, threshold in self.gates)
 
     def work(self, removed: Mapping[str, int]) -> float:
         """Work fraction of this call when `removed[h]` channels of each hparam are pruned."""
@@ -69,12 +76,15 @@ class LatencyModel:
         self.remainder = remainder  # (FLOPs fraction, ms), ascending
         self.meta = meta
         self.originals: dict[str, int] = {h: int(v) for h, v in meta["hparams"].items()}
+        depth = set(meta.get("depth_hparams", ()))
+        self.width_originals = {h: v for h, v in self.originals.items() if h not in depth}
         self.original_ms = self.predict(self.originals, 1.0)
 
     def predict(self, config: Mapping[str, int], flops_fraction: float) -> float:
-        """Latency in ms of the subnet `config` (width hparam -> kept channels) whose FLOPs fraction is given."""
-        removed = {h: orig - int(config.get(h, orig)) for h, orig in self.originals.items()}
-        total = sum(interpolate(leaf.samples, leaf.work(removed)) for leaf in self.leaves)
+        """Latency in ms of the subnet `config` (width hparam -> kept channels, depth hparam -> value) whose FLOPs
+        fraction is given."""
+        removed = {h: orig - int(config.get(h, orig)) for h, orig in self.width_originals.items()}
+        total = sum(interpolate(leaf.samples, leaf.work(removed)) for leaf in self.leaves if leaf.runs(config))
         return total + interpolate(self.remainder, flops_fraction)
 
     def to_dict(self) -> dict[str, Any]:
@@ -91,6 +101,7 @@ class LatencyModel:
                     "coef_in": leaf.coef_in,
                     "coef_out": leaf.coef_out,
                     "samples": [list(s) for s in leaf.samples],
+                    "gates": [list(g) for g in leaf.gates],
                 }
                 for leaf in self.leaves
             ],
@@ -101,7 +112,7 @@ class LatencyModel:
         """Rebuild a table written by to_dict; `source` names the file in errors."""
         if not isinstance(data, Mapping) or data.get("kind") != LATENCY_KIND:
             raise NasPruneError(f'{source}: not a nasprune latency table (expected "kind": "{LATENCY_KIND}")')
-        if data.get("version") != LATENCY_VERSION:
+        if data.get("version") not in READABLE_VERSIONS:
             raise NasPruneError(
                 f"{source}: latency table version {data.get('version')!r}, this nasprune reads version "
                 f"{LATENCY_VERSION}; delete the file to measure again"
@@ -114,6 +125,7 @@ class LatencyModel:
                     {str(k): float(v) for k, v in e["coef_in"].items()},
                     {str(k): float(v) for k, v in e["coef_out"].items()},
                     [(float(w), float(t)) for w, t in e["samples"]],
+                    [(str(h), int(t)) for h, t in e.get("gates", [])],
                 )
                 for e in data["leaves"]
             ]
@@ -151,10 +163,11 @@ def interpolate(samples: list[tuple[float, float]], x: float) -> float:
 
 
 def table_meta(space: Any, batch: int) -> dict[str, Any]:
-    """What a latency table is valid for: the width hparams, the input shape, batch size, threads and machine."""
+    """What a latency table is valid for: the hparams, the input shape, batch size, threads and machine."""
     shapes = [list(t.shape[1:]) for t in _tensors(space.dummy_input)]
     return {
         "hparams": {n: hp.original for n, hp in sorted(space.hparams.items())},
+        "depth_hparams": sorted(n for n, hp in space.hparams.items() if hp.kind == "depth"),
         "input_shape": shapes,
         "batch": int(batch),
         "threads": torch.get_num_threads(),
@@ -172,18 +185,21 @@ def measure_latency(
     """Measure a latency table for a search space on this machine (restores the active subnet)."""
     if batch < 1:
         raise NasPruneError(f"latency batch size: expected an integer >= 1 (got {batch})")
-    other = sorted(n for n, hp in space.hparams.items() if hp.kind != "width")
-    if other:
+    from nasprune_cli.space import depth_gates  # the space module imports this one
+
+    kernels = sorted(n for n, hp in space.hparams.items() if hp.kind == "kernel")
+    if kernels:
         raise NasPruneError(
-            f"latency constraint: the latency table models width hparams only, and this space also has "
-            f"{len(other)} depth / kernel hparam(s) ({', '.join(other[:3])}); use flops / params constraints, or a "
-            "recipe without depth / kernel choices"
+            f"latency constraint: the latency table models width and depth hparams, and this space also has "
+            f"{len(kernels)} kernel-size hparam(s) ({', '.join(kernels[:3])}); use flops / params constraints, or a "
+            "recipe without kernel_size choices"
         )
     if not space.hparams:
-        raise NasPruneError("latency constraint: the space has no width hparams, so nothing can make it faster")
+        raise NasPruneError("latency constraint: the space has no hparams, so nothing can make it faster")
     active = space.config()
     repeats = repeats if repeats is not None else (10 if batch == 1 else 3)
-    widths = sorted(space.hparams)
+    widths = sorted(n for n, hp in space.hparams.items() if hp.kind == "width")
+    gates_by_child = depth_gates(space.hparams)
     total_steps = 1 + len(widths) + len(SAMPLE_RATIOS)
     step = 0
 
@@ -193,16 +209,17 @@ def measure_latency(
         if on_progress is not None:
             on_progress("latency table", step, total_steps)
 
+    blocks = sorted(gates_by_child)  # skippable children: their own time outside their layers goes with them
     try:
         space.select(space.max())
-        base = _probe(space.model, space.dummy_input)
+        base = _probe(space.model, space.dummy_input, blocks)
         tick()
         coef_in: dict[str, dict[str, float]] = {k: {} for k in base}
         coef_out: dict[str, dict[str, float]] = {k: {} for k in base}
         for name in widths:
             hp = space.hparams[name]
             space.select({**space.max(), name: hp.choices[0]})
-            probe = _probe(space.model, space.dummy_input)
+            probe = _probe(space.model, space.dummy_input, blocks)
             removed = hp.original - hp.choices[0]
             for key, (n_in, n_out) in base.items():
                 if key not in probe or removed <= 0:
@@ -213,21 +230,26 @@ def measure_latency(
                 if n_out and p_out != n_out:
                     coef_out[key][name] = (n_out - p_out) / n_out / removed
             tick()
-        weighted = _weighted_leaves(space.model, base)
-        leaves = {k: LeafTiming(k, weighted[k], coef_in[k], coef_out[k], []) for k in base}
+        weighted = _weighted_leaves(space.model, base, blocks)
+        leaves = {
+            k: LeafTiming(k, weighted[k], coef_in[k], coef_out[k], [], _leaf_gates(k, gates_by_child)) for k in base
+        }
         x = _batched(space.dummy_input, batch)
         remainder: list[tuple[float, float]] = []
         original_flops = max(space.original_cost.flops, 1.0)
         for ratio in SAMPLE_RATIOS:
-            config = _uniform_widths(space, ratio)
+            config = {**space.max(), **_uniform_widths(space, ratio)}
             space.select(config)
             flops_fraction = space.cost(config).flops / original_flops
-            removed = {h: space.hparams[h].original - v for h, v in config.items()}
+            removed = {h: space.hparams[h].original - config[h] for h in widths}
             warmup = 3 if ratio == SAMPLE_RATIOS[0] else 1
-            times, total = _time_leaves(space.export().eval(), x, repeats, warmup)
+            exported = space.export().eval()
+            times, total = _time_leaves(exported, x, repeats, warmup)
             hooked = sum(times.values())
             if hooked > total:  # hooks cost time too: scale the layer times so that they add up to the forward
                 times = {k: t * total / hooked for k, t in times.items()}
+            if blocks:
+                times.update(_block_rest(_time_leaves(exported, x, repeats, 0, blocks, whole=False)[0], times))
             for key, leaf in leaves.items():
                 if key in times:
                     leaf.samples.append((leaf.work(removed), times[key]))
@@ -259,10 +281,31 @@ def latency_model_for(
     return model, True
 
 
+def _block_rest(block_times: Mapping[str, float], leaf_times: Mapping[str, float]) -> dict[str, float]:
+    """Per skippable block call: its time outside its layers and its inner blocks (the adds, concatenations,
+    reshapes of the block), which a skipped block saves too. Innermost blocks first."""
+    rest: dict[str, float] = {}
+    for key in sorted(block_times, key=lambda k: -k.count(".")):
+        prefix = key.rsplit("#", 1)[0] + "."
+        inside = sum(t for k, t in leaf_times.items() if k.startswith(prefix))
+        inside += sum(t for k, t in rest.items() if k.startswith(prefix))
+        rest[key] = max(0.0, block_times[key] - inside)
+    return rest
+
+
+def _leaf_gates(key: str, gates_by_child: Mapping[str, tuple[str, int]]) -> list[tuple[str, int]]:
+    """The depth gates of a leaf call: those of every enclosing module (the leaf's name and its prefixes)."""
+    parts = key.rsplit("#", 1)[0].split(".")
+    prefixes = (".".join(parts[:i]) for i in range(1, len(parts) + 1))
+    return [gates_by_child[p] for p in prefixes if p in gates_by_child]
+
+
 def _uniform_widths(space: Any, ratio: float) -> dict[str, int]:
     """Every width hparam at its smallest choice >= ratio x its original width."""
     config = {}
     for name, hp in space.hparams.items():
+        if hp.kind != "width":
+            continue
         target = ratio * hp.original - 1e-9
         config[name] = min((c for c in hp.choices if c >= target), default=hp.choices[-1])
     return config
@@ -313,6 +356,11 @@ def _leaves(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if n and not any(True for _ in m.children())]
 
 
+def _named(model: nn.Module, names: Iterable[str]) -> list[tuple[str, nn.Module]]:
+    modules = dict(model.named_modules())
+    return [(n, modules[n]) for n in names if n in modules]
+
+
 def _first_tensor(value: Any) -> torch.Tensor | None:
     if isinstance(value, torch.Tensor):
         return value
@@ -324,8 +372,8 @@ def _first_tensor(value: Any) -> torch.Tensor | None:
     return None
 
 
-def _probe(model: nn.Module, x: Any) -> dict[str, tuple[int, int]]:
-    """Input / output element count of every leaf call on one forward (eval mode, no grad)."""
+def _probe(model: nn.Module, x: Any, blocks: Iterable[str] = ()) -> dict[str, tuple[int, int]]:
+    """Input / output element count of every leaf call (and of the named blocks) on one forward (eval, no grad)."""
     sizes: dict[str, tuple[int, int]] = {}
     calls: dict[str, int] = {}
     handles = []
@@ -345,7 +393,7 @@ def _probe(model: nn.Module, x: Any) -> dict[str, tuple[int, int]]:
     training = model.training
     model.eval()
     try:
-        for name, module in _leaves(model):
+        for name, module in [*_leaves(model), *_named(model, blocks)]:
             handles.append(module.register_forward_hook(hook(name)))
         with torch.no_grad():
             call_model(model, x)
@@ -356,11 +404,15 @@ def _probe(model: nn.Module, x: Any) -> dict[str, tuple[int, int]]:
     return sizes
 
 
-def _weighted_leaves(model: nn.Module, keys: Mapping[str, Any]) -> dict[str, bool]:
-    """Per leaf call key: whether the layer has a weight matrix (its time follows input x output)."""
+def _weighted_leaves(model: nn.Module, keys: Mapping[str, Any], blocks: Iterable[str] = ()) -> dict[str, bool]:
+    """Per leaf call key: whether the layer has a weight matrix (its time follows input x output); blocks never."""
     modules = dict(model.named_modules())
+    skip = set(blocks)
     out = {}
     for key in keys:
+        if key.rsplit("#", 1)[0] in skip:
+            out[key] = False
+            continue
         module = modules.get(key.rsplit("#", 1)[0])
         weight = getattr(module, "weight", None)
         out[key] = isinstance(weight, torch.Tensor) and weight.dim() >= 2 and not _depthwise(module)
@@ -374,8 +426,11 @@ def _depthwise(module: Any) -> bool:
 
 
 @torch.inference_mode()
-def _time_leaves(model: nn.Module, x: Any, repeats: int, warmup: int = 1) -> tuple[dict[str, float], float]:
-    """Fastest ms per leaf call (forward hooks) and the fastest ms of a whole forward without hooks.
+def _time_leaves(
+    model: nn.Module, x: Any, repeats: int, warmup: int = 1, names: Iterable[str] | None = None, whole: bool = True
+) -> tuple[dict[str, float], float]:
+    """Fastest ms per leaf call (or per call of the named modules; forward hooks) and the fastest ms of a whole
+    forward without hooks (0 when not `whole`).
 
     The minimum over repeats is the least noisy estimate on a shared machine (noise only adds time). The whole
     forwards are timed after the hooked ones. The first forwards of a process run slower (the allocator is still
@@ -403,7 +458,7 @@ def _time_leaves(model: nn.Module, x: Any, repeats: int, warmup: int = 1) -> tup
     for _ in range(warmup):
         call_model(model, x)
     try:
-        for name, module in _leaves(model):
+        for name, module in _leaves(model) if names is None else _named(model, names):
             handles.append(module.register_forward_pre_hook(pre(name)))
             handles.append(module.register_forward_hook(post(name)))
         for _ in range(repeats):
@@ -413,11 +468,11 @@ def _time_leaves(model: nn.Module, x: Any, repeats: int, warmup: int = 1) -> tup
         for h in handles:
             h.remove()
     totals = []
-    for _ in range(repeats):
+    for _ in range(repeats if whole else 0):
         start = time.perf_counter()
         call_model(model, x)
         totals.append(time.perf_counter() - start)
-    return {k: min(v) * 1e3 for k, v in runs.items()}, min(totals) * 1e3
+    return {k: min(v) * 1e3 for k, v in runs.items()}, min(totals, default=0.0) * 1e3
 
 
 def _merge(samples: list[tuple[float, float]]) -> list[tuple[float, float]]:

@@ -9,6 +9,7 @@ from fnmatch import fnmatchcase
 
 from torch import nn
 
+from nasprune_cli.dynamic.base import is_sequential_like
 from nasprune_cli.recipe.schema import MODULE_TYPES, LayerRule, Recipe
 
 _TYPE_NAMES: dict[type[nn.Module], str] = {cls: name for name, cls in MODULE_TYPES.items()}
@@ -23,12 +24,16 @@ class ResolvedRules:
 
 
 def resolve_rules(recipe: Recipe | None, model: nn.Module) -> ResolvedRules:
-    """Rule of every module whose exact type is convertible; later matching patterns win, unmatched = None."""
+    """Rule of every module whose exact type is convertible (and of nn.Sequential subclasses that keep its forward,
+    where their rule has `skippable: blocks`); later matching patterns win, unmatched = None."""
     table = (recipe if recipe is not None else Recipe()).rules_table()
     resolved = ResolvedRules()
     used: set[tuple[str, str]] = set()
     for name, module in model.named_modules():
         type_name = _TYPE_NAMES.get(type(module))
+        stage = type_name is None and is_sequential_like(type(module))
+        if stage:
+            type_name = "nn.Sequential"
         if type_name is None:
             continue
         patterns = table.get(type_name)
@@ -37,6 +42,8 @@ def resolve_rules(recipe: Recipe | None, model: nn.Module) -> ResolvedRules:
             if fnmatchcase(name, pattern):
                 rule = candidate
                 used.add((type_name, pattern))
+        if stage and getattr(rule, "skippable", None) != "blocks":
+            continue  # a Sequential subclass is a stage of blocks only where the rule skips blocks
         resolved.by_module[name] = rule
     for type_name, patterns in table.items():
         for pattern in patterns or {}:

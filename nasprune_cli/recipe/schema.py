@@ -132,9 +132,13 @@ class GroupNormRule(_Rule):
 
 
 class SequentialRule(_Rule):
-    """nn.Sequential: depth search keeps at least `min_depth` leading children."""
+    """nn.Sequential: depth search keeps at least `min_depth` leading children. `skippable`: "trailing" (the
+    trailing children that keep the tensor shape: one `<name>.depth` hparam) or "blocks" (every run of shape-keeping
+    blocks, i.e. children with submodules such as residual blocks, wherever it is: `<name>.depth` for a trailing run,
+    `<name>.depth[start:stop]` for an inner one; subclasses of nn.Sequential that keep its forward count too)."""
 
     min_depth: int = Field(0, ge=0)
+    skippable: Literal["trailing", "blocks"] = "trailing"
 
 
 class AttentionRule(_Rule):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections import OrderedDict
 
 import pytest
 import torch
@@ -76,6 +77,61 @@ def test_min_depth_from_the_recipe_is_respected() -> None:
     )
     space = convert(model, recipe, x)
     assert space.hparams["stage.depth"].choices == (3, 4)
+
+
+class Inner(nn.Module):
+    """A stage whose shape-keeping blocks sit in the middle (before a width change) and at the end, in a Sequential
+    with named children."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 64, 3, padding=1)
+        self.stage = nn.Sequential(
+            OrderedDict(
+                [
+                    ("down", nn.Conv2d(64, 64, 3, stride=2, padding=1)),
+                    ("act", nn.ReLU()),  # keeps the shape, but a single layer is not a block: never skipped
+                    ("a", Block(64)),
+                    ("b", Block(64)),
+                    ("narrow", nn.Conv2d(64, 32, 1)),
+                    ("c", Block(32)),
+                ]
+            )
+        )
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.stage(self.stem(x)).mean((2, 3)))
+
+
+def _inner_space(skippable: str):
+    torch.manual_seed(0)
+    model, x = Inner().eval(), torch.randn(2, 3, 16, 16)
+    rules = {"nn.Conv2d": {}, "nn.BatchNorm2d": {}, "nn.Linear": {}}
+    rules["nn.Sequential"] = {"min_depth": 1, "skippable": skippable}
+    return model, x, convert(model, recipe_from_dict({"mode": "autonas", "rules": rules}), x)
+
+
+def test_skippable_blocks_adds_one_hparam_per_inner_run_of_shape_keeping_blocks() -> None:
+    model, x, space = _inner_space("blocks")
+    depth = {n: hp for n, hp in space.hparams.items() if hp.kind == "depth"}
+    assert {n: hp.choices for n, hp in depth.items()} == {"stage.depth[2:4]": (0, 1, 2), "stage.depth": (5, 6)}
+    assert depth["stage.depth[2:4]"].members == ("stage.a", "stage.b")
+    assert depth["stage.depth"].members == ("stage.c",)
+    space.select({"stage.depth[2:4]": 1, "stage.depth": 5})
+    with torch.no_grad():
+        exported = space.export().eval()
+        torch.testing.assert_close(exported(x), model(x))
+        # what the plain model computes without the skipped children
+        y = model.stage.narrow(model.stage.a(model.stage.act(model.stage.down(model.stem(x)))))
+        torch.testing.assert_close(exported(x), model.head(y.mean((2, 3))))
+    assert [n for n, _ in exported.stage.named_children()] == ["down", "act", "a", "narrow"]
+    _check_subnets(space, model, x, range(8))
+
+
+def test_skippable_trailing_is_the_default_and_keeps_inner_children() -> None:
+    _, _, space = _inner_space("trailing")
+    assert {n: hp.choices for n, hp in space.hparams.items() if hp.kind == "depth"} == {"stage.depth": (5, 6)}
 
 
 def test_kernel_size_choices_crop_the_kernel() -> None:

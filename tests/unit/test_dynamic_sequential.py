@@ -61,3 +61,26 @@ def test_sequential_has_no_sides() -> None:
     seq = make_dynamic(_seq())
     with pytest.raises(NasPruneError, match=r"nn.Sequential: unknown side 'in' \(its sides: none\)"):
         seq.set_index("in", torch.tensor([0]))
+
+
+def test_skipped_inner_children_are_left_out_of_forward_and_export() -> None:
+    seq = make_dynamic(_seq())
+    fc1, act, fc2, out = seq.children()
+    x = torch.randn(3, 5)
+    seq.set_skipped({1, 2})
+    assert seq.skipped() == frozenset({1, 2}) and seq.get_depth() is None and seq.active_depth() == 2
+    assert_close(seq(x), out(fc1(x)), rtol=0, atol=0)
+    plain = seq.export()
+    assert [name for name, _ in plain.named_children()] == ["fc1", "out"]
+    assert_close(plain(x), out(fc1(x)), rtol=0, atol=0)
+    seq.set_skipped({2, 3})
+    assert seq.get_depth() == 2  # a trailing skip is a depth
+    seq.set_skipped(None)
+    assert_close(seq(x), _seq()(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("positions", [{4}, {-1}, {True}, {1.0}])
+def test_bad_skip_positions_raise(positions: set) -> None:
+    seq = make_dynamic(_seq())
+    with pytest.raises(NasPruneError, match=r"set_skipped.*expected positions in \[0, 4\)"):
+        seq.set_skipped(positions)

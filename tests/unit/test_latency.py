@@ -14,7 +14,7 @@ from nasprune_cli.constraints import Cost, parse_constraint
 from nasprune_cli.conversion import convert
 from nasprune_cli.errors import NasPruneError
 from nasprune_cli.metrics import latency as lat
-from nasprune_cli.recipe.load import load_recipe
+from nasprune_cli.recipe.load import load_recipe, recipe_from_dict
 from tests.toys import Chain, Concat, Residual, cbr
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -123,12 +123,79 @@ def test_latency_model_for_measures_once_then_reads_the_file(tmp_path: Path) -> 
     assert again.to_dict() == json.loads(json.dumps(first.to_dict()))
 
 
-def test_depth_hparams_are_refused_with_the_reason() -> None:
+def _deep_space(recipe_rules: dict | None = None):
     model = nn.Sequential(cbr(3, 32), nn.Sequential(cbr(32, 32), cbr(32, 32), cbr(32, 32)), nn.Conv2d(32, 10, 1))
     torch.manual_seed(0)
-    space = convert(model.eval(), load_recipe(ROOT / "recipes" / "autonas.yaml"), torch.randn(1, 3, 16, 16))
-    assert any(hp.kind != "width" for hp in space.hparams.values())
-    with pytest.raises(NasPruneError, match="width hparams only.*depth / kernel"):
+    recipe = load_recipe(ROOT / "recipes" / "autonas.yaml")
+    if recipe_rules is not None:
+        recipe = recipe_from_dict({"mode": "autonas", "rules": recipe_rules})
+    return convert(model.eval(), recipe, torch.randn(1, 3, 16, 16))
+
+
+def test_depth_hparams_gate_the_layers_of_the_children_they_skip() -> None:
+    space = _deep_space({"nn.Conv2d": {}, "nn.BatchNorm2d": {}, "nn.Sequential": {"1": {"min_depth": 1}}})
+    assert [n for n, hp in space.hparams.items() if hp.kind == "depth"] == ["1.depth"]
+    assert space.hparams["1.depth"].choices == (1, 2, 3)
+    table = lat.measure_latency(space, batch=1, repeats=1)
+    gated = {leaf.key.rsplit("#", 1)[0]: leaf.gates for leaf in table.leaves}
+    assert gated["1.1.0"] == [("1.depth", 1)] and gated["1.2.0"] == [("1.depth", 2)]
+    assert gated["1.0.0"] == [] and gated["0.0"] == []
+    # a skippable child's own time outside its layers is an entry of its own, gated like them
+    assert gated["1.1"] == [("1.depth", 1)] and gated["1.2"] == [("1.depth", 2)] and "1.0" not in gated
+    space.attach_latency(table)
+    rng = random.Random(3)
+    for _ in range(10):
+        config = space.sample(rng)
+        shallower = {**config, "1.depth": 1}
+        flops_fraction = space.cost(shallower).flops / space.original_cost.flops
+        # the skipped children's layers drop out; every other layer keeps its time at these widths
+        removed = {h: hp.original - config[h] for h, hp in space.hparams.items() if hp.kind == "width"}
+        kept = sum(
+            lat.interpolate(leaf.samples, leaf.work(removed))
+            for leaf in table.leaves
+            if not leaf.key.startswith(("1.1.", "1.2.", "1.1#", "1.2#"))
+        )
+        expected = kept + lat.interpolate(table.remainder, flops_fraction)
+        assert space.cost(shallower).latency == pytest.approx(expected)
+        assert space.cost(shallower).latency <= space.cost(config).latency + 1e-12
+    space.attach_latency(None)
+
+
+def test_a_blocks_own_time_is_what_its_layers_and_inner_blocks_leave() -> None:
+    block_times = {"s.1#0": 10.0, "s.1.se#0": 3.0, "s.2#0": 1.0}
+    leaf_times = {"s.1.conv#0": 4.0, "s.1.se.fc#0": 2.0, "s.2.conv#0": 1.5, "s.10.conv#0": 100.0}
+    assert lat._block_rest(block_times, leaf_times) == {"s.1.se#0": 1.0, "s.1#0": 3.0, "s.2#0": 0.0}
+
+
+def test_a_depth_table_round_trips_with_its_gates(tmp_path: Path) -> None:
+    space = _deep_space()
+    table = lat.measure_latency(space, batch=1, repeats=1)
+    loaded = lat.load_latency_table(lat.save_latency_table(table, tmp_path / "d.json"))
+    assert [leaf.gates for leaf in loaded.leaves] == [leaf.gates for leaf in table.leaves]
+    for depth in (1, 2, 3):
+        config = {**space.max(), "1.depth": depth}
+        assert loaded.predict(config, 0.5) == pytest.approx(table.predict(config, 0.5))
+
+
+def test_a_version_1_table_is_still_read(concat_table, tmp_path: Path) -> None:
+    space, table = concat_table
+    old = table.to_dict()
+    old["version"] = 1
+    del old["meta"]["depth_hparams"]
+    for leaf in old["leaves"]:
+        del leaf["gates"]
+    path = tmp_path / "v1.json"
+    path.write_text(json.dumps(old))
+    loaded = lat.load_latency_table(path)
+    loaded.check(space, 1, str(path))
+    config = space.sample(random.Random(4))
+    assert loaded.predict(config, 0.5) == pytest.approx(table.predict(config, 0.5))
+
+
+def test_kernel_hparams_are_refused_with_the_reason() -> None:
+    space = _deep_space({"nn.Conv2d": {"kernel_size": [1, 3]}, "nn.BatchNorm2d": {}})
+    assert any(hp.kind == "kernel" for hp in space.hparams.values())
+    with pytest.raises(NasPruneError, match="width and depth hparams.*kernel-size hparam"):
         lat.measure_latency(space)
 
 
