@@ -17,7 +17,7 @@ from nasprune_cli.demo import DigitsResNet, build, score
 from nasprune_cli.dynamic import is_dynamic
 from nasprune_cli.errors import CheckpointError, LoadError, SearchError
 from nasprune_cli.metrics.flops import count_params, fvcore_flops
-from nasprune_cli.recipe.load import load_recipe
+from nasprune_cli.recipe.load import load_recipe, recipe_from_dict
 from tests.toys import TOYS, Residual
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -336,3 +336,58 @@ def test_a_latency_table_attached_to_the_space_is_used_as_it_is() -> None:
     _, same_batch = search(space, {"latency": "100%"}, None, {"recipe": DEMO, "latency_batch": 2})
     assert same_batch["summary"]["latency"]["measured"] is False
     assert state["summary"]["metrics"]["latency_ms"]["original"] == table.original_ms
+
+
+class _ResBlock(torch.nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential(
+            torch.nn.Conv2d(c, c, 3, padding=1, bias=False), torch.nn.BatchNorm2d(c), torch.nn.ReLU()
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+def _stage_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    stem = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 3, padding=1), torch.nn.BatchNorm2d(64), torch.nn.ReLU())
+    stage = torch.nn.Sequential(*(_ResBlock(64) for _ in range(4)))
+    head = [torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(64, 10)]
+    return torch.nn.Sequential(stem, stage, *head).eval()
+
+
+def test_autonas_latency_search_skips_blocks_within_the_predicted_budget(tmp_path: Path) -> None:
+    from nasprune_cli.metrics.latency import measure_latency, save_latency_table
+
+    recipe = {
+        "mode": "autonas",
+        "rules": {
+            "nn.Conv2d": {},
+            "nn.BatchNorm2d": {},
+            "nn.Sequential": {"1": {"min_depth": 1, "skippable": "blocks"}},
+        },
+        "input": {"shape": [1, 3, 16, 16]},
+    }
+    dummy = torch.zeros(1, 3, 16, 16)
+    space = convert(_stage_model(), recipe_from_dict(recipe), dummy)
+    assert space.hparams["1.depth"].choices == (1, 2, 3, 4)
+    table = measure_latency(space, batch=8, repeats=2)
+    path = save_latency_table(table, tmp_path / "stage.latency.json")
+    space.attach_latency(table)
+    config = {"recipe": recipe, "latency_table": str(path), "latency_batch": 8, "max_batches": 1}
+    config.update(searcher="evolve", iterations=12, population_size=6, candidate_size=3)
+    bound = 0.6 * table.original_ms
+    pruned, state = search(_stage_model(), {"latency": f"{bound}ms"}, dummy, config)
+    summary = state["summary"]
+    assert summary["metrics"]["latency_ms"]["pruned"] <= bound
+    space.select(summary["config"])
+    assert space.cost().latency == pytest.approx(summary["metrics"]["latency_ms"]["pruned"])
+    # the stream is frozen (nn.Linear is not converted): only skipping blocks can meet the budget
+    assert [n for n, hp in space.hparams.items() if hp.kind == "width"] == [] and summary["config"]["1.depth"] < 4
+    # the exported model runs exactly the blocks the config keeps, at the cost the search planned with
+    assert len(pruned[1]) == summary["config"]["1.depth"]
+    assert fvcore_flops(pruned, dummy) == pytest.approx(space.cost().flops, abs=0.5)
+    assert count_params(pruned) == space.cost().params
+    _, again = search(_stage_model(), {"latency": f"{bound}ms"}, dummy, config)
+    assert again["summary"]["config"] == summary["config"]

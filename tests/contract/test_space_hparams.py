@@ -224,3 +224,39 @@ def test_explain_names_the_group_its_coupled_layers_and_the_reason() -> None:
     assert "model output" in next(g.reason for g in fc.groups if g.status == "frozen")
     with pytest.raises(NasPruneError, match="no layer named 'a.9'; did you mean"):
         explain(space, "a.9")
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        # a flat `features` list: its inner runs of residual blocks, and each block's squeeze-excitation
+        ("mobilenet_v3_small", {"features.depth[3:4]", "features.depth[5:7]", "features.depth[10:12]"}),
+        # RegNet's stages are AnyStage (an nn.Sequential subclass that keeps its forward)
+        ("regnet_y_400mf", {"trunk_output.block2.depth", "trunk_output.block2.block2-0.f.depth[2:3]"}),
+    ],
+)
+def test_skippable_blocks_on_torchvision_models_export_what_the_subnet_computes(name: str, expected: set) -> None:
+    import torchvision
+
+    torch.manual_seed(0)
+    model, x = getattr(torchvision.models, name)().eval(), torch.randn(2, 3, 64, 64)
+    rules = {t: {} for t in ("nn.Conv2d", "nn.BatchNorm2d", "nn.Linear")}
+    deep = {**rules, "nn.Sequential": {"min_depth": 1, "skippable": "blocks"}}
+    space = convert(model, recipe_from_dict({"mode": "autonas", "rules": deep}), x)
+    depth = {n for n, hp in space.hparams.items() if hp.kind == "depth"}
+    assert expected <= depth
+    # skippable blocks pass their channels through: the width hparams are those of a width-only space
+    widths = {n: hp.choices for n, hp in space.hparams.items() if hp.kind == "width"}
+    torch.manual_seed(0)
+    plain = convert(getattr(torchvision.models, name)().eval(), recipe_from_dict({"rules": rules}), x)
+    assert widths and widths == {n: hp.choices for n, hp in plain.hparams.items()}
+    # only blocks are skipped: never a single layer
+    modules = dict(model.named_modules())
+    assert all(any(True for _ in modules[m].children()) for n in depth for m in space.hparams[n].members)
+    space.select({n: space.hparams[n].choices[0] for n in depth})
+    with torch.no_grad():
+        exported = space.export().eval()
+        torch.testing.assert_close(exported(x), model(x))
+    assert space.cost().flops == pytest.approx(fvcore_flops(exported, x), abs=0.5)
+    assert space.cost().params == count_params(exported)
+    _check_subnets(space, model, x, range(3))
