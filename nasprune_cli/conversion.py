@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any
 
@@ -77,11 +78,12 @@ def convert(model: nn.Module, recipe: Any = None, dummy_input: Any = None) -> Se
     for group in gmap.groups:
         if group.frozen_reason is not None:
             continue
-        choices = [
-            c
-            for c in _group_choices(group.size, group.sources, group.members, rules, trace)
-            if c % group.blocks == 0 and c % group.unit == 0
-        ]
+        step = math.lcm(group.blocks, group.unit)
+        choices = [c for c in _group_choices(group.size, group.sources, group.members, rules, trace) if c % step == 0]
+        if len(choices) <= 1 and step > 1:
+            # the divisor and the grouped conv's group count (or the head width) share no multiple below the width,
+            # as in RegNet (104 channels in 13 groups): then the widths are multiples of the group count instead
+            choices = _group_choices(group.size, group.sources, group.members, rules, trace, step)
         if len(choices) > 1:
             hparams[group.name] = Hparam(group.name, "width", tuple(choices), group.size, tuple(group.members))
             group_hparams[group.name] = group.index
@@ -110,13 +112,16 @@ def _freeze_unconverted(gmap: GroupMap, converted: set[str], modules: dict[str, 
                 break
 
 
-def _group_choices(size: int, sources: list[str], members: list[str], rules: dict, trace: Trace) -> list[int]:
+def _group_choices(
+    size: int, sources: list[str], members: list[str], rules: dict, trace: Trace, step: int | None = None
+) -> list[int]:
+    """Width choices of a group: every source's ratios at its divisor (or at `step`, multiples of which are kept)."""
     choices: set[int] | None = None
     for src in sources:
         rule = rules.get(src)
         if rule is None:
             return [size]
-        mine = set(width_choices(size, rule.ratios, rule.divisor))
+        mine = set(width_choices(size, rule.ratios, step or rule.divisor))
         choices = mine if choices is None else choices & mine
     result = sorted(choices or {size})
     for member in members:

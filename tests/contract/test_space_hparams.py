@@ -260,3 +260,26 @@ def test_skippable_blocks_on_torchvision_models_export_what_the_subnet_computes(
     assert space.cost().flops == pytest.approx(fvcore_flops(exported, x), abs=0.5)
     assert space.cost().params == count_params(exported)
     _check_subnets(space, model, x, range(3))
+
+
+def test_grouped_conv_whose_group_count_shares_no_multiple_with_the_divisor_prunes_per_group() -> None:
+    """104 channels in 13 groups (RegNet): no multiple of 32 is a multiple of 13, so the widths step by 13 (each group
+    keeps the same number of channels) instead of leaving the layer whole."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 104, 1),
+        nn.BatchNorm2d(104),
+        nn.ReLU(),
+        nn.Conv2d(104, 104, 3, padding=1, groups=13),
+        nn.BatchNorm2d(104),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(104, 10),
+    ).eval()
+    x = torch.randn(2, 3, 8, 8)
+    space = convert(model, recipe_from_dict({"rules": {"nn.Conv2d": {}, "nn.BatchNorm2d": {}, "nn.Linear": {}}}), x)
+    widths = [hp.choices for hp in space.hparams.values()]
+    assert widths and all(c % 13 == 0 for choices in widths for c in choices)
+    assert all(len(choices) > 1 for choices in widths)
+    _check_subnets(space, model, x, range(6))
