@@ -370,15 +370,30 @@ AWARE_TITLES = {
         "The same table and budget, and the same greedy prune, but blocks may be skipped too: the space is converted "
         "with depth search (`recipes/autonas.yaml` with `nn.Sequential: {min_depth: 1, skippable: blocks}`), every "
         "run of skippable blocks starts at half of its blocks, and a step either widens a layer or adds a block back. "
-        "Only models with skippable blocks have a row.",
+        "Models marked † have no skippable block in that space, so the prune is the width-only one of the table above "
+        "(the same subnet and timings).",
     ),
 }
+
+
+def _deep_or_aware(row: Mapping[str, Any], batches: list[int]) -> dict[str, Any]:
+    """A table-3 row whose "deep" results are the width-only ones when the model has no skippable block (marked †)."""
+    if any("deep" in row.get(f"b{b}", {}) for b in batches):
+        return dict(row)
+    out = {**row, "model": f"{row['model']} †"}
+    for b in batches:
+        if "aware" in row.get(f"b{b}", {}):
+            out[f"b{b}"] = {**row[f"b{b}"], "deep": {**row[f"b{b}"]["aware"], "skipped_blocks": "-"}}
+    return out
 
 
 def render_latency_aware(data: Mapping[str, Any], batches: list[int], key: str = "aware") -> str:
     """Table 3b / 3c: the latency-aware prune of every CNN (a latency table per batch size), widths only ("aware")
     or widths and blocks ("deep"), when it was run."""
     rows_in = [r for r in data["rows"] if "error" not in r and any(key in r.get(f"b{b}", {}) for b in batches)]
+    if key == "deep":  # a CNN without skippable blocks: the depth-aware prune is the width-only one (table 3b)
+        rows_in = [r for r in data["rows"] if "error" not in r and any("aware" in r.get(f"b{b}", {}) for b in batches)]
+        rows_in = [_deep_or_aware(r, batches) for r in rows_in]
     errors = [r for r in data["rows"] if "aware_error" in r] if key == "aware" else []
     if not rows_in and not errors:
         return ""
