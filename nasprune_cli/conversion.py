@@ -67,7 +67,7 @@ def convert(model: nn.Module, recipe: Any = None, dummy_input: Any = None) -> Se
     trace = trace_model(model, dummy_input, depth_seqs)
     depth_hparams = _depth_hparams(trace, rules, modules)
     # a Sequential subclass (a stage of blocks) is converted only when it has something to skip
-    with_depth = {n for hp in depth_hparams.values() for n in [hp.members[0].rpartition(".")[0]]}
+    with_depth = {hp.members[0].rpartition(".")[0] for hp in depth_hparams.values()}
     converted -= {n for n in depth_seqs if type(modules[n]) is not nn.Sequential and n not in with_depth}
     gmap = build_groups(trace)
     apply_block_constraints(trace, gmap)

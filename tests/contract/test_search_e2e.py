@@ -378,7 +378,8 @@ def test_autonas_latency_search_skips_blocks_within_the_predicted_budget(tmp_pat
     config = {"recipe": recipe, "latency_table": str(path), "latency_batch": 8, "max_batches": 1}
     config.update(searcher="evolve", iterations=12, population_size=6, candidate_size=3)
     bound = 0.6 * table.original_ms
-    pruned, state = search(_stage_model(), {"latency": f"{bound}ms"}, dummy, config)
+    with pytest.warns(UserWarning, match="no --data given"):
+        pruned, state = search(_stage_model(), {"latency": f"{bound}ms"}, dummy, config)
     summary = state["summary"]
     assert summary["metrics"]["latency_ms"]["pruned"] <= bound
     space.select(summary["config"])
@@ -389,5 +390,6 @@ def test_autonas_latency_search_skips_blocks_within_the_predicted_budget(tmp_pat
     assert len(pruned[1]) == summary["config"]["1.depth"]
     assert fvcore_flops(pruned, dummy) == pytest.approx(space.cost().flops, abs=0.5)
     assert count_params(pruned) == space.cost().params
-    _, again = search(_stage_model(), {"latency": f"{bound}ms"}, dummy, config)
+    with pytest.warns(UserWarning, match="no --data given"):
+        _, again = search(_stage_model(), {"latency": f"{bound}ms"}, dummy, config)
     assert again["summary"]["config"] == summary["config"]
