@@ -190,3 +190,18 @@ def test_main_writes_markdown_from_a_results_dir(tmp_path: Path) -> None:
     assert "## 1. Quality at equal FLOPs" in text
     assert "## 2. Search overhead\n\nNot run." in text
     assert set(load_results(tmp_path, "_quick")) == {"quality"}
+
+
+def test_depth_table_counts_its_own_prunes_and_the_width_only_one_of_cnns_without_blocks() -> None:
+    from bench.report import render_latency_aware
+
+    data = _latency()
+    mobile = json.loads(json.dumps(data["rows"][0]))
+    mobile["model"] = "mobilenet"
+    deep = {**mobile["b1"]["aware"], "latency_ratio": 0.72, "latency_over_flops": 1.2, "skipped_blocks": 4}
+    mobile["b1"]["deep"] = deep
+    data["rows"].append(mobile)
+    text = render_latency_aware(data, [1], "deep")
+    assert "| resnet18 † | 0.600 | 0.550 / 0.500 | 0.83 | - |" in text  # no skippable block: the width-only prune
+    assert "| mobilenet | 0.600 | 0.550 / 0.720 | 1.20 (over) | 4 |" in text  # its own, even when worse
+    assert "Goal met (every batch size) for 1 of 2 CNNs." in text
