@@ -390,9 +390,10 @@ def _deep_or_aware(row: Mapping[str, Any], batches: list[int]) -> dict[str, Any]
 def render_latency_aware(data: Mapping[str, Any], batches: list[int], key: str = "aware") -> str:
     """Table 3b / 3c: the latency-aware prune of every CNN (a latency table per batch size), widths only ("aware")
     or widths and blocks ("deep"), when it was run."""
-    rows_in = [r for r in data["rows"] if "error" not in r and any(key in r.get(f"b{b}", {}) for b in batches)]
-    if key == "deep":  # a CNN without skippable blocks: the depth-aware prune is the width-only one (table 3b)
-        rows_in = [r for r in data["rows"] if "error" not in r and any("aware" in r.get(f"b{b}", {}) for b in batches)]
+    # "deep" lists every CNN of table 3b: one without skippable blocks has the width-only prune there
+    source = "aware" if key == "deep" else key
+    rows_in = [r for r in data["rows"] if "error" not in r and any(source in r.get(f"b{b}", {}) for b in batches)]
+    if key == "deep":
         rows_in = [_deep_or_aware(r, batches) for r in rows_in]
     errors = [r for r in data["rows"] if "aware_error" in r] if key == "aware" else []
     if not rows_in and not errors:

@@ -148,8 +148,9 @@ def _depth_hparams(trace: Trace, rules: dict, modules: dict[str, nn.Module]) -> 
         min_depth = int(getattr(rules[name], "min_depth", 0) or 0)
         keeps_shape = [calls[i][1] == calls[i][3] for i in range(n_children)]
         if getattr(rules[name], "skippable", "trailing") == "blocks":
+            frozen_roots = {trace.book.find(i) for i in trace.book.frozen}
             blocks = [
-                k and any(True for _ in modules[c[0]].children()) and _passes_channels(trace, c[2], c[4])
+                k and any(True for _ in modules[c[0]].children()) and _passes_channels(trace, frozen_roots, c[2], c[4])
                 for k, c in zip(keeps_shape, calls, strict=True)
             ]
             runs = _skippable_runs(blocks, min_depth)
@@ -168,11 +169,11 @@ def _depth_hparams(trace: Trace, rules: dict, modules: dict[str, nn.Module]) -> 
     return hparams
 
 
-def _passes_channels(trace: Trace, in_lab: Any, out_lab: Any) -> bool:
+def _passes_channels(trace: Trace, frozen_roots: set[int], in_lab: Any, out_lab: Any) -> bool:
     """Whether a child's output channels already are its input channels (a residual block, a channel-wise scale):
-    skipping it then couples no new channels. Positions frozen (or fixed) on both sides count as passed."""
+    skipping it then couples no new channels. Positions frozen (or fixed) on both sides count as passed;
+    `frozen_roots` are the union-find roots of the frozen ids."""
     book = trace.book
-    frozen_roots = {book.find(i) for i in book.frozen}
 
     def root(i: int) -> int | None:  # None: fixed or frozen
         if i < 0:
@@ -231,12 +232,6 @@ def _kernel_hparams(trace: Trace, rules: dict, modules: dict[str, nn.Module], co
     return hparams
 
 
-def _gates(scope_names: set[str] | tuple[str, ...], hparams: dict[str, Hparam]) -> list[tuple[str, int]]:
-    """(depth hparam, threshold) of every skippable child among the enclosing modules of an op."""
-    by_child = depth_gates(hparams)
-    return [by_child[name] for name in scope_names if name in by_child]
-
-
 def _build_cost_model(
     trace: Trace,
     gmap: GroupMap,
@@ -247,6 +242,7 @@ def _build_cost_model(
     original_flops: float | dict[str, float],
 ) -> CostModel:
     sizes = {g: gmap.groups[g].size for g in group_hparams.values()}
+    gates_by_child = depth_gates(hparams)
     kernels = {hp.name[: -len(".kernel_size")]: hp for hp in hparams.values() if hp.kind == "kernel"}
 
     def term(
@@ -256,7 +252,7 @@ def _build_cost_model(
         if kernel_of in kernels:
             hp = kernels[kernel_of]
             kernel = (hp.name, hp.original, len(trace.layer_info[kernel_of]["kernel_size"]))
-        gates = _gates(scope, hparams)
+        gates = [gates_by_child[name] for name in scope if name in gates_by_child]  # enclosing skippable children
         return CostModel.make_term(factor, vecs, gmap.group_of, gmap.pos_of, sizes, gates, kernel, einsum)
 
     flop_terms = [term(t.factor, t.vecs, t.scope, t.kernel_of, t.einsum) for t in trace.flops]

@@ -146,9 +146,8 @@ class SearchSpace:
                 continue
             kept = (vec < 0) | keep_ids[vec.clamp(min=0)]
             module.set_index(side, None if bool(kept.all()) else torch.nonzero(kept).flatten())
-        skipped: dict[str, set[int]] = {seq: set() for seq, _ in self._skippable.values()}
-        for child, (hp_name, threshold) in depth_gates(self.hparams).items():
-            seq, position = self._skippable[child]
+        skipped: dict[str, set[int]] = {seq: set() for seq, _, _, _ in self._skippable}
+        for seq, position, hp_name, threshold in self._skippable:
             if self._active[hp_name] <= threshold:
                 skipped[seq].add(position)
         for seq, positions in skipped.items():
@@ -158,12 +157,12 @@ class SearchSpace:
                 module = self._modules[name.rsplit(".", 1)[0]]
                 module.set_kernel_size(None if self._active[name] == hp.original else self._active[name])
 
-    def _skippable_children(self) -> dict[str, tuple[str, int]]:
-        """Skippable child name -> (its Sequential's name, its position there)."""
-        out = {}
-        for child in depth_gates(self.hparams):
+    def _skippable_children(self) -> list[tuple[str, int, str, int]]:
+        """Per skippable child: its Sequential's name, its position there, its depth hparam and threshold."""
+        out = []
+        for child, (hp_name, threshold) in depth_gates(self.hparams).items():
             seq, _, local = child.rpartition(".")
-            out[child] = (seq, list(self._modules[seq]._modules).index(local))
+            out.append((seq, list(self._modules[seq]._modules).index(local), hp_name, threshold))
         return out
 
     # ---- cost ----------------------------------------------------------------------------------------------
