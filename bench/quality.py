@@ -16,6 +16,8 @@ Shared: the channel divisor, the score function (validation accuracy), the BN-ca
 model gets the same BN recalibration, then the same short fine-tune. FLOPs are counted by fvcore on the final
 plain model. A second part repeats the comparison on baselines trained with other seeds (--robust-seeds, the
 same fine-tunes): one baseline's after-pruning accuracy swings by several points with small changes of the subnet.
+A third part (--sweep-lrs) fine-tunes nasprune, the two stronger peers and the unpruned baseline at other learning
+rates as well: the fine-tune column depends on the fine-tune, and the unpruned model shows what it can recover.
 Run: python bench/quality.py [--quick]
 """
 
@@ -48,6 +50,8 @@ METHODS = (
 )
 OPTIONAL_METHODS = ("nasprune-floor", "nasprune-consumer")
 ROBUST_METHODS = ("nasprune", "nasprune-norival", "nasprune-v1", "modelopt", "torch-pruning-r1")
+# the fine-tune learning-rate sweep: these methods and the unpruned baseline, fine-tuned at every sweep rate too
+SWEEP_METHODS = ("nasprune", "modelopt", "torch-pruning-r1")
 # search settings of the nasprune rows (defaults for the rest)
 NASPRUNE_SETTINGS: dict[str, dict[str, Any]] = {
     "nasprune": {},
@@ -224,6 +228,24 @@ def conv_widths(model: nn.Module) -> dict[str, int]:
     return {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
 
 
+def fine_tuned(model: nn.Module, splits: task.Splits, epochs: int, lr: float, seeds: int) -> list[float]:
+    """Test accuracy after each of `seeds` short fine-tunes (seeds SEED..SEED+seeds-1) of copies of the model."""
+    out = []
+    for seed in range(seeds):
+        tuned = task.fine_tune(copy.deepcopy(model), splits, epochs=epochs, lr=lr, seed=task.SEED + seed)
+        out.append(task.accuracy(tuned, splits.x_test, splits.y_test))
+    return out
+
+
+def lr_sweep(model: nn.Module, splits: task.Splits, args: argparse.Namespace, main_acc: float) -> dict[str, float]:
+    """Mean fine-tuned test accuracy at the main learning rate (already measured) and at every sweep rate."""
+    out = {f"{args.finetune_lr:g}": main_acc}
+    for lr in args.sweep_lrs:
+        accs = fine_tuned(model, splits, args.finetune_epochs, lr, args.finetune_seeds)
+        out[f"{lr:g}"] = sum(accs) / len(accs)
+    return out
+
+
 def evaluate(
     method: str,
     pruned: Pruned,
@@ -232,8 +254,7 @@ def evaluate(
     splits: task.Splits,
     calib: list,
     target_pct: float,
-    finetune_epochs: int,
-    finetune_seeds: int,
+    args: argparse.Namespace,
 ) -> dict[str, Any]:
     """FLOPs ratio, accuracy after BN recalibration and after the fine-tune, search cost, narrowest layer."""
     model = pruned.model
@@ -241,14 +262,12 @@ def evaluate(
     task.recalibrate_bn(model, [b[0] for b in calib])
     test_pruned = task.accuracy(model, splits.x_test, splits.y_test)
     val_pruned = task.accuracy(model, splits.x_val, splits.y_val)
-    tuned_acc = []
     with Timer() as ft:
-        for seed in range(finetune_seeds):
-            tuned = task.fine_tune(copy.deepcopy(model), splits, epochs=finetune_epochs, seed=task.SEED + seed)
-            tuned_acc.append(task.accuracy(tuned, splits.x_test, splits.y_test))
+        tuned_acc = fine_tuned(model, splits, args.finetune_epochs, args.finetune_lr, args.finetune_seeds)
+    tuned_mean = sum(tuned_acc) / len(tuned_acc)
     widths = conv_widths(model)
     narrowest = min(widths, key=lambda n: widths[n] / base_widths[n])
-    return {
+    row = {
         "method": method,
         "target_pct": target_pct,
         "flops": flops,
@@ -256,14 +275,27 @@ def evaluate(
         "params": count_params(model),
         "val_acc_pruned": val_pruned,
         "test_acc_pruned": test_pruned,
-        "test_acc_finetuned": sum(tuned_acc) / len(tuned_acc),
+        "test_acc_finetuned": tuned_mean,
         "test_acc_finetuned_all": tuned_acc,
         "search_s": pruned.search_s,
-        "finetune_s": ft.seconds / max(finetune_seeds, 1),
+        "finetune_s": ft.seconds / max(args.finetune_seeds, 1),
         "score_evaluations": pruned.evaluations,
         "narrowest_layer": f"{narrowest} {widths[narrowest]}/{base_widths[narrowest]}",
         "widths": widths,
         **pruned.extra,
+    }
+    if args.sweep_lrs and method in args.sweep_methods:
+        row["finetuned_by_lr"] = lr_sweep(model, splits, args, tuned_mean)
+    return row
+
+
+def unpruned_row(baseline: nn.Module, splits: task.Splits, args: argparse.Namespace, seed: int) -> dict[str, Any]:
+    """The unpruned baseline fine-tuned like the pruned models, at the main and every sweep learning rate."""
+    main_acc = fine_tuned(baseline, splits, args.finetune_epochs, args.finetune_lr, args.finetune_seeds)
+    return {
+        "train_seed": seed,
+        "test_acc": task.accuracy(baseline, splits.x_test, splits.y_test),
+        "finetuned_by_lr": lr_sweep(baseline, splits, args, sum(main_acc) / len(main_acc)),
     }
 
 
@@ -279,13 +311,14 @@ def prune_and_evaluate(
 ) -> dict[str, Any]:
     """One method's pruned copy of the baseline, evaluated with the run's divisor and fine-tune settings."""
     pruned = prune(method, baseline, target, splits, calib, args.divisor)
-    return evaluate(
-        method, pruned, base_flops, base_widths, splits, calib, target, args.finetune_epochs, args.finetune_seeds
-    )
+    return evaluate(method, pruned, base_flops, base_widths, splits, calib, target, args)
 
 
-def robust_rows(args: argparse.Namespace, splits: task.Splits, calib: list) -> list[dict[str, Any]]:
-    """The comparison again on baselines trained with seeds SEED+1 .. SEED+robust_seeds (the same fine-tunes)."""
+def robust_rows(
+    args: argparse.Namespace, splits: task.Splits, calib: list, unpruned: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The comparison again on baselines trained with seeds SEED+1 .. SEED+robust_seeds (the same fine-tunes);
+    with a sweep, each baseline's unpruned row is appended to `unpruned`."""
     out = []
     methods = [m for m in args.robust_methods if m in args.methods]
     for k in range(1, args.robust_seeds + 1):
@@ -295,6 +328,8 @@ def robust_rows(args: argparse.Namespace, splits: task.Splits, calib: list) -> l
         base_flops = fvcore_flops(baseline, task.dummy_input())
         base_widths = conv_widths(baseline)
         base_acc = task.accuracy(baseline, splits.x_test, splits.y_test)
+        if args.sweep_lrs:
+            unpruned.append(unpruned_row(baseline, splits, args, seed))
         for target in args.targets:
             for method in methods:
                 row = prune_and_evaluate(method, baseline, base_flops, base_widths, target, splits, calib, args)
@@ -316,6 +351,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=12, help="baseline training epochs")
     parser.add_argument("--finetune-epochs", type=int, default=2)
     parser.add_argument("--finetune-seeds", type=int, default=5, help="fine-tunes per model (mean reported)")
+    parser.add_argument("--finetune-lr", type=float, default=0.02, help="fine-tune learning rate (cosine to 0)")
+    parser.add_argument(
+        "--sweep-lrs", type=float, nargs="*", default=[0.005, 0.01, 0.05], help="more fine-tune learning rates"
+    )
+    parser.add_argument(
+        "--sweep-methods",
+        nargs="*",
+        default=list(SWEEP_METHODS),
+        choices=METHODS + OPTIONAL_METHODS,
+        help="methods fine-tuned at every sweep learning rate (the unpruned baseline always is)",
+    )
     parser.add_argument("--divisor", type=int, default=8, help="channel divisor shared by every method")
     parser.add_argument("--calib-batches", type=int, default=8, help="BN calibration batches of 64 train images")
     parser.add_argument(
@@ -330,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.epochs, args.targets, args.finetune_epochs, args.calib_batches, args.finetune_seeds = 3, [50.0], 1, 2, 1
         args.robust_seeds = min(args.robust_seeds, 1)
+        args.sweep_lrs = args.sweep_lrs[:1]
         args.name = f"{args.name}_quick"
     set_threads(args.threads)
 
@@ -347,6 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         "train_s": train_s,
     }
     log(f"baseline: {base}")
+    unpruned = [unpruned_row(baseline, splits, args, task.SEED)] if args.sweep_lrs else []
     rows = []
     for target in args.targets:
         for method in args.methods:
@@ -358,10 +406,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"  search {row['search_s']:.1f}s  evals {row['score_evaluations']}  narrowest {row['narrowest_layer']}"
             )
             rows.append(row)
-    robust = robust_rows(args, splits, calib)
+    robust = robust_rows(args, splits, calib, unpruned)
     settings = {k: v for k, v in vars(args).items() if k != "name"}
     settings.update({"input": list(task.dummy_input().shape), "score": "validation accuracy", "seed": task.SEED})
-    path = write_result(args.name, {"settings": settings, "baseline": base, "rows": rows, "robust": robust})
+    path = write_result(
+        args.name, {"settings": settings, "baseline": base, "rows": rows, "robust": robust, "unpruned": unpruned}
+    )
     log(f"wrote {path}")
     return 0
 

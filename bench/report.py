@@ -122,6 +122,8 @@ def render_quality(data: Mapping[str, Any]) -> str:
     out.append("\\* nasprune rows. Accuracy is on the 360-image test split: one image is 0.28 points.")
     if data.get("robust"):
         out += ["", render_robust(data)]
+    if data.get("unpruned"):
+        out += ["", render_lr_sweep(data)]
     return "\n".join(out)
 
 
@@ -157,6 +159,75 @@ def render_robust(data: Mapping[str, Any]) -> str:
     out += [_table(header, table), ""]
     out += [v for v in verdicts if v]
     return "\n".join(out)
+
+
+def render_lr_sweep(data: Mapping[str, Any]) -> str:
+    """The fine-tune learning-rate sweep: mean fine-tuned accuracy per rate, and nasprune vs the better peer."""
+    s = data.get("settings", {})
+    base_seed = s.get("seed", 0)
+    swept = [{**r, "train_seed": base_seed} for r in data["rows"] if "finetuned_by_lr" in r]
+    swept += [r for r in data.get("robust", []) if "finetuned_by_lr" in r]
+    unpruned = data["unpruned"]
+    lrs = sorted({lr for r in [*swept, *unpruned] for lr in r["finetuned_by_lr"]}, key=float)
+    main_lr = f"{s.get('finetune_lr', 0.02):g}"
+    seeds = sorted({r["train_seed"] for r in unpruned})
+    out = [
+        f"**Fine-tune learning rate** ({len(seeds)} baselines, {s.get('finetune_seeds')} fine-tunes each, "
+        f"{s.get('finetune_epochs')} epoch(s), cosine schedule; {main_lr} is the rate of the tables above). Mean test "
+        "accuracy after the fine-tune; the unpruned baseline gets the same fine-tunes.",
+        "",
+    ]
+    header = ["target", "method", *[f"lr {lr}" + (" (above)" if lr == main_lr else "") for lr in lrs]]
+
+    def mean_at(rs: list[Mapping[str, Any]], lr: str) -> str:
+        vals = [r["finetuned_by_lr"][lr] for r in rs if lr in r["finetuned_by_lr"]]
+        return _pct(sum(vals) / len(vals), 2) if vals else "-"
+
+    table = [["-", "unpruned baseline", *[mean_at(unpruned, lr) for lr in lrs]]]
+    verdicts = []
+    for target in sorted({r["target_pct"] for r in swept}, reverse=True):
+        at = [r for r in swept if r["target_pct"] == target]
+        methods = list(dict.fromkeys(r["method"] for r in at))
+        for method in methods:
+            name = METHOD_NAMES.get(method, method) + (" *" if method.startswith("nasprune") else "")
+            table.append([f"{target:g}%", name, *[mean_at([r for r in at if r["method"] == method], lr) for lr in lrs]])
+        verdicts.append(_sweep_verdict(at, target, lrs))
+    out += [_table(header, table), ""]
+    out += [v for v in verdicts if v]
+    return "\n".join(out)
+
+
+def _sweep_verdict(rows: list[Mapping[str, Any]], target: float, lrs: list[str]) -> str:
+    """Per learning rate: nasprune minus the peer with the higher mean there, paired by baseline, with a 95% CI."""
+    by = {(r["train_seed"], r["method"]): r["finetuned_by_lr"] for r in rows}
+    seeds = sorted({r["train_seed"] for r in rows})
+    peers = list(dict.fromkeys(r["method"] for r in rows if not r["method"].startswith("nasprune")))
+    parts = []
+    for lr in lrs:
+        best_peer, best_mean = None, -1.0
+        for p in peers:
+            vals = [by[(s, p)][lr] for s in seeds if lr in by.get((s, p), {})]
+            if vals and sum(vals) / len(vals) > best_mean:
+                best_peer, best_mean = p, sum(vals) / len(vals)
+        deltas = [
+            by[(s, "nasprune")][lr] - by[(s, best_peer)][lr]
+            for s in seeds
+            if lr in by.get((s, "nasprune"), {}) and lr in by.get((s, best_peer), {})
+        ]
+        if best_peer is None or not deltas:
+            continue
+        mean, half = paired_ci(deltas)
+        parts.append(
+            f"lr {lr}: {mean * 100:+.2f} pts vs {METHOD_NAMES.get(best_peer, best_peer)} (95% CI "
+            f"{(mean - half) * 100:+.2f} to {(mean + half) * 100:+.2f}, {sum(d >= 0 for d in deltas)} of {len(deltas)})"
+        )
+    return (
+        f"- {target:g}%, nasprune fastnas after the fine-tune vs the better peer at each rate: "
+        + "; ".join(parts)
+        + "."
+        if parts
+        else ""
+    )
 
 
 # two-sided 95% Student t quantiles by degrees of freedom (stdlib has no t distribution)

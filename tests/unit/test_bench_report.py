@@ -205,3 +205,41 @@ def test_depth_table_counts_its_own_prunes_and_the_width_only_one_of_cnns_withou
     assert "| resnet18 † | 0.600 | 0.550 / 0.500 | 0.83 | - |" in text  # no skippable block: the width-only prune
     assert "| mobilenet | 0.600 | 0.550 / 0.720 | 1.20 (over) | 4 |" in text  # its own, even when worse
     assert "Goal met (every batch size) for 1 of 2 CNNs." in text
+
+
+def test_lr_sweep_table_compares_nasprune_with_the_better_peer_at_each_rate() -> None:
+    data = _quality()
+    data["settings"].update({"seed": 0, "finetune_lr": 0.02, "finetune_seeds": 5})
+    data["rows"][0]["finetuned_by_lr"] = {"0.02": 0.97, "0.005": 0.95}
+    data["rows"][1]["finetuned_by_lr"] = {"0.02": 0.96, "0.005": 0.96}
+    data["rows"][2]["finetuned_by_lr"] = {"0.02": 0.965, "0.005": 0.90}
+
+    def robust(method: str, by_lr: dict) -> dict:
+        return {
+            "method": method,
+            "target_pct": 50.0,
+            "train_seed": 1,
+            "flops_ratio": 0.5,
+            "test_acc_pruned": 0.9,
+            "test_acc_finetuned": by_lr["0.02"],
+            "finetuned_by_lr": by_lr,
+        }
+
+    data["robust"] = [
+        robust("nasprune", {"0.02": 0.95, "0.005": 0.94}),
+        robust("modelopt", {"0.02": 0.96, "0.005": 0.92}),
+        robust("torch-pruning", {"0.02": 0.90, "0.005": 0.91}),
+    ]
+    data["unpruned"] = [
+        {"train_seed": 0, "test_acc": 0.98, "finetuned_by_lr": {"0.02": 0.975, "0.005": 0.98}},
+        {"train_seed": 1, "test_acc": 0.97, "finetuned_by_lr": {"0.02": 0.965, "0.005": 0.97}},
+    ]
+    text = render({"quality": data})
+    assert "| target | method | lr 0.005 | lr 0.02 (above) |" in text  # rates sorted as numbers
+    assert "| - | unpruned baseline | 97.50% | 97.00% |" in text
+    assert "| 50% | nasprune fastnas * | 94.50% | 96.00% |" in text
+    assert "| 50% | modelopt fastnas | 94.00% | 96.00% |" in text
+    # lr 0.005: modelopt is the better peer (94.0 vs 90.5), deltas -1 / +2 pts; lr 0.02: modelopt (96.0 vs 93.25),
+    # deltas +1 / -1 pts (a mean of 0, a standard error of 1 pt)
+    assert "lr 0.005: +0.50 pts vs modelopt fastnas (95% CI -18.56 to +19.56, 1 of 2)" in text
+    assert "lr 0.02: +0.00 pts vs modelopt fastnas (95% CI -12.71 to +12.71, 1 of 2)" in text
