@@ -84,7 +84,8 @@ def render_quality(data: Mapping[str, Any]) -> str:
         f"test accuracy {_pct(base['test_acc'])} (val {_pct(base['val_acc'])}), trained {s.get('epochs')} epochs "
         f"in {_num(base.get('train_s'), 1)} s. Shared by every method: channel divisor {s.get('divisor')}, score = "
         f"{s.get('score')}, {s.get('calib_batches')} BN-calibration batches of 64 train images; every pruned model "
-        f"is BN-recalibrated on those batches, then fine-tuned {s.get('finetune_epochs')} epoch(s).",
+        f"is BN-recalibrated on those batches, then fine-tuned {s.get('finetune_epochs')} epoch(s)"
+        + (f" (SGD, learning rate {s['finetune_lr']:g}, cosine schedule)." if "finetune_lr" in s else "."),
         "",
     ]
     targets = sorted({r["target_pct"] for r in data["rows"]}, reverse=True)
