@@ -190,8 +190,9 @@ def latency_ms(model: nn.Module, x: torch.Tensor, repeats: int, warmup: int) -> 
     return statistics.median(times) * 1e3
 
 
-def depth_recipe() -> Any:
-    """recipes/autonas.yaml (FastNAS widths plus depth) with inner runs of blocks skippable too."""
+def depth_recipe(divisor: int | None = None) -> Any:
+    """recipes/autonas.yaml (FastNAS widths plus depth) with inner runs of blocks skippable too, and every
+    channel / feature divisor set to `divisor` (None: the recipe's 32)."""
     import yaml
 
     from nasprune_cli.recipe.load import recipe_from_dict
@@ -200,6 +201,12 @@ def depth_recipe() -> Any:
     with open(os.path.join(root, "recipes", "autonas.yaml")) as f:
         data = yaml.safe_load(f)
     data["rules"]["nn.Sequential"] = {"*": {"min_depth": 1, "skippable": "blocks"}}
+    if divisor is not None:
+        for patterns in data["rules"].values():
+            for rule in (patterns or {}).values():
+                for key in ("channel_divisor", "feature_divisor"):
+                    if isinstance(rule, dict) and key in rule:
+                        rule[key] = divisor
     return recipe_from_dict(data)
 
 
@@ -237,7 +244,7 @@ def measure(name: str, size: int, kwargs: dict[str, Any], args: argparse.Namespa
     deep = None
     if args.aware and not row["transformer"]:
         with quiet(f"latency_deep_{name}"):
-            deep = convert(build(name, kwargs), depth_recipe(), dummy)
+            deep = convert(build(name, kwargs), depth_recipe(args.aware_divisor), dummy)
             deep.sort_parameters()
         row["depth_hparams"] = block_depths(deep)
     for batch in args.batches:
@@ -305,6 +312,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: the cores are shared)")
     parser.add_argument("--no-aware", dest="aware", action="store_false", help="skip the latency-aware prune")
     parser.add_argument("--table-repeats", type=int, default=2, help="latency table: timed runs at larger batches")
+    parser.add_argument(
+        "--aware-divisor",
+        type=int,
+        help="channel divisor of the latency-aware prunes' space (default: the recipe's 32)",
+    )
     parser.add_argument("--name", default="latency")
     args = parser.parse_args(argv)
     set_threads(args.threads)

@@ -475,7 +475,13 @@ def render_latency_aware(data: Mapping[str, Any], batches: list[int], key: str =
     out = [
         title,
         "",
-        text + " FLOPs stand in for the score (random weights). Timed in the same rounds as the original and the "
+        text
+        + (
+            f" Channel divisor {s['aware_divisor']} in this space (the main table: the default rules' 32)."
+            if s.get("aware_divisor")
+            else ""
+        )
+        + " FLOPs stand in for the score (random weights). Timed in the same rounds as the original and the "
         "prune above. Predicted: the table's latency ratio; measured: the median of the timed runs (larger batches: "
         f"{s.get('table_repeats', 2)} timed runs per table sample).",
         "",

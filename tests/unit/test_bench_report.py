@@ -243,3 +243,11 @@ def test_lr_sweep_table_compares_nasprune_with_the_better_peer_at_each_rate() ->
     # deltas +1 / -1 pts (a mean of 0, a standard error of 1 pt)
     assert "lr 0.005: +0.50 pts vs modelopt fastnas (95% CI -18.56 to +19.56, 1 of 2)" in text
     assert "lr 0.02: +0.00 pts vs modelopt fastnas (95% CI -12.71 to +12.71, 1 of 2)" in text
+
+
+def test_latency_aware_tables_name_the_divisor_of_their_space() -> None:
+    data = _latency()
+    assert "Channel divisor" not in render({"latency": data})  # results from before the option: no claim
+    data["settings"]["aware_divisor"] = 8
+    text = render({"latency": data})
+    assert text.count("Channel divisor 8 in this space (the main table: the default rules' 32).") == 2  # 3b and 3c
