@@ -289,12 +289,14 @@ def evaluate(
     return row
 
 
-def unpruned_row(baseline: nn.Module, splits: task.Splits, args: argparse.Namespace, seed: int) -> dict[str, Any]:
+def unpruned_row(
+    baseline: nn.Module, test_acc: float, splits: task.Splits, args: argparse.Namespace, seed: int
+) -> dict[str, Any]:
     """The unpruned baseline fine-tuned like the pruned models, at the main and every sweep learning rate."""
     main_acc = fine_tuned(baseline, splits, args.finetune_epochs, args.finetune_lr, args.finetune_seeds)
     return {
         "train_seed": seed,
-        "test_acc": task.accuracy(baseline, splits.x_test, splits.y_test),
+        "test_acc": test_acc,
         "finetuned_by_lr": lr_sweep(baseline, splits, args, sum(main_acc) / len(main_acc)),
     }
 
@@ -329,7 +331,7 @@ def robust_rows(
         base_widths = conv_widths(baseline)
         base_acc = task.accuracy(baseline, splits.x_test, splits.y_test)
         if args.sweep_lrs:
-            unpruned.append(unpruned_row(baseline, splits, args, seed))
+            unpruned.append(unpruned_row(baseline, base_acc, splits, args, seed))
         for target in args.targets:
             for method in methods:
                 row = prune_and_evaluate(method, baseline, base_flops, base_widths, target, splits, calib, args)
@@ -394,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
         "train_s": train_s,
     }
     log(f"baseline: {base}")
-    unpruned = [unpruned_row(baseline, splits, args, task.SEED)] if args.sweep_lrs else []
+    unpruned = [unpruned_row(baseline, base["test_acc"], splits, args, task.SEED)] if args.sweep_lrs else []
     rows = []
     for target in args.targets:
         for method in args.methods:

@@ -200,23 +200,15 @@ def render_lr_sweep(data: Mapping[str, Any]) -> str:
 
 def _sweep_verdict(rows: list[Mapping[str, Any]], target: float, lrs: list[str]) -> str:
     """Per learning rate: nasprune minus the peer with the higher mean there, paired by baseline, with a 95% CI."""
-    by = {(r["train_seed"], r["method"]): r["finetuned_by_lr"] for r in rows}
     seeds = sorted({r["train_seed"] for r in rows})
     peers = list(dict.fromkeys(r["method"] for r in rows if not r["method"].startswith("nasprune")))
     parts = []
     for lr in lrs:
-        best_peer, best_mean = None, -1.0
-        for p in peers:
-            vals = [by[(s, p)][lr] for s in seeds if lr in by.get((s, p), {})]
-            if vals and sum(vals) / len(vals) > best_mean:
-                best_peer, best_mean = p, sum(vals) / len(vals)
-        deltas = [
-            by[(s, "nasprune")][lr] - by[(s, best_peer)][lr]
-            for s in seeds
-            if lr in by.get((s, "nasprune"), {}) and lr in by.get((s, best_peer), {})
-        ]
-        if best_peer is None or not deltas:
+        values = {(r["train_seed"], r["method"]): r["finetuned_by_lr"][lr] for r in rows if lr in r["finetuned_by_lr"]}
+        paired = _vs_better_peer(values, seeds, peers)
+        if paired is None:
             continue
+        best_peer, deltas = paired
         mean, half = paired_ci(deltas)
         parts.append(
             f"lr {lr}: {mean * 100:+.2f} pts vs {METHOD_NAMES.get(best_peer, best_peer)} (95% CI "
@@ -229,6 +221,26 @@ def _sweep_verdict(rows: list[Mapping[str, Any]], target: float, lrs: list[str])
         if parts
         else ""
     )
+
+
+def _vs_better_peer(
+    values: Mapping[tuple[int, str], float], seeds: list[int], peers: list[str]
+) -> tuple[str, list[float]] | None:
+    """The peer with the highest mean of `values` ({(baseline seed, method): value}) and nasprune minus it on every
+    baseline that has both; None when no peer or no pair has a value."""
+    best_peer, best_mean = None, -1.0
+    for p in peers:
+        vals = [values[(s, p)] for s in seeds if (s, p) in values]
+        if vals and sum(vals) / len(vals) > best_mean:
+            best_peer, best_mean = p, sum(vals) / len(vals)
+    if best_peer is None:
+        return None
+    deltas = [
+        values[(s, "nasprune")] - values[(s, best_peer)]
+        for s in seeds
+        if (s, "nasprune") in values and (s, best_peer) in values
+    ]
+    return (best_peer, deltas) if deltas else None
 
 
 # two-sided 95% Student t quantiles by degrees of freedom (stdlib has no t distribution)
@@ -251,20 +263,11 @@ def _robust_verdict(rows_by: Mapping[tuple, Mapping[str, Any]], seeds: list[int]
     peers = [m for m in methods if not m.startswith("nasprune")]
     parts = []
     for key, label in (("test_acc_pruned", "after pruning"), ("test_acc_finetuned", "after fine-tune")):
-        best_peer, best_mean = None, -1.0
-        for p in peers:
-            vals = [rows_by[(s, target, p)][key] for s in seeds if (s, target, p) in rows_by]
-            if vals and sum(vals) / len(vals) > best_mean:
-                best_peer, best_mean = p, sum(vals) / len(vals)
-        if best_peer is None:
+        values = {(s, m): r[key] for (s, t, m), r in rows_by.items() if t == target}
+        paired = _vs_better_peer(values, seeds, peers)
+        if paired is None:
             continue
-        deltas = [
-            rows_by[(s, target, "nasprune")][key] - rows_by[(s, target, best_peer)][key]
-            for s in seeds
-            if (s, target, "nasprune") in rows_by and (s, target, best_peer) in rows_by
-        ]
-        if not deltas:
-            continue
+        best_peer, deltas = paired
         mean, half = paired_ci(deltas)
         wins = sum(d >= 0 for d in deltas)
         if mean >= 0:
