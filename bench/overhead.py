@@ -102,7 +102,8 @@ def search_once(framework: str, name: str, size: int) -> tuple[nn.Module, dict[s
     if framework == "nasprune":
         from nasprune_cli.api_search import search
 
-        config = {"score": score, "data": calib, "max_batches": 1, "searcher": "binary"}
+        # the same work as modelopt's search: no least-squares refit of the weights afterwards
+        config = {"score": score, "data": calib, "max_batches": 1, "searcher": "binary", "reconstruct": False}
         with Timer() as t, quiet(f"overhead_{framework}"):
             pruned, state = search(model, {"flops": BUDGET}, dummy, config=config)
     else:

@@ -1,11 +1,13 @@
 """Table 1, quality at equal FLOPs: ResNet20 on digits pruned to 50% / 30% of its FLOPs by each method.
 
 Methods, each on its own copy of the same trained baseline:
-  nasprune          nasprune_cli.search, FastNAS (binary searcher, default settings)
+  nasprune          nasprune_cli.search, FastNAS (binary searcher, default settings: the kept weights are refitted
+                    by least squares on the calibration batches after the search)
+  nasprune-norefit  the same with reconstruct=False: the kept weights as they were (the search alone)
   nasprune-norival  the same with rival_floor=0: no balanced rival (threshold and descent subnets only)
   nasprune-floor    width_floor=0.5: no layer narrower than half its width in the uniform prune, in every step
                     (not run by default: --methods ... nasprune-floor)
-  nasprune-v1       the first version's defaults: sensitivity=full, descent=False (fill on)
+  nasprune-v1       the first version's defaults: sensitivity=full, descent=False (fill on), no refit
   nasprune-seed     the same with fill=False: the plain threshold subnet (the seed algorithm, as modelopt does it)
   modelopt          modelopt.torch.prune fastnas, the budget as a percentage (its FLOP unit is not fvcore's)
   torch-pruning     Torch-Pruning, L1 magnitude, one uniform ratio found by bisection on fvcore FLOPs, widths
@@ -41,6 +43,7 @@ from common import Timer, count_params, fvcore_flops, log, quiet, set_threads, w
 
 METHODS = (
     "nasprune",
+    "nasprune-norefit",
     "nasprune-norival",
     "nasprune-v1",
     "nasprune-seed",
@@ -49,16 +52,29 @@ METHODS = (
     "torch-pruning-r1",
 )
 OPTIONAL_METHODS = ("nasprune-floor", "nasprune-consumer")
-ROBUST_METHODS = ("nasprune", "nasprune-norival", "nasprune-v1", "modelopt", "torch-pruning-r1")
+ROBUST_METHODS = ("nasprune", "nasprune-norefit", "nasprune-v1", "modelopt", "torch-pruning-r1")
 # the fine-tune learning-rate sweep: these methods and the unpruned baseline, fine-tuned at every sweep rate too
 SWEEP_METHODS = ("nasprune", "modelopt", "torch-pruning-r1")
 # search settings of the nasprune rows (defaults for the rest)
 NASPRUNE_SETTINGS: dict[str, dict[str, Any]] = {
     "nasprune": {},
+    "nasprune-norefit": {"reconstruct": False},
     "nasprune-norival": {"rival_floor": 0.0},
     "nasprune-floor": {"width_floor": 0.5},
-    "nasprune-v1": {"importance": "magnitude", "sensitivity": "full", "descent": False, "fill": True},
-    "nasprune-seed": {"importance": "magnitude", "sensitivity": "full", "descent": False, "fill": False},
+    "nasprune-v1": {
+        "importance": "magnitude",
+        "sensitivity": "full",
+        "descent": False,
+        "fill": True,
+        "reconstruct": False,
+    },
+    "nasprune-seed": {
+        "importance": "magnitude",
+        "sensitivity": "full",
+        "descent": False,
+        "fill": False,
+        "reconstruct": False,
+    },
     "nasprune-consumer": {"importance": "consumer"},
 }
 
@@ -103,7 +119,13 @@ def run_nasprune(
     with Timer() as t, quiet("quality_nasprune"):
         pruned, state = search(model, {"flops": f"{flops_pct:g}%"}, task.dummy_input(), config=config)
     winner = next((c["source"] for c in state["candidates"] if c["config"] == state["best"]["config"]), None)
-    extra = {"searcher_evaluations": state["evaluations"], "settings": settings, "winner": winner}
+    refit = state["summary"]["reconstruction"]
+    extra = {
+        "searcher_evaluations": state["evaluations"],
+        "settings": settings,
+        "winner": winner,
+        "refit": {k: refit[k] for k in ("applied", "reason", "score_before", "score_after", "seconds") if k in refit},
+    }
     return Pruned(pruned, t.seconds, score.calls, extra)
 
 

@@ -69,7 +69,7 @@ def search(
     an iterable of batches), checkpoint, on_progress(stage, done, total), model_spec ({entry_point, kwargs}),
     latency_table (JSON path: read when it exists, else measured and written) and latency_batch (default 1) for a
     "latency" constraint, and the search settings (searcher, seed, max_batches, fill, sensitivity, descent,
-    width_floor, rival_floor, importance, iterations, population_size, candidate_size, mutation_prob,
+    width_floor, rival_floor, importance, reconstruct, iterations, population_size, candidate_size, mutation_prob,
     crossover_size, mutation_size). Unset settings come from the recipe's `search` section.
     The state's "summary" holds the subnet config, the original / pruned figures and a per-layer table.
     """
@@ -167,7 +167,13 @@ def search(
     )
     state = searcher.search()
 
-    pruned = space.export()
+    reconstruction: dict[str, Any] = {"applied": False, "reason": "off (reconstruct: false)"}
+    if settings.reconstruct and data is None:
+        reconstruction["reason"] = "no data: refitting weights on random inputs would fit noise"
+    if settings.reconstruct and data is not None:
+        pruned, reconstruction = _reconstructed_export(space, evaluator, state["best"], options.get("on_progress"))
+    else:
+        pruned = space.export()
     from nasprune_cli.metrics.flops import FLOPS_UNIT, count_params, fvcore_flops
 
     best = state["best"]
@@ -189,7 +195,11 @@ def search(
         "metrics": {
             "score_name": score_name,
             "original": {"flops": original.flops, "params": original.params, "score": state["original_score"]},
-            "pruned": {"flops": measured.flops, "params": measured.params, "score": best["score"]},
+            "pruned": {
+                "flops": measured.flops,
+                "params": measured.params,
+                "score": reconstruction.get("score", best["score"]),
+            },
             "flops_ratio": measured.flops / max(original.flops, 1.0),
             "params_ratio": measured.params / max(original.params, 1.0),
             **_latency_metrics(original, measured),
@@ -197,9 +207,44 @@ def search(
             "flops_unit": FLOPS_UNIT,
         },
         "latency": latency_info,
+        "reconstruction": reconstruction,
         "layers": layer_rows(space, best["config"]),
     }
     return pruned, state
+
+
+def _reconstructed_export(
+    space: Any, evaluator: Evaluator, best: Mapping[str, Any], on_progress: Any
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Export the best subnet with its weights refitted on the data, unless that lowers its score."""
+    from nasprune_cli.reconstruct import reconstructed
+
+    before = float(best["score"])
+    with reconstructed(space, evaluator.batches, evaluator.inputs, on_progress) as report:
+        after = evaluator() if report.layers else before
+        applied = bool(report.layers) and after >= before
+        pruned = space.export() if applied else None
+    if pruned is None:
+        pruned = space.export()  # the weights and statistics the search found, put back on leaving the block
+    errors = [(report.error_before[n], report.error_after[n]) for n in report.layers]
+    reason = "refitted"
+    if not report.layers:
+        reason = "no layer needed or passed a refit (see skipped)"
+    elif not applied:
+        reason = "the refitted weights scored lower; the searched weights are kept"
+    info = {
+        "applied": applied,
+        "reason": reason,
+        "score": after if applied else before,
+        "score_before": before,
+        "score_after": after,
+        "layers": len(report.layers),
+        "skipped": dict(report.skipped),
+        "mean_error_before": sum(e[0] for e in errors) / max(len(errors), 1),
+        "mean_error_after": sum(e[1] for e in errors) / max(len(errors), 1),
+        "seconds": report.seconds,
+    }
+    return pruned, info
 
 
 def _latency_metrics(original: Cost, pruned: Cost) -> dict[str, Any]:

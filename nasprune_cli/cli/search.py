@@ -70,6 +70,16 @@ PopulationOpt = Annotated[
     int | None,
     typer.Option("--population-size", min=2, help="evolve: subnets per generation.", show_default=False),
 ]
+ReconstructOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--reconstruct/--no-reconstruct",
+        help="After the search, refit the kept weights of every conv / linear layer by least squares so that its "
+        "outputs on the --data batches match the original model's (kept only when the score does not drop). "
+        "Default: on when --data is given; --no-reconstruct keeps the original weights, as modelopt does.",
+        show_default=False,
+    ),
+]
 CheckpointOpt = Annotated[
     Path | None,
     typer.Option(
@@ -175,6 +185,7 @@ def search_command(
     width_floor: WidthFloorOpt = None,
     rival_floor: RivalFloorOpt = None,
     importance: ImportanceOpt = None,
+    reconstruct: ReconstructOpt = None,
     checkpoint: CheckpointOpt = None,
     output_path: SearchOutputOpt = None,
     overwrite: OverwriteOpt = False,
@@ -226,7 +237,7 @@ def search_command(
         "width_floor": width_floor,
         "rival_floor": rival_floor,
     }
-    for key, value in {**binary, "importance": importance}.items():
+    for key, value in {**binary, "importance": importance, "reconstruct": reconstruct}.items():
         if value is not None:
             config[key] = value
     with _Progress(enabled=sys.stderr.isatty()) as on_progress:
@@ -252,7 +263,7 @@ def search_command(
 class _Progress:
     """Rich progress bars on stderr, one per stage, fed by the library's on_progress(stage, done, total)."""
 
-    LABELS = {"sensitivity": "sensitivity map", "search": "search"}
+    LABELS = {"sensitivity": "sensitivity map", "search": "search", "reconstruct": "refit weights"}
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
@@ -305,6 +316,19 @@ def _ratio(new: float | None, old: float | None) -> str:
     return f"{new / old:.1%}"
 
 
+def _reconstruction_line(info: dict[str, Any]) -> str:
+    """One line on the least-squares refit of the kept weights: what it did to the score, or why it did not run."""
+    if "score_after" not in info or not info.get("layers"):
+        return f"weights not refitted: {info.get('reason', 'off')}"
+    scores = f"score {info['score_before']:.4f} -> {info['score_after']:.4f}"
+    if not info["applied"]:
+        return f"weights not refitted: the refit lowered the {scores}; the searched weights are kept"
+    return (
+        f"weights refitted on the data: {info['layers']} layers, mean output error "
+        f"{info['mean_error_before']:.1%} -> {info['mean_error_after']:.1%}, {scores} ({info['seconds']:.1f} s)"
+    )
+
+
 def print_summary(summary: dict[str, Any]) -> None:
     """Original vs pruned FLOPs, params and score, the per-layer channels and the subnet config."""
     from nasprune_cli.cli.profile import FLOPS_NOTE
@@ -335,6 +359,7 @@ def print_summary(summary: dict[str, Any]) -> None:
     )
     output.print_text(f"constraints: {limits}")
     output.print_text(f"score: {metrics['score_name']} (higher is better)")
+    output.print_text(_reconstruction_line(summary.get("reconstruction") or {}))
     output.print_text(FLOPS_NOTE)
     layers = summary["layers"]
     if layers:

@@ -193,7 +193,8 @@ class Evaluator:
         self.reference: list[Any] | None = None
         self.evaluations = 0
 
-    def _inputs(self, batch: Any) -> Any:
+    def inputs(self, batch: Any) -> Any:
+        """The model inputs of a batch (the collect function, its errors named)."""
         try:
             return self.collect(batch)
         except Exception as exc:  # noqa: BLE001
@@ -204,7 +205,7 @@ class Evaluator:
         self.model.eval()
         try:
             with torch.no_grad():
-                return [self._run(self._inputs(b)) for b in self.batches]
+                return [self._run(self.inputs(b)) for b in self.batches]
         finally:
             for m, training in modes.items():
                 m.training = training
@@ -235,7 +236,7 @@ class Evaluator:
     def recalibrate(self) -> None:
         """Recalibrate BatchNorm statistics of the active subnet on the batches."""
         try:
-            recalibrate_bn(self.model, self.batches, self._inputs)
+            recalibrate_bn(self.model, self.batches, self.inputs)
         except SearchError:
             raise
         except Exception as exc:  # noqa: BLE001

@@ -266,6 +266,7 @@ class SearchSection(BaseModel):
     descent: bool | None = None  # binary: also score the cost-aware descent subnet, keep the better; None: on
     sensitivity: Literal["budget", "full"] | None = None  # binary: None: default ("budget")
     importance: Literal["magnitude", "consumer"] | None = None  # channel order; None: default ("magnitude")
+    reconstruct: bool | None = None  # refit the kept weights by least squares on `data` after the search; None: on
     width_floor: float | None = Field(None, ge=0, le=1)  # binary: share of the uniform width ratio; None: 0 (off)
     rival_floor: float | None = Field(None, ge=0, le=1)  # binary: floor of the balanced rival; None: 0.5
     iterations: int = Field(100, ge=1)  # evolve / random: number of subnets evaluated

@@ -19,6 +19,7 @@ from nasprune_cli.searchers.sensitivity import SENSITIVITY_MODES
 
 SEARCHERS = ("binary", "evolve", "random")
 DEFAULT_CANDIDATE_SIZE = 10
+AFTER_SEARCH = ("reconstruct",)  # settings applied to the found subnet only: a checkpoint resumes across them
 
 
 @dataclass
@@ -34,6 +35,7 @@ class SearchSettings:
     width_floor: float = 0.0  # binary: no width below width_floor x the uniform ratio that meets the budget; 0: off
     rival_floor: float = 0.5  # binary: also score a descent whose widths stay >= rival_floor x that ratio; 0: off
     importance: str = "magnitude"  # channel order: magnitude | consumer (nasprune_cli.importance)
+    reconstruct: bool = True  # refit the kept weights by least squares on the data after the search (needs data)
     iterations: int = 100  # evolve / random: subnets evaluated in total
     population_size: int = 20  # evolve: subnets per generation
     candidate_size: int | None = None  # evolve: best subnets kept as parents; None: min(10, population_size)
@@ -58,6 +60,9 @@ class SearchSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or (name != "seed" and value < 0):
                 raise SearchError(f"search.{name}: expected an integer >= 0 (got {value!r})")
+        for name in ("fill", "descent", "reconstruct"):
+            if not isinstance(getattr(self, name), bool):
+                raise SearchError(f"search.{name}: expected true or false (got {getattr(self, name)!r})")
         if self.sensitivity not in SENSITIVITY_MODES:
             raise SearchError(
                 f"search.sensitivity: unknown mode {self.sensitivity!r} (expected one of {SENSITIVITY_MODES})"
@@ -117,7 +122,7 @@ def fingerprint(
     result = {
         "model": spec,
         "recipe": rules,
-        "settings": settings.to_dict(),
+        "settings": {k: v for k, v in settings.to_dict().items() if k not in AFTER_SEARCH},
         "constraints": {k: float(v) for k, v in sorted(bounds.items())},
         "input": dict(input_spec),
         "hparams": {k: list(v) for k, v in hparams.items()},

@@ -1,0 +1,460 @@
+"""Weight reconstruction after a search: refit the kept weights of every conv / linear layer by least squares.
+
+Pruning drops channels but keeps the surviving weights as they were, so each layer sees fewer (and, after the
+first pruned layer, slightly different) inputs than it was trained on. Layer by layer, in forward order,
+`reconstructed` solves for the active weights (and bias) that make the layer's output on the calibration batches
+match the original model's output at the kept channels:
+
+    W = argmin ||X W^T - Y||^2 + ridge * mean(diag(X^T X)) * ||W - W_kept||^2
+
+X is the layer's input in the pruned subnet (with the layers before it already refitted and the normalization
+statistics recalibrated for them), Y the original layer's output on the same batch (original weights and
+statistics). The ridge term pulls W towards the kept weights. Its strength is chosen per layer on held-out rows
+(fit on half of the samples, score on the other half, both ways); a layer whose fit does not predict held-out rows
+better than its kept weights keeps them, so a few batches cannot make a layer memorize them. Refitted: 2-D
+convolutions with groups=1 and zero padding, and linear layers; other layers keep their weights.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nasprune_cli.dynamic import is_dynamic
+from nasprune_cli.errors import SearchError
+from nasprune_cli.metrics.score import call_model, default_collect, recalibrate_bn
+
+RIDGES = (1e-3, 1e-2, 1e-1, 1.0)  # pulls towards the kept weights tried, as shares of the mean diagonal of X^T X
+EXACT = "its output already matches the original model's"
+_CHUNK_ELEMENTS = 1 << 24  # unfolded conv inputs are built at most this many elements at a time
+ProgressFn = Callable[[str, int, int], None]
+
+
+@dataclass
+class ReconstructReport:
+    """What a reconstruction refitted, what it left alone and why, and the output error it removed."""
+
+    layers: list[str] = field(default_factory=list)  # refitted, in forward order
+    skipped: dict[str, str] = field(default_factory=dict)  # layer -> why its weights were kept
+    error_before: dict[str, float] = field(default_factory=dict)  # relative output error on the batches
+    error_after: dict[str, float] = field(default_factory=dict)
+    ridge: dict[str, float] = field(default_factory=dict)  # the pull each refitted layer got (chosen on held-out rows)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values (JSON / checkpoint friendly)."""
+        return {
+            "layers": list(self.layers),
+            "skipped": dict(self.skipped),
+            "error_before": dict(self.error_before),
+            "error_after": dict(self.error_after),
+            "ridge": dict(self.ridge),
+            "seconds": self.seconds,
+        }
+
+
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass once the layer of interest has been seen."""
+
+
+def refit_reason(module: nn.Module) -> str | None:
+    """Why a layer's weights cannot be refitted (None: they can)."""
+    if not is_dynamic(module):
+        return "not converted (its channels are kept whole)"
+    if isinstance(module, nn.Linear):
+        return None
+    if not isinstance(module, nn.Conv2d):
+        return "only 2-D convolutions and linear layers are refitted"
+    if module.groups != 1:
+        return f"grouped convolution (groups={module.groups})"
+    if module.padding_mode != "zeros":
+        return f"padding_mode={module.padding_mode!r}"
+    if isinstance(module.padding, str) and module.padding != "valid" and any(k % 2 == 0 for k in module.kernel_size):
+        return "padding='same' with an even kernel"
+    if module.get_kernel_size() is not None:
+        return "its kernel size is searched"
+    return None
+
+
+class _Regimes:
+    """The two states a forward pass runs in: the original model (full subnet, its weights and normalization
+    statistics) and the pruned subnet being refitted (working weights, statistics recalibrated for them)."""
+
+    def __init__(self, space: Any, layers: list[str], batches: Sequence[Any], collect: Callable[[Any], Any]) -> None:
+        self.space, self.batches, self.collect = space, batches, collect
+        self.active = space.config()
+        model = space.model
+        self.params = {name: _params(model.get_submodule(name)) for name in layers}
+        self.original = {name: [p.data for p in ps] for name, ps in self.params.items()}
+        self.work = {name: [t.clone() for t in ts] for name, ts in self.original.items()}
+        self.original_stats = self.work_stats = _norm_stats(model)
+
+    def use_original(self) -> None:
+        """The full subnet with the original weights and statistics."""
+        self.space.select(self.space.max())
+        _use(self.params, self.original)
+        _load_norm_stats(self.space.model, self.original_stats)
+
+    def use_work(self) -> None:
+        """The active subnet with the working weights and their statistics."""
+        self.space.select(self.active)
+        _use(self.params, self.work)
+        _load_norm_stats(self.space.model, self.work_stats)
+
+    def calibrate(self, which: str) -> None:
+        """Recalibrate the statistics of one regime on the batches (they change with its weights)."""
+        if which == "original":
+            self.use_original()
+        else:
+            self.use_work()
+        recalibrate_bn(self.space.model, self.batches, self.collect)
+        stats = _norm_stats(self.space.model)
+        if which == "original":
+            self.original_stats = stats
+        else:
+            self.work_stats = stats
+
+
+@contextmanager
+def reconstructed(
+    space: Any,
+    batches: Sequence[Any],
+    collect: Callable[[Any], Any] = default_collect,
+    on_progress: ProgressFn | None = None,
+    ridges: Sequence[float] = RIDGES,
+) -> Iterator[ReconstructReport]:
+    """Inside the block the space's active subnet runs with refitted weights and recalibrated normalization
+    statistics (export it there); on exit every weight and statistic of the space is put back."""
+    if not batches:
+        raise SearchError("reconstruction: no data batches to refit the weights on (pass --data)")
+    start = time.perf_counter()
+    model: nn.Module = space.model
+    report = ReconstructReport()
+    layers = _forward_order(model, batches[0], collect, report)
+    saved_stats = _norm_stats(model)
+    modes = {m: m.training for m in model.modules()}
+    regimes = _Regimes(space, layers, batches, collect)
+    try:
+        model.eval()
+        regimes.calibrate("original")
+        regimes.calibrate("work")
+        for i, name in enumerate(layers):
+            if on_progress is not None:
+                on_progress("reconstruct", i, len(layers))
+            if _refit(regimes, name, ridges, report):
+                regimes.calibrate("work")  # later layers are fitted to what this one now produces
+        if on_progress is not None:
+            on_progress("reconstruct", len(layers), len(layers))
+        regimes.use_work()
+        for m, training in modes.items():
+            m.training = training
+        report.seconds = time.perf_counter() - start
+        yield report
+    finally:
+        _use(regimes.params, regimes.original)
+        _load_norm_stats(model, saved_stats)
+        space.select(regimes.active)
+        for m, training in modes.items():
+            m.training = training
+
+
+# ---- one layer ---------------------------------------------------------------------------------------------
+@dataclass
+class Normal:
+    """Accumulated X^T X, X^T Y and ||Y||^2 of one fold of the data rows."""
+
+    xtx: torch.Tensor | None = None
+    xty: torch.Tensor | None = None
+    yty: float = 0.0
+    rows: int = 0
+
+    def add(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Accumulate rows x (inputs) and y (targets)."""
+        for xs, ys in _chunks(x, y):  # products in the data's precision, sums in float64
+            xtx, xty = (xs.T @ xs).double(), (xs.T @ ys).double()
+            self.xtx = xtx if self.xtx is None else self.xtx + xtx
+            self.xty = xty if self.xty is None else self.xty + xty
+            self.yty += float((ys.double() * ys.double()).sum())
+        self.rows += x.shape[0]
+
+    def __add__(self, other: Normal) -> Normal:
+        """Both folds' rows together."""
+        assert self.xtx is not None and self.xty is not None and other.xtx is not None and other.xty is not None
+        return Normal(self.xtx + other.xtx, self.xty + other.xty, self.yty + other.yty, self.rows + other.rows)
+
+    def solve(self, kept: torch.Tensor, ridge: float) -> torch.Tensor:
+        """The refitted rows: least squares pulled towards `kept` by ridge x the mean of diag(X^T X)."""
+        assert self.xtx is not None and self.xty is not None
+        reg = ridge * float(self.xtx.diagonal().mean()) + 1e-12
+        eye = torch.eye(self.xtx.shape[0], dtype=self.xtx.dtype, device=self.xtx.device)
+        system, rhs = self.xtx + reg * eye, self.xty + reg * kept.T
+        factor, info = torch.linalg.cholesky_ex(system)  # positive definite: the ridge is added to X^T X
+        if int(info) != 0:  # pragma: no cover - only when rounding breaks positive definiteness
+            return torch.linalg.solve(system, rhs).T
+        return torch.cholesky_solve(rhs, factor).T
+
+    def error(self, w: torch.Tensor) -> float:
+        """||X W^T - Y||^2 on these rows."""
+        assert self.xtx is not None and self.xty is not None
+        return max(float((w @ self.xtx * w).sum() - 2 * (w * self.xty.T).sum()) + self.yty, 0.0)
+
+
+def held_out_fit(
+    folds: tuple[Normal, Normal], kept: torch.Tensor, ridges: Sequence[float]
+) -> tuple[torch.Tensor, float] | None:
+    """(weights fitted on both folds, their ridge) with the ridge whose fit on one fold predicts the other best
+    (both ways); None when no ridge predicts the held-out fold better than the kept weights do."""
+    whole = folds[0] + folds[1]
+    held_out = {r: folds[1].error(folds[0].solve(kept, r)) + folds[0].error(folds[1].solve(kept, r)) for r in ridges}
+    best = min(held_out, key=lambda r: held_out[r])
+    if held_out[best] >= whole.error(kept):
+        return None
+    return whole.solve(kept, best), best
+
+
+def _refit(regimes: _Regimes, name: str, ridges: Sequence[float], report: ReconstructReport) -> bool:
+    """Fit one layer's active weights; False when it is left as it is.
+
+    The data rows are split in two folds by sample. Each ridge strength is fitted on one fold and scored on the
+    other; the best one is fitted on all rows, unless no strength predicts the held-out fold better than the kept
+    weights (too few rows for the number of weights: the fit would memorize the batches).
+    """
+    model = regimes.space.model
+    module = model.get_submodule(name)
+    rows, cols = module.get_index("out"), module.get_index("in")
+    folds = (Normal(), Normal())
+    for i, batch in enumerate(regimes.batches):
+        inputs = regimes.collect(batch)
+        regimes.use_original()
+        target = _capture(model, module, inputs, "output")
+        regimes.use_work()
+        x_in = _capture(model, module, inputs, "input")
+        x, y = _design(module, x_in), _targets(module, target, rows)
+        samples = x_in.shape[0]
+        half = (samples // 2) * (x.shape[0] // samples) if samples > 1 else (x.shape[0] if i % 2 == 0 else 0)
+        for fold, part in zip(folds, (slice(0, half), slice(half, None)), strict=True):
+            if x[part].shape[0]:
+                fold.add(x[part], y[part])
+    if folds[0].xtx is None or folds[1].xtx is None:
+        report.skipped[name] = "one data batch of one sample: no rows to check a fit on (pass more --data batches)"
+        return False
+    kept = _active_matrix(module, regimes.work[name], rows, cols).double()
+    whole = folds[0] + folds[1]
+    report.error_before[name] = whole.error(kept) / max(whole.yty, 1e-30)
+    if report.error_before[name] < 1e-10:
+        report.skipped[name] = EXACT
+        return False
+    try:
+        fit = held_out_fit(folds, kept, ridges)
+    except RuntimeError as exc:  # pragma: no cover - the ridge keeps the systems regular
+        report.skipped[name] = f"least squares failed ({exc})"
+        return False
+    if fit is None:
+        report.skipped[name] = (
+            f"a fit on half of the data rows did not predict the other half better than the kept weights "
+            f"({whole.rows} rows for {kept.shape[1]} weights per output); more --data batches may help"
+        )
+        return False
+    solved, best = fit
+    report.error_after[name] = whole.error(solved) / max(whole.yty, 1e-30)
+    report.ridge[name] = best
+    _write(module, regimes.work[name], solved, rows, cols)
+    report.layers.append(name)
+    return True
+
+
+def _capture(model: nn.Module, module: nn.Module, inputs: Any, what: str) -> torch.Tensor:
+    """The layer's input (before it runs) or output on one batch; the forward pass stops right there."""
+    got: list[torch.Tensor] = []
+
+    def pre_hook(_m: nn.Module, args: tuple) -> None:
+        got.append(args[0].detach())
+        raise _Stop
+
+    def hook(_m: nn.Module, _args: tuple, out: torch.Tensor) -> None:
+        got.append(out.detach())
+        raise _Stop
+
+    handle = module.register_forward_pre_hook(pre_hook) if what == "input" else module.register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            call_model(model, inputs)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    if not got:
+        raise SearchError(f"reconstruction: layer '{module._nasprune_name}' did not run on a data batch")
+    return got[0]
+
+
+def _design(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Rows of the least-squares problem: unfolded conv patches or linear inputs, plus a ones column for a bias."""
+    if isinstance(module, nn.Conv2d):
+        cols = F.unfold(x, module.kernel_size, module.dilation, _padding(module), module.stride)
+        x = cols.transpose(1, 2).reshape(-1, cols.shape[1])
+    else:
+        x = x.reshape(-1, x.shape[-1])
+    if module.bias is not None:
+        x = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device)], 1)
+    return x
+
+
+def _targets(module: nn.Module, y: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+    """The original output at the kept channels, one row per output position (matching _design's rows)."""
+    if isinstance(module, nn.Conv2d):
+        y = y if rows is None else y.index_select(1, rows.to(y.device))
+        return y.flatten(2).transpose(1, 2).reshape(-1, y.shape[1])
+    y = y if rows is None else y.index_select(y.dim() - 1, rows.to(y.device))
+    return y.reshape(-1, y.shape[-1])
+
+
+def _chunks(x: torch.Tensor, y: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    step = max(1, _CHUNK_ELEMENTS // max(x.shape[1], 1))
+    for i in range(0, x.shape[0], step):
+        yield x[i : i + step], y[i : i + step]
+
+
+def _padding(module: nn.Conv2d) -> tuple[int, int]:
+    if module.padding == "valid":
+        return (0, 0)
+    if module.padding == "same":
+        return tuple(d * (k - 1) // 2 for k, d in zip(module.kernel_size, module.dilation, strict=True))  # type: ignore[return-value]
+    return tuple(module.padding)  # type: ignore[return-value]
+
+
+def _index(index: torch.Tensor | None, size: int, device: torch.device) -> torch.Tensor:
+    return torch.arange(size, device=device) if index is None else index.to(device)
+
+
+def _active_matrix(
+    module: nn.Module, tensors: list[torch.Tensor], rows: torch.Tensor | None, cols: torch.Tensor | None
+) -> torch.Tensor:
+    """The active weights as one row per kept output (flattened inputs, then the bias when there is one)."""
+    weight = tensors[0]
+    r = _index(rows, weight.shape[0], weight.device)
+    c = _index(cols, weight.shape[1], weight.device)
+    w = weight[r.view(-1, 1), c.view(1, -1)].reshape(len(r), -1)
+    if module.bias is not None:
+        w = torch.cat([w, tensors[1][r].view(-1, 1)], 1)
+    return w
+
+
+def _write(
+    module: nn.Module,
+    tensors: list[torch.Tensor],
+    solved: torch.Tensor,
+    rows: torch.Tensor | None,
+    cols: torch.Tensor | None,
+) -> None:
+    """Put the solved active weights (and bias) into the full working tensors at the kept positions."""
+    weight = tensors[0]
+    r = _index(rows, weight.shape[0], weight.device)
+    c = _index(cols, weight.shape[1], weight.device)
+    solved = solved.to(weight.dtype)
+    if module.bias is not None:
+        tensors[1][r] = solved[:, -1]
+        solved = solved[:, :-1]
+    weight[r.view(-1, 1), c.view(1, -1)] = solved.reshape(len(r), len(c), *weight.shape[2:])
+
+
+# ---- the model -----------------------------------------------------------------------------------------------
+def _forward_order(model: nn.Module, batch: Any, collect: Callable[[Any], Any], report: ReconstructReport) -> list[str]:
+    """Refittable layers in the order the active subnet runs them (each must run exactly once per forward).
+
+    Layers that run before any pruned module and read all their inputs still give the original outputs: they are
+    reported as such and left out without a pass over the data."""
+    names = {m: n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    calls: dict[str, int] = {}
+    order: list[str] = []
+    exact: set[str] = set()
+    changed = False
+
+    def hook(m: nn.Module, _args: tuple) -> None:
+        nonlocal changed
+        name = names.get(m)
+        if name is not None:
+            calls[name] = calls.get(name, 0) + 1
+            if calls[name] == 1:
+                order.append(name)
+                if not changed and not (is_dynamic(m) and m.get_index("in") is not None):
+                    exact.add(name)
+        if is_dynamic(m) and _is_sliced(m):
+            changed = True  # every module that runs after this one may see other inputs than in the original
+
+    handles = [m.register_forward_pre_hook(hook) for m in model.modules() if m in names or is_dynamic(m)]
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        with torch.no_grad():
+            call_model(model, collect(batch))
+    finally:
+        for h in handles:
+            h.remove()
+        for m, training in modes.items():
+            m.training = training
+    owners: dict[int, set[str]] = {}
+    for module_name, module in model.named_modules():
+        for p in module.parameters(recurse=False):
+            owners.setdefault(id(p), set()).add(module_name)
+    out = []
+    for name in order:
+        module = model.get_submodule(name)
+        reason = refit_reason(module)
+        if reason is None and calls[name] != 1:
+            reason = f"it runs {calls[name]} times per forward pass"
+        if reason is None and any(len(owners[id(p)]) > 1 for p in _params(module)):
+            reason = "its weights are shared with another layer"
+        if reason is None and name in exact and calls[name] == 1:
+            reason = EXACT
+        if reason is None:
+            out.append(name)
+        else:
+            report.skipped[name] = reason
+    for name in names.values():
+        if name not in calls:
+            report.skipped[name] = "it does not run in this subnet"
+    return out
+
+
+def _is_sliced(module: nn.Module) -> bool:
+    """Whether a dynamic module runs other than in the original model (channels, kernel or children dropped)."""
+    if any(module.get_index(side) is not None for side in module.sides()):
+        return True
+    kernel = getattr(module, "get_kernel_size", None)
+    skipped = getattr(module, "skipped", None)
+    return (kernel is not None and kernel() is not None) or (skipped is not None and bool(skipped()))
+
+
+def _params(module: nn.Module) -> list[nn.Parameter]:
+    return [module.weight] if module.bias is None else [module.weight, module.bias]
+
+
+def _use(params: dict[str, list[nn.Parameter]], tensors: dict[str, list[torch.Tensor]]) -> None:
+    """Point every refitted layer's parameters at these tensors (the original or the working copies)."""
+    for name, ps in params.items():
+        for p, t in zip(ps, tensors[name], strict=True):
+            p.data = t
+
+
+def _norm_stats(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {
+        f"{n}.{b}": t.clone()
+        for n, m in model.named_modules()
+        if isinstance(m, nn.modules.batchnorm._NormBase)
+        for b, t in m.named_buffers(recurse=False)
+        if t is not None
+    }
+
+
+def _load_norm_stats(model: nn.Module, saved: dict[str, torch.Tensor]) -> None:
+    for key, value in saved.items():
+        module_name, _, buffer = key.rpartition(".")
+        getattr(model.get_submodule(module_name), buffer).copy_(value)
