@@ -60,7 +60,7 @@ class ReconstructReport:
         }
 
 
-class _Stop(Exception):
+class _Stop(BaseException):  # not an error, and a model's own `except Exception` must not swallow it
     """Raised by a hook to end a forward pass once the layer of interest has been seen."""
 
 
