@@ -29,7 +29,7 @@ from torch import nn
 
 from nasprune_cli.dynamic import is_dynamic
 from nasprune_cli.errors import SearchError
-from nasprune_cli.metrics.score import call_model, default_collect, recalibrate_bn
+from nasprune_cli.metrics.score import call_model, default_collect, norm_layers, recalibrate_bn
 
 RIDGES = (1e-3, 1e-2, 1e-1, 1.0)  # pulls towards the kept weights tried, as shares of the mean diagonal of X^T X
 EXACT = "its output already matches the original model's"
@@ -94,19 +94,20 @@ class _Regimes:
         self.params = {name: _params(model.get_submodule(name)) for name in layers}
         self.original = {name: [p.data for p in ps] for name, ps in self.params.items()}
         self.work = {name: [t.clone() for t in ts] for name, ts in self.original.items()}
-        self.original_stats = self.work_stats = _norm_stats(model)
+        self.saved_stats = _norm_stats(model)  # as the space had them: put back on leaving
+        self.original_stats = self.work_stats = self.saved_stats
 
     def use_original(self) -> None:
         """The full subnet with the original weights and statistics."""
         self.space.select(self.space.max())
         _use(self.params, self.original)
-        _load_norm_stats(self.space.model, self.original_stats)
+        _load_norm_stats(self.original_stats)
 
     def use_work(self) -> None:
         """The active subnet with the working weights and their statistics."""
         self.space.select(self.active)
         _use(self.params, self.work)
-        _load_norm_stats(self.space.model, self.work_stats)
+        _load_norm_stats(self.work_stats)
 
     def calibrate(self, which: str) -> None:
         """Recalibrate the statistics of one regime on the batches (they change with its weights)."""
@@ -138,7 +139,6 @@ def reconstructed(
     model: nn.Module = space.model
     report = ReconstructReport()
     layers = _forward_order(model, batches[0], collect, report)
-    saved_stats = _norm_stats(model)
     modes = {m: m.training for m in model.modules()}
     regimes = _Regimes(space, layers, batches, collect)
     try:
@@ -159,7 +159,7 @@ def reconstructed(
         yield report
     finally:
         _use(regimes.params, regimes.original)
-        _load_norm_stats(model, saved_stats)
+        _load_norm_stats(regimes.saved_stats)
         space.select(regimes.active)
         for m, training in modes.items():
             m.training = training
@@ -444,17 +444,16 @@ def _use(params: dict[str, list[nn.Parameter]], tensors: dict[str, list[torch.Te
             p.data = t
 
 
-def _norm_stats(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {
-        f"{n}.{b}": t.clone()
-        for n, m in model.named_modules()
-        if isinstance(m, nn.modules.batchnorm._NormBase)
-        for b, t in m.named_buffers(recurse=False)
-        if t is not None
-    }
+NormStats = dict[nn.Module, list[torch.Tensor]]
 
 
-def _load_norm_stats(model: nn.Module, saved: dict[str, torch.Tensor]) -> None:
-    for key, value in saved.items():
-        module_name, _, buffer = key.rpartition(".")
-        getattr(model.get_submodule(module_name), buffer).copy_(value)
+def _norm_stats(model: nn.Module) -> NormStats:
+    """Copies of the running statistics of every normalization layer that recalibrate_bn recomputes."""
+    return {m: [t.clone() for t in m.buffers(recurse=False)] for m in norm_layers(model)}
+
+
+def _load_norm_stats(saved: NormStats) -> None:
+    """Put statistics taken by _norm_stats back into their layers."""
+    for module, tensors in saved.items():
+        for buffer, value in zip(module.buffers(recurse=False), tensors, strict=True):
+            buffer.copy_(value)

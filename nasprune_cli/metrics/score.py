@@ -75,7 +75,8 @@ def random_batches(dummy_input: Any, count: int, seed: int = 0) -> list[Any]:
     return [one(dummy_input) for _ in range(count)]
 
 
-def _norm_layers(model: nn.Module) -> list[nn.modules.batchnorm._NormBase]:
+def norm_layers(model: nn.Module) -> list[nn.modules.batchnorm._NormBase]:
+    """The normalization layers with running statistics (the ones recalibrate_bn recomputes)."""
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats]
 
 
@@ -85,7 +86,7 @@ def recalibrate_bn(model: nn.Module, batches: Sequence[Any], collect: Collect = 
     The result depends only on the weights, the active subnet and the batches. Every module's training flag and
     every norm layer's momentum are put back afterwards.
     """
-    norms = _norm_layers(model)
+    norms = norm_layers(model)
     if not norms:
         return
     modes = {m: m.training for m in model.modules()}
