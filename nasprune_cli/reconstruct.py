@@ -30,6 +30,7 @@ from torch import nn
 from nasprune_cli.dynamic import is_dynamic
 from nasprune_cli.errors import SearchError
 from nasprune_cli.metrics.score import call_model, default_collect, norm_layers, recalibrate_bn
+from nasprune_cli.modes import eval_mode
 
 RIDGES = (1e-3, 1e-2, 1e-1, 1.0)  # pulls towards the kept weights tried, as shares of the mean diagonal of X^T X
 EXACT = "its output already matches the original model's"
@@ -139,30 +140,25 @@ def reconstructed(
     model: nn.Module = space.model
     report = ReconstructReport()
     layers = _forward_order(model, batches[0], collect, report)
-    modes = {m: m.training for m in model.modules()}
     regimes = _Regimes(space, layers, batches, collect)
     try:
-        model.eval()
-        regimes.calibrate("original")
-        regimes.calibrate("work")
-        for i, name in enumerate(layers):
+        with eval_mode(model):
+            regimes.calibrate("original")
+            regimes.calibrate("work")
+            for i, name in enumerate(layers):
+                if on_progress is not None:
+                    on_progress("reconstruct", i, len(layers))
+                if _refit(regimes, name, ridges, report):
+                    regimes.calibrate("work")  # later layers are fitted to what this one now produces
             if on_progress is not None:
-                on_progress("reconstruct", i, len(layers))
-            if _refit(regimes, name, ridges, report):
-                regimes.calibrate("work")  # later layers are fitted to what this one now produces
-        if on_progress is not None:
-            on_progress("reconstruct", len(layers), len(layers))
+                on_progress("reconstruct", len(layers), len(layers))
         regimes.use_work()
-        for m, training in modes.items():
-            m.training = training
         report.seconds = time.perf_counter() - start
         yield report
     finally:
         _use(regimes.params, regimes.original)
         _load_norm_stats(regimes.saved_stats)
         space.select(regimes.active)
-        for m, training in modes.items():
-            m.training = training
 
 
 # ---- one layer ---------------------------------------------------------------------------------------------
@@ -390,16 +386,12 @@ def _forward_order(model: nn.Module, batch: Any, collect: Callable[[Any], Any], 
             changed = True  # every module that runs after this one may see other inputs than in the original
 
     handles = [m.register_forward_pre_hook(hook) for m in model.modules() if m in names or is_dynamic(m)]
-    modes = {m: m.training for m in model.modules()}
     try:
-        model.eval()
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             call_model(model, collect(batch))
     finally:
         for h in handles:
             h.remove()
-        for m, training in modes.items():
-            m.training = training
     owners: dict[int, set[str]] = {}
     for module_name, module in model.named_modules():
         for p in module.parameters(recurse=False):

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nasprune_cli.errors import LoadError
+from nasprune_cli.modes import eval_mode
 
 SETTINGS: dict[str, Any] = {
     "version": 1,
@@ -159,14 +160,8 @@ def build(width: int = SETTINGS["width"]) -> DigitsResNet:
 def score(model: nn.Module) -> float:
     """Validation accuracy (0..1) on the held-out 20% of the digits."""
     _, _, x, y = _split()
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        with torch.no_grad():
-            return float((model(x).argmax(1) == y).float().mean())
-    finally:
-        for m, training in modes.items():
-            m.training = training
+    with eval_mode(model), torch.no_grad():
+        return float((model(x).argmax(1) == y).float().mean())
 
 
 def data() -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -20,6 +20,7 @@ from nasprune_cli.graph.layers import ATOMIC_TYPES, PARAM_SIDES, handle_layer
 from nasprune_cli.graph.rules import TABLE, unknown
 from nasprune_cli.graph.watch import use_all, watched_ints
 from nasprune_cli.metrics.score import call_model
+from nasprune_cli.modes import eval_mode
 
 _WATCH_AWARE = frozenset(("view", "reshape"))  # rules that decide themselves which channel counts are used
 
@@ -243,7 +244,6 @@ def trace_model(model: nn.Module, dummy_input: Any, depth_sequentials: Iterable[
     ctx = TraceContext(model)
     depth_names = set(depth_sequentials)
     handles = []
-    modes = {m: m.training for m in model.modules()}
 
     def pre(module: nn.Module, args: tuple, kwargs: dict) -> None:
         name = ctx.names.get(id(module), "")
@@ -285,8 +285,7 @@ def trace_model(model: nn.Module, dummy_input: Any, depth_sequentials: Iterable[
                 for child_name, child in module.named_children():
                     full = f"{name}.{child_name}" if name else child_name
                     handles.append(child.register_forward_hook(child_post(name, full), with_kwargs=True))
-        model.eval()
-        with torch.no_grad(), _LabelMode(ctx):
+        with eval_mode(model), torch.no_grad(), _LabelMode(ctx):
             try:
                 output = call_model(model, dummy_input)
             except Exception as exc:  # noqa: BLE001 - any model failure becomes one clear error
@@ -299,8 +298,6 @@ def trace_model(model: nn.Module, dummy_input: Any, depth_sequentials: Iterable[
     finally:
         for h in handles:
             h.remove()
-        for m, training in modes.items():
-            m.training = training
     return Trace(
         book=ctx.book,
         sides=ctx.sides,

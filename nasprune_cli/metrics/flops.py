@@ -18,6 +18,7 @@ from torch import nn
 
 from nasprune_cli.constraints import Cost
 from nasprune_cli.errors import TraceError
+from nasprune_cli.modes import eval_mode
 
 FLOPS_UNIT = "fvcore FLOPs: one per multiply-add, on the dummy input, eval mode"
 
@@ -39,11 +40,9 @@ def fvcore_flops(model: nn.Module, dummy_input: Any, by_module: bool = False) ->
         warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
         from fvcore.nn import FlopCountAnalysis
 
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
     logging.getLogger("fvcore").setLevel(logging.ERROR)
     try:
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             analysis = FlopCountAnalysis(model, _as_tuple(dummy_input))
             analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
             if by_module:
@@ -55,9 +54,6 @@ def fvcore_flops(model: nn.Module, dummy_input: Any, by_module: bool = False) ->
             f"{type(exc).__name__}: {exc} (does the model run on that input? set it with --input-shape or the "
             "recipe's input.shape)"
         ) from exc
-    finally:
-        for m, training in modes.items():
-            m.training = training
 
 
 def _shapes(dummy_input: Any) -> str:

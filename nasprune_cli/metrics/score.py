@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from nasprune_cli.errors import SearchError
+from nasprune_cli.modes import eval_mode
 
 Collect = Callable[[Any], Any]
 ScoreFn = Callable[[nn.Module], float]
@@ -89,22 +90,19 @@ def recalibrate_bn(model: nn.Module, batches: Sequence[Any], collect: Collect = 
     norms = norm_layers(model)
     if not norms:
         return
-    modes = {m: m.training for m in model.modules()}
     momenta = {m: m.momentum for m in norms}
     try:
-        model.eval()
-        for m in norms:
-            m.reset_running_stats()
-            m.momentum = None  # cumulative moving average: every batch weighs the same
-            m.train()
-        with torch.no_grad():
-            for batch in batches:
-                call_model(model, collect(batch))
+        with eval_mode(model):
+            for m in norms:
+                m.reset_running_stats()
+                m.momentum = None  # cumulative moving average: every batch weighs the same
+                m.train()
+            with torch.no_grad():
+                for batch in batches:
+                    call_model(model, collect(batch))
     finally:
         for m, momentum in momenta.items():
             m.momentum = momentum
-        for m, training in modes.items():
-            m.training = training
 
 
 def _float_tensors(obj: Any) -> list[torch.Tensor]:
@@ -202,14 +200,8 @@ class Evaluator:
             raise SearchError(f"collect function '{self.collect_name}' raised {type(exc).__name__}: {exc}") from exc
 
     def _outputs(self) -> list[Any]:
-        modes = {m: m.training for m in self.model.modules()}
-        self.model.eval()
-        try:
-            with torch.no_grad():
-                return [self._run(self.inputs(b)) for b in self.batches]
-        finally:
-            for m, training in modes.items():
-                m.training = training
+        with eval_mode(self.model), torch.no_grad():
+            return [self._run(self.inputs(b)) for b in self.batches]
 
     def _run(self, inputs: Any) -> Any:
         try:
@@ -254,18 +246,13 @@ class Evaluator:
             if self.reference is None:
                 raise SearchError("default score: Evaluator.prepare() must run on the original model first")
             return output_agreement(self._outputs(), self.reference)
-        modes = {m: m.training for m in self.model.modules()}
-        self.model.eval()
         try:
-            with torch.no_grad():
+            with eval_mode(self.model), torch.no_grad():
                 value = self.score_fn(self.model)
         except SearchError:
             raise
         except Exception as exc:  # noqa: BLE001 - the user's score function can fail in any way
             raise SearchError(f"score function '{self.score_name}' raised {type(exc).__name__}: {exc}") from exc
-        finally:
-            for m, training in modes.items():
-                m.training = training
         return check_score(value, self.score_name)
 
 
