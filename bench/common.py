@@ -44,6 +44,7 @@ def machine_info() -> dict[str, Any]:
         "load_avg_1m": round(os.getloadavg()[0], 2),
         "python": platform.python_version(),
         "torch": torch.__version__,
+        "malloc": malloc_mode(),
     }
     for dist in ("torchvision", "fvcore", "nvidia-modelopt", "torch-pruning", "nasprune"):
         try:
@@ -158,6 +159,26 @@ def set_threads(threads: int) -> None:
     torch.set_num_threads(threads)
     with contextlib.suppress(RuntimeError):  # only settable before the first parallel op
         torch.set_num_interop_threads(1)
+
+
+# glibc keeps freed memory in the process instead of returning it to the OS (as a caching allocator such as jemalloc or
+# tcmalloc does): by default every large activation is a fresh mmap, and its page faults swamp small models' forward
+# time and move by 2x between processes (see BENCHMARKS.md, table 3)
+CACHING_MALLOC = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 40)}
+
+
+def malloc_mode() -> str:
+    """ "caching" when this process runs with CACHING_MALLOC, else "system"."""
+    return "caching" if all(os.environ.get(k) == v for k, v in CACHING_MALLOC.items()) else "system"
+
+
+def reexec_with_caching_malloc() -> None:
+    """Restart this script with CACHING_MALLOC set (glibc reads it at start); no-op when set or not on glibc."""
+    if malloc_mode() == "caching" or platform.libc_ver()[0] != "glibc":
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **CACHING_MALLOC})
 
 
 def log(msg: str) -> None:

@@ -6,7 +6,8 @@ FLOPs with nasprune's space API: convert (default FastNAS rules), sort_parameter
 for every hparam found by bisection on `space.cost`, then the relatively narrowest hparams grown one choice at a
 time while the budget allows (no score: latency depends on the shapes, not on the
 weights), export. Latency: torch.inference_mode, fixed threads, warm-up runs, median of repeated runs, at
-batch 1 and 32.
+batch 1 and 32, with glibc's allocator set to keep freed memory (bench/common.py CACHING_MALLOC; the script restarts
+itself with it, --system-malloc to time the default).
 
 Latency-aware (the CNNs, at each batch size): a latency table (nasprune_cli.metrics.latency) is measured for the
 space at that batch size, and the FLOPs budget goes to the widths that run fastest on this machine: from a uniform
@@ -35,7 +36,15 @@ from torch import nn
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tools/ (the zoo list)
 
-from common import Timer, fvcore_flops, log, quiet, set_threads, write_result  # noqa: E402
+from common import (  # noqa: E402
+    Timer,
+    fvcore_flops,
+    log,
+    quiet,
+    reexec_with_caching_malloc,
+    set_threads,
+    write_result,
+)
 
 # used when tools/zoo_models.py is absent: (name, input size)
 FALLBACK = [
@@ -317,8 +326,15 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         help="channel divisor of the latency-aware prunes' space (default: the recipe's 32)",
     )
+    parser.add_argument(
+        "--system-malloc",
+        action="store_true",
+        help="time with glibc's default allocator (page faults on every large activation) instead of a caching one",
+    )
     parser.add_argument("--name", default="latency")
     args = parser.parse_args(argv)
+    if not args.system_malloc and argv is None:
+        reexec_with_caching_malloc()
     set_threads(args.threads)
     models = zoo_models()
     if args.quick:

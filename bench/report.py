@@ -380,6 +380,19 @@ def _short_function(text: str) -> str:
 
 
 # ---- table 3 -----------------------------------------------------------------------------------------------
+def _malloc_line(data: Mapping[str, Any]) -> str:
+    """A sentence on how the run's allocator was set ("" for results from before the setting existed)."""
+    mode = data.get("machine", {}).get("malloc")
+    if mode == "caching":
+        return (
+            "glibc's allocator keeps freed memory in the process (`MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2^40`, "
+            "as jemalloc or tcmalloc would), so no forward pass page-faults its activations in again. "
+        )
+    if mode == "system":
+        return "glibc's default allocator (`--system-malloc`): large activations are page-faulted in on every pass. "
+    return ""
+
+
 def render_latency(data: Mapping[str, Any]) -> str:
     """Table 3: latency of the exported model vs the original next to the FLOPs ratio."""
     s = data.get("settings", {})
@@ -395,8 +408,8 @@ def render_latency(data: Mapping[str, Any]) -> str:
         f"`torch.inference_mode`, {s.get('threads')} thread(s); batch 1: {s.get('warmup')} warm-up runs, then the "
         f"median of {s.get('repeats')} runs; larger batches: {s.get('warmup_large', 1)} warm-up, median of "
         f"{s.get('repeats_large')} run(s); original and pruned alternate for {s.get('rounds', 2)} rounds and each "
-        f"keeps its best round. Goal: latency ratio / FLOPs ratio <= {LATENCY_GOAL} for the CNNs; the transformers "
-        "(marked *) are measured alongside.",
+        f"keeps its best round. {_malloc_line(data)}Goal: latency ratio / FLOPs ratio <= {LATENCY_GOAL} for the "
+        "CNNs; the transformers (marked *) are measured alongside.",
         "",
     ]
     header = ["model", "input", "GFLOPs", "FLOPs ratio"]

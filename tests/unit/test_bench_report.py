@@ -251,3 +251,12 @@ def test_latency_aware_tables_name_the_divisor_of_their_space() -> None:
     data["settings"]["aware_divisor"] = 8
     text = render({"latency": data})
     assert text.count("Channel divisor 8 in this space (the main table: the default rules' 32).") == 2  # 3b and 3c
+
+
+def test_latency_table_says_which_allocator_it_was_timed_with() -> None:
+    data = _latency()
+    assert "allocator" not in render({"latency": data})  # results from before the setting: no claim
+    data["machine"] = {**MACHINE, "malloc": "caching"}
+    assert "MALLOC_MMAP_MAX_=0" in render({"latency": data})
+    data["machine"] = {**MACHINE, "malloc": "system"}
+    assert "default allocator (`--system-malloc`)" in render({"latency": data})
