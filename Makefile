@@ -43,7 +43,7 @@ $(BENCH_STAMP): pyproject.toml $(STAMP)
 	$(PYTHON) -m pip install -e '.[bench]' torch==2.14.1 torchvision==0.29.1
 	touch $(BENCH_STAMP)
 
-# about 90 minutes on two CPU cores; each script writes bench/results/<name>.json
+# about 80 minutes on two CPU cores; each script writes bench/results/<name>.json
 bench: $(BENCH_STAMP)
 	$(PYTHON) bench/quality.py
 	$(PYTHON) bench/overhead.py

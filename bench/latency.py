@@ -14,7 +14,8 @@ space at that batch size, and the FLOPs budget goes to the widths that run faste
 prune at half the width ratio that meets the budget (the same floor as FastNAS's balanced rival), the width step
 that adds the most FLOPs per predicted millisecond is taken while the FLOPs stay within the budget. FLOPs stand in
 for the score here (random weights); `nasprune search --latency` trades the score per predicted millisecond instead.
-The space is converted with depth search on (recipes/autonas.yaml with `skippable: blocks`), and the one table serves
+The space is converted with depth search on (recipes/autonas.yaml with `skippable: blocks`, channel divisor 8 instead of
+its 32: --aware-divisor), and the one table serves
 two prunes: widths only (every block kept), and widths plus blocks (each skippable run keeps at least half of its
 blocks, and a step may also add a block back).
 Run: python bench/latency.py [--quick]
@@ -324,7 +325,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--aware-divisor",
         type=int,
-        help="channel divisor of the latency-aware prunes' space (default: the recipe's 32)",
+        default=8,
+        help="channel / feature divisor of the latency-aware prunes' space (the FLOPs-only prune keeps the default "
+        "rules' 32): layers narrower than 32 channels, which a mobile model's first stages are, get width choices",
     )
     parser.add_argument(
         "--system-malloc",
