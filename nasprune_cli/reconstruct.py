@@ -404,7 +404,7 @@ def _forward_order(model: nn.Module, batch: Any, collect: Callable[[Any], Any], 
             reason = f"it runs {calls[name]} times per forward pass"
         if reason is None and any(len(owners[id(p)]) > 1 for p in _params(module)):
             reason = "its weights are shared with another layer"
-        if reason is None and name in exact and calls[name] == 1:
+        if reason is None and name in exact:
             reason = EXACT
         if reason is None:
             out.append(name)
