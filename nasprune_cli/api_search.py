@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from nasprune_cli.checkpoint import digest
 from nasprune_cli.constraints import Cost, parse_constraints, satisfies
 from nasprune_cli.errors import CheckpointError, LoadError, NasPruneError, SearchError
 from nasprune_cli.metrics.latency import LATENCY_UNIT, latency_model_for
@@ -23,7 +24,7 @@ from nasprune_cli.metrics.score import (
 )
 from nasprune_cli.searchers import searcher_class
 from nasprune_cli.searchers.base import unsatisfiable_message
-from nasprune_cli.searchers.state import SearchSettings, digest, fingerprint
+from nasprune_cli.searchers.state import SearchSettings, fingerprint
 
 _DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16", torch.int64: "int64"}
 # modelopt's names for the same settings are accepted too

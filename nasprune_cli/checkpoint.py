@@ -10,94 +10,21 @@ Pruned-model file (`--output pruned.pt`):
 
 from __future__ import annotations
 
-import contextlib
-import glob
+import json
 import os
-import pickle
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
 from torch import nn
 
 from nasprune_cli.errors import CheckpointError
-from nasprune_cli.searchers.state import digest, fingerprint_difference
+from nasprune_cli.fileio import FORMAT_VERSION, atomic_save, check_kind, check_output, digest, read_torch_file
 
 STATE_KIND = "nasprune-search-state"
 PRUNED_KIND = "nasprune-pruned"
-FORMAT_VERSION = 1
-
-
-def atomic_save(obj: Any, path: str | Path) -> Path:
-    """torch.save to a temporary file next to `path`, then os.replace: readers never see a partial file."""
-    return atomic_write(path, lambda f: torch.save(obj, f))
-
-
-def atomic_write(path: str | Path, write: Callable[[BinaryIO], Any]) -> Path:
-    """Call write(f) on a temporary file next to `path`, then os.replace it there: readers never see a partial
-    file, and temporaries of earlier writes that were killed are removed."""
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise CheckpointError(f"{path}: directory '{path.parent}' does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise CheckpointError(f"{path}: cannot write: {exc}") from exc
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    _remove_stale_temporaries(path)
-    return path
-
-
-def _remove_stale_temporaries(path: Path) -> None:
-    """Delete temporary files of `path` that a killed earlier write left behind (the file itself is complete)."""
-    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-        with contextlib.suppress(OSError):
-            stale.unlink()
-
-
-def read_torch_file(path: Path, what: str) -> Any:
-    """torch.load(weights_only=True) of a nasprune file, with one-line errors naming the file and `what` it is."""
-    if not path.is_file():
-        raise CheckpointError(f"{path}: {what} not found")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"{path}: not a readable nasprune {what} (the file is empty)")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:  # a text file, or a pickle of arbitrary objects (never run here)
-        raise CheckpointError(
-            f"{path}: not a readable nasprune {what} (not a torch.save file of tensors and plain values, the only "
-            "content nasprune loads: torch.load(weights_only=True))"
-        ) from exc
-    except Exception as exc:  # noqa: BLE001 - corrupt / foreign files fail in many ways
-        raise CheckpointError(
-            f"{path}: not a readable nasprune {what} ({type(exc).__name__}: {_first_line(exc)})"
-        ) from exc
-    return data
-
-
-def _first_line(exc: Exception) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:120] if lines else "no details"
-
-
-def check_kind(path: Path, data: Any, kind: str, what: str) -> None:
-    """Refuse a file of another kind or format version."""
-    if not isinstance(data, dict) or data.get("kind") != kind:
-        found = data.get("kind") if isinstance(data, dict) else type(data).__name__
-        raise CheckpointError(f"{path}: not a nasprune {what} (kind {found!r}, expected {kind!r})")
-    if data.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path}: unsupported format_version {data.get('format_version')!r} (this nasprune reads {FORMAT_VERSION})"
-        )
 
 
 # ---- search state ------------------------------------------------------------------------------------------
@@ -132,6 +59,28 @@ def load_search_state(path: str | Path, fingerprint: Mapping[str, Any]) -> dict[
     return state
 
 
+def fingerprint_difference(stored: Mapping[str, Any], current: Mapping[str, Any]) -> str:
+    """A short description of the first key whose value differs, e.g. "model ('a:b' vs 'c:d')".
+
+    Keys are compared in the fingerprint's order (model, recipe, settings, constraints, input, hparams, ...): the
+    cause (another model) is named before its consequences (other hparams)."""
+    for key in [*current, *(k for k in stored if k not in current)]:
+        a, b = stored.get(key), current.get(key)
+        if digest(a) != digest(b):
+            if isinstance(a, Mapping) and isinstance(b, Mapping):
+                inner = fingerprint_difference(a, b)
+                return f"{key}.{inner}" if inner else key
+            was = _short(a) if key in stored else "absent"
+            now = _short(b) if key in current else "absent"
+            return f"{key} ({was} in the checkpoint vs {now} now)"
+    return ""
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 # ---- pruned model ------------------------------------------------------------------------------------------
 def save_pruned(
     path: str | Path,
@@ -142,8 +91,7 @@ def save_pruned(
 ) -> Path:
     """Write a pruned model (the exported plain model and the `state` returned by `search`) atomically."""
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise CheckpointError(f"{path}: already exists (pass --overwrite, or overwrite=True, to replace it)")
+    check_output(path, overwrite, "--overwrite, or overwrite=True,")
     summary = state.get("summary") if isinstance(state, Mapping) else None
     if not isinstance(summary, Mapping) or "config" not in summary:
         raise CheckpointError(f"{path}: `state` is not the state returned by nasprune_cli.search (no summary)")
@@ -185,10 +133,7 @@ def write_deployable(
     path = Path(path)
     if fmt not in EXPORT_FORMATS:
         raise CheckpointError(f"--format: unknown format {fmt!r} (expected one of {', '.join(EXPORT_FORMATS)})")
-    if path.exists() and not overwrite:
-        raise CheckpointError(f"{path}: already exists (pass --overwrite to replace it)")
-    if not path.parent.is_dir():
-        raise CheckpointError(f"{path}: directory '{path.parent}' does not exist")
+    check_output(path, overwrite)
     model = model.eval()
     args = dummy_input if isinstance(dummy_input, tuple) else (dummy_input,)
     gen = torch.Generator().manual_seed(1234)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nasprune_cli.checkpoint import FORMAT_VERSION, atomic_save, check_kind, read_torch_file
 from nasprune_cli.errors import CheckpointError
+from nasprune_cli.fileio import FORMAT_VERSION, atomic_save, check_kind, check_output, read_torch_file
 from nasprune_cli.recipe.load import recipe_to_dict
 from nasprune_cli.recipe.schema import Recipe
 
@@ -28,10 +28,7 @@ def save_space(
 ) -> Path:
     """Write a search-space file atomically (tmp file + os.replace); refuses to replace a file unless overwrite."""
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise CheckpointError(f"{path}: already exists (pass --overwrite to replace it)")
-    if not path.parent.is_dir():
-        raise CheckpointError(f"{path}: directory '{path.parent}' does not exist")
+    check_output(path, overwrite)
     data = {
         "kind": KIND,
         "format_version": FORMAT_VERSION,

@@ -15,7 +15,6 @@ from nasprune_cli.cli.options import (
     OutputOpt,
     OverwriteOpt,
     RecipeOpt,
-    check_output,
     dummy_input_from,
     recipe_overrides,
 )
@@ -35,6 +34,7 @@ def convert_command(
 ) -> None:
     """Convert a model into a search space (recipe rules) and save it; prints the hparams and frozen layers."""
     from nasprune_cli import convert
+    from nasprune_cli.fileio import check_output
     from nasprune_cli.loading import build_model, parse_kwargs
     from nasprune_cli.recipe.load import load_recipe
     from nasprune_cli.space_file import save_space

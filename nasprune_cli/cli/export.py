@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from nasprune_cli.cli import output
-from nasprune_cli.cli.options import JsonOpt, ModelKwargsOpt, OutputOpt, OverwriteOpt, check_output
+from nasprune_cli.cli.options import JsonOpt, ModelKwargsOpt, OutputOpt, OverwriteOpt
 
 PrunedOpt = Annotated[
     Path,
@@ -47,6 +47,7 @@ def export_command(
     from nasprune_cli.checkpoint import EXPORT_FORMATS, load_pruned, write_deployable
     from nasprune_cli.conversion import make_dummy_input
     from nasprune_cli.errors import CheckpointError
+    from nasprune_cli.fileio import check_output
     from nasprune_cli.loading import build_model, parse_kwargs
 
     if fmt not in EXPORT_FORMATS:

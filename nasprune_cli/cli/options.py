@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from nasprune_cli.errors import CheckpointError, NasPruneError
+from nasprune_cli.errors import NasPruneError
 
 if TYPE_CHECKING:
     from nasprune_cli.recipe.schema import Recipe
@@ -126,11 +126,3 @@ def dummy_input_from(recipe: Recipe | None, input_shape_override: str | list[int
         shape = recipe.input.shape if recipe is not None else [1, 3, 224, 224]
     dtype = recipe.input.dtype if recipe is not None else "float32"
     return make_dummy_input(list(shape), dtype)
-
-
-def check_output(path: Path, overwrite: bool) -> None:
-    """Fail before the slow part when an output file exists (without --overwrite) or its directory is missing."""
-    if path.exists() and not overwrite:
-        raise CheckpointError(f"{path}: already exists (pass --overwrite to replace it)")
-    if not path.parent.is_dir():
-        raise CheckpointError(f"{path}: directory '{path.parent}' does not exist")

@@ -20,7 +20,6 @@ from nasprune_cli.cli.options import (
     ParamsOpt,
     RecipeOpt,
     SeedOpt,
-    check_output,
     dummy_input_from,
     recipe_overrides,
 )
@@ -194,6 +193,7 @@ def search_command(
     """Search the best subnet within --flops / --params / --latency and write the pruned model (--output)."""
     from nasprune_cli.api_search import search, seed_everything
     from nasprune_cli.checkpoint import save_pruned
+    from nasprune_cli.fileio import check_output
     from nasprune_cli.loading import build_model, parse_kwargs
     from nasprune_cli.recipe.load import load_recipe
 

@@ -96,7 +96,7 @@ def cache_dir() -> Path:
 
 
 def _cache_path(width: int) -> Path:
-    from nasprune_cli.searchers.state import digest
+    from nasprune_cli.fileio import digest
 
     return cache_dir() / f"digits-resnet-{digest({**SETTINGS, 'width': width})}.pt"
 

@@ -313,7 +313,7 @@ def _uniform_widths(space: Any, ratio: float) -> dict[str, int]:
 
 def save_latency_table(model: LatencyModel, path: str | Path) -> Path:
     """Write a latency table as JSON atomically (temporary file, then rename)."""
-    from nasprune_cli.checkpoint import atomic_write
+    from nasprune_cli.fileio import atomic_write
 
     payload = json.dumps(model.to_dict(), indent=1).encode()
     return atomic_write(path, lambda f: f.write(payload))

@@ -6,8 +6,6 @@ written with torch.save and read back with torch.load(weights_only=True).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import random
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
@@ -133,34 +131,6 @@ def fingerprint(
     if latency is not None:
         result["latency_table"] = latency
     return result
-
-
-def digest(obj: Any) -> str:
-    """Stable short hash of a JSON-able object."""
-    text = json.dumps(obj, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def fingerprint_difference(stored: Mapping[str, Any], current: Mapping[str, Any]) -> str:
-    """A short description of the first key whose value differs, e.g. "model ('a:b' vs 'c:d')".
-
-    Keys are compared in the fingerprint's order (model, recipe, settings, constraints, input, hparams, ...): the
-    cause (another model) is named before its consequences (other hparams)."""
-    for key in [*current, *(k for k in stored if k not in current)]:
-        a, b = stored.get(key), current.get(key)
-        if digest(a) != digest(b):
-            if isinstance(a, Mapping) and isinstance(b, Mapping):
-                inner = fingerprint_difference(a, b)
-                return f"{key}.{inner}" if inner else key
-            was = _short(a) if key in stored else "absent"
-            now = _short(b) if key in current else "absent"
-            return f"{key} ({was} in the checkpoint vs {now} now)"
-    return ""
-
-
-def _short(value: Any) -> str:
-    text = json.dumps(value, default=str)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def rng_state(rng: random.Random) -> list[Any]:

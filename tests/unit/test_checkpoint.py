@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 from nasprune_cli.checkpoint import (
-    atomic_save,
     load_pruned,
     load_search_state,
     save_pruned,
@@ -17,6 +16,7 @@ from nasprune_cli.checkpoint import (
     write_deployable,
 )
 from nasprune_cli.errors import CheckpointError
+from nasprune_cli.fileio import atomic_save
 
 FP = {"model": {"entry_point": "pkg:build"}, "constraints": {"flops": 1.0}}
 

@@ -7,13 +7,13 @@ import random
 import pytest
 import torch
 
+from nasprune_cli.checkpoint import fingerprint_difference
 from nasprune_cli.errors import SearchError
+from nasprune_cli.fileio import digest
 from nasprune_cli.searchers.state import (
     SearchSettings,
     config_key,
-    digest,
     fingerprint,
-    fingerprint_difference,
     rng_state,
     set_rng_state,
 )
