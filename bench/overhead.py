@@ -100,12 +100,12 @@ def search_once(framework: str, name: str, size: int) -> tuple[nn.Module, dict[s
     dummy = torch.zeros(1, 3, size, size)
     rss_before = current_rss_mb()
     if framework == "nasprune":
-        from nasprune_cli.api_search import search
+        from nasprune_cli import search
 
         # the same work as modelopt's search: no least-squares refit of the weights afterwards
         config = {"score": score, "data": calib, "max_batches": 1, "searcher": "binary", "reconstruct": False}
         with Timer() as t, quiet(f"overhead_{framework}"):
-            pruned, state = search(model, {"flops": BUDGET}, dummy, config=config)
+            pruned = search(model, {"flops": BUDGET}, dummy, config=config).model
     else:
         import modelopt.torch.prune as mtp
 
@@ -139,7 +139,7 @@ def one(framework: str, name: str, size: int, out: Path, profile: bool, threads:
         if framework == "modelopt":
             import modelopt.torch.prune  # noqa: F401
         else:
-            import nasprune_cli.api_search  # noqa: F401
+            import nasprune_cli.searching  # noqa: F401
         import torchvision  # noqa: F401
     rss_imports = current_rss_mb()
     search_once(framework, "resnet18", 64)  # warm-up: one-time lazy imports and caches are not measured

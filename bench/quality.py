@@ -117,9 +117,10 @@ def run_nasprune(
         **settings,
     }
     with Timer() as t, quiet("quality_nasprune"):
-        pruned, state = search(model, {"flops": f"{flops_pct:g}%"}, task.dummy_input(), config=config)
+        result = search(model, {"flops": f"{flops_pct:g}%"}, task.dummy_input(), config=config)
+    pruned, state = result.model, result.state
     winner = next((c["source"] for c in state["candidates"] if c["config"] == state["best"]["config"]), None)
-    refit = state["summary"]["reconstruction"]
+    refit = result.reconstruction.to_dict()
     extra = {
         "searcher_evaluations": state["evaluations"],
         "settings": settings,

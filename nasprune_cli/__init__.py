@@ -14,10 +14,19 @@ __all__ = [
     "restore",
     "save",
     "search",
+    "SearchResult",
     "SearchSpace",
 ]
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # what the lazy imports below give, for type checkers and editors
+    from nasprune_cli.checkpoint import restore
+    from nasprune_cli.checkpoint import save_pruned as save
+    from nasprune_cli.conversion import convert
+    from nasprune_cli.metrics.latency import measure_latency
+    from nasprune_cli.profiling import profile
+    from nasprune_cli.recipe.load import load_recipe
+    from nasprune_cli.searching.api import search
+    from nasprune_cli.searching.result import SearchResult
     from nasprune_cli.space import SearchSpace
 
 _LAZY = {
@@ -25,8 +34,9 @@ _LAZY = {
     "profile": ("nasprune_cli.profiling", "profile"),
     "load_recipe": ("nasprune_cli.recipe.load", "load_recipe"),
     "SearchSpace": ("nasprune_cli.space", "SearchSpace"),
-    "search": ("nasprune_cli.api_search", "search"),
-    "restore": ("nasprune_cli.api_search", "restore"),
+    "SearchResult": ("nasprune_cli.searching.result", "SearchResult"),
+    "search": ("nasprune_cli.searching.api", "search"),
+    "restore": ("nasprune_cli.checkpoint", "restore"),
     "save": ("nasprune_cli.checkpoint", "save_pruned"),
     "measure_latency": ("nasprune_cli.metrics.latency", "measure_latency"),
 }

@@ -13,15 +13,20 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from nasprune_cli.errors import CheckpointError
+from nasprune_cli.errors import CheckpointError, NasPruneError
 from nasprune_cli.fileio import FORMAT_VERSION, atomic_save, check_kind, check_output, digest, read_torch_file
+
+if TYPE_CHECKING:
+    from nasprune_cli.searching.result import SearchResult
+    from nasprune_cli.space import SearchSpace
 
 STATE_KIND = "nasprune-search-state"
 PRUNED_KIND = "nasprune-pruned"
@@ -82,28 +87,21 @@ def _short(value: Any) -> str:
 
 
 # ---- pruned model ------------------------------------------------------------------------------------------
-def save_pruned(
-    path: str | Path,
-    model: nn.Module,
-    state: Mapping[str, Any],
-    *,
-    overwrite: bool = False,
-) -> Path:
-    """Write a pruned model (the exported plain model and the `state` returned by `search`) atomically."""
+def save_pruned(path: str | Path, result: SearchResult, *, overwrite: bool = False) -> Path:
+    """Write a pruned model (a `search()` result: the exported model, its subnet, recipe and metrics) atomically."""
     path = Path(path)
     check_output(path, overwrite, "--overwrite, or overwrite=True,")
-    summary = state.get("summary") if isinstance(state, Mapping) else None
-    if not isinstance(summary, Mapping) or "config" not in summary:
-        raise CheckpointError(f"{path}: `state` is not the state returned by nasprune_cli.search (no summary)")
+    if not hasattr(result, "summary") or not isinstance(getattr(result, "model", None), nn.Module):
+        raise CheckpointError(f"{path}: expected the SearchResult returned by nasprune_cli.search")
     data = {
         "kind": PRUNED_KIND,
         "format_version": FORMAT_VERSION,
-        "model": dict(summary["model"]),
-        "recipe": summary["recipe"],
-        "input": dict(summary["input"]),
-        "config": dict(summary["config"]),
-        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-        "metrics": dict(summary["metrics"]),
+        "model": dict(result.model_spec),
+        "recipe": result.recipe,
+        "input": dict(result.input),
+        "config": dict(result.config),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in result.model.state_dict().items()},
+        "metrics": result.metrics(),
     }
     return atomic_save(data, path)
 
@@ -117,6 +115,62 @@ def load_pruned(path: str | Path) -> dict[str, Any]:
         if key not in data:
             raise CheckpointError(f"{path}: corrupt pruned-model file (missing '{key}')")
     return data
+
+
+def restore(model: nn.Module | None, path: str | Path, dummy_input: Any = None) -> nn.Module:
+    """Rebuild a pruned model from a fresh original model and a file written by `save` / `--output`.
+
+    The model is converted with the stored recipe and input shape, the stored subnet is selected and exported,
+    and the stored weights are loaded. `model` None builds it from the stored entry point.
+    """
+    path = Path(path)
+    data = load_pruned(path)
+    space = rebuild_space(path, data, model, dummy_input)
+    entry_point = data["model"].get("entry_point")
+    try:
+        space.select(data["config"])
+    except NasPruneError as exc:
+        raise CheckpointError(
+            f"{path}: the stored subnet does not fit this model ({exc}); pass a fresh instance of the model the "
+            f"search ran on ({entry_point})"
+        ) from exc
+    pruned = space.export()
+    try:
+        pruned.load_state_dict(data["state_dict"], strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[:3])[:300]
+        raise CheckpointError(
+            f"{path}: the stored weights do not match the rebuilt model ({detail}); pass a fresh instance of "
+            f"{entry_point} with the same kwargs"
+        ) from exc
+    return pruned
+
+
+def rebuild_space(path: Path, data: Mapping[str, Any], model: nn.Module | None, dummy_input: Any) -> SearchSpace:
+    """Convert a fresh original model as a stored file says (recipe, input shape); None model: built from the
+    stored entry point. Shared by pruned-model and search-space files."""
+    from nasprune_cli.conversion import convert, make_dummy_input
+    from nasprune_cli.loading import build_model
+    from nasprune_cli.recipe.load import recipe_from_dict
+
+    entry_point = data["model"].get("entry_point")
+    if model is None:
+        model = build_model(entry_point, dict(data["model"].get("kwargs") or {}))
+    if not isinstance(model, nn.Module):
+        raise CheckpointError(f"restore: expected a fresh nn.Module to rebuild from (got {type(model).__name__})")
+    recipe = recipe_from_dict(data["recipe"], f"{path}: recipe") if data["recipe"] is not None else None
+    if dummy_input is None:
+        dummy_input = make_dummy_input(list(data["input"]["shape"]), data["input"].get("dtype", "float32"))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # unused recipe patterns were reported when the file was written
+            return convert(model, recipe, dummy_input)
+    except NasPruneError as exc:
+        raise CheckpointError(
+            f"{path}: cannot rebuild the model from the given model ({exc}); pass a fresh instance of the "
+            f"model the file was made from ({entry_point})"
+        ) from exc
 
 
 # ---- deployable model --------------------------------------------------------------------------------------

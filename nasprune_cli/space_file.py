@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nasprune_cli.checkpoint import rebuild_space
 from nasprune_cli.errors import CheckpointError
 from nasprune_cli.fileio import FORMAT_VERSION, atomic_save, check_kind, check_output, read_torch_file
 from nasprune_cli.recipe.load import recipe_to_dict
@@ -63,30 +64,17 @@ def load_space(path: str | Path) -> dict[str, Any]:
 def restore_space(path: str | Path, model: nn.Module | None = None, dummy_input: Any = None) -> SearchSpace:
     """Rebuild the converted model of a search-space file (None model: built from the stored entry point)."""
     # e.g. to train the converted model for AutoNAS; the hparams must come out as stored, the stored subnet is active
-    import warnings
-
-    from nasprune_cli.conversion import convert, make_dummy_input
-    from nasprune_cli.loading import build_model
-    from nasprune_cli.recipe.load import recipe_from_dict
-
     path = Path(path)
     data = load_space(path)
-    entry_point = data["model"]["entry_point"]
-    if model is None:
-        model = build_model(entry_point, dict(data["model"].get("kwargs") or {}))
-    recipe = recipe_from_dict(data["recipe"], f"{path}: recipe")
-    if dummy_input is None:
-        dummy_input = make_dummy_input(list(data["input"]["shape"]), data["input"].get("dtype", "float32"))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # unused recipe patterns were reported by `nasprune convert`
-        space = convert(model, recipe, dummy_input)
+    space = rebuild_space(path, data, model, dummy_input)
     stored = {hp["name"]: list(hp["choices"]) for hp in data["hparams"]}
     found = {name: list(hp.choices) for name, hp in space.hparams.items()}
     if stored != found:
+        spec = data["model"]
         diff = sorted(set(stored) ^ set(found)) or sorted(n for n in stored if stored[n] != found[n])
         raise CheckpointError(
             f"{path}: the model converts to other hparams than the stored ones (first difference: {diff[0]}); pass a "
-            f"fresh instance of {entry_point} with the stored kwargs {data['model'].get('kwargs') or {}}"
+            f"fresh instance of {spec['entry_point']} with the stored kwargs {spec.get('kwargs') or {}}"
         )
     space.select(data["config"])
     return space

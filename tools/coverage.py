@@ -46,7 +46,8 @@ def run_model(entry: ZooModel, flops: str, ratios: list[float] | None) -> dict[s
     space = convert(model, search_recipe, x)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        pruned, state = search(space, {"flops": flops}, x, {"recipe": search_recipe, "max_batches": 1})
+        result = search(space, {"flops": flops}, x, {"recipe": search_recipe, "max_batches": 1})
+    pruned = result.model
     seconds = time.perf_counter() - start
     with torch.no_grad():
         expected, got, original = space.model(x), pruned.eval()(x), reference(x)
@@ -63,7 +64,7 @@ def run_model(entry: ZooModel, flops: str, ratios: list[float] | None) -> dict[s
         "min_ratio": min_ratio,
         "ratio": fvcore_flops(pruned, x) / space.original_cost.flops,
         "seconds": seconds,
-        "evaluations": state["summary"]["metrics"]["evaluations"],
+        "evaluations": result.evaluations,
         "frozen": reasons,
     }
 

@@ -72,12 +72,9 @@ app = typer.Typer(
 
 
 def _register_commands() -> None:
-    """Add every command module that exists (search / export may land later) via its register(app)."""
+    """Add every command via its module's register(app)."""
     for name in _COMMANDS:
-        module_name = f"nasprune_cli.cli.{name}"
-        if importlib.util.find_spec(module_name) is None:
-            continue
-        importlib.import_module(module_name).register(app)
+        importlib.import_module(f"nasprune_cli.cli.{name}").register(app)
 
 
 _register_commands()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -95,7 +96,6 @@ def recipe_overrides(
     input_shape: str | None = None,
     flops: str | None = None,
     params: str | None = None,
-    seed: int | None = None,
     latency: str | None = None,
 ) -> dict[str, Any]:
     """The recipe keys set on the command line, as nested overrides for `load_recipe`."""
@@ -107,8 +107,6 @@ def recipe_overrides(
     constraints = {name: value for name, value in given if value is not None}
     if constraints:
         search["constraints"] = constraints
-    if seed is not None:
-        search["seed"] = seed
     if search:
         overrides["search"] = search
     return overrides
@@ -126,3 +124,14 @@ def dummy_input_from(recipe: Recipe | None, input_shape_override: str | list[int
         shape = recipe.input.shape if recipe is not None else [1, 3, 224, 224]
     dtype = recipe.input.dtype if recipe is not None else "float32"
     return make_dummy_input(list(shape), dtype)
+
+
+def setting_flags(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The given command-line flags named like a search setting (a field of the recipe's `search` section)."""
+    from nasprune_cli.recipe.schema import SearchSettings
+
+    return {
+        name: str(value) if isinstance(value, Path) else value
+        for name, value in params.items()
+        if name in SearchSettings.model_fields and value is not None
+    }

@@ -22,6 +22,7 @@ from nasprune_cli.cli.options import (
     SeedOpt,
     dummy_input_from,
     recipe_overrides,
+    setting_flags,
 )
 
 SearcherOpt = Annotated[
@@ -59,15 +60,15 @@ CollectOpt = Annotated[
 ]
 MaxBatchesOpt = Annotated[
     int | None,
-    typer.Option("--max-batches", min=1, help="Data batches used per score evaluation.", show_default=False),
+    typer.Option("--max-batches", help="Data batches used per score evaluation.", show_default=False),
 ]
 IterationsOpt = Annotated[
     int | None,
-    typer.Option("--iterations", min=1, help="evolve / random: subnets scored in total.", show_default=False),
+    typer.Option("--iterations", help="evolve / random: subnets scored in total.", show_default=False),
 ]
 PopulationOpt = Annotated[
     int | None,
-    typer.Option("--population-size", min=2, help="evolve: subnets per generation.", show_default=False),
+    typer.Option("--population-size", help="evolve: subnets per generation.", show_default=False),
 ]
 ReconstructOpt = Annotated[
     bool | None,
@@ -110,7 +111,7 @@ SensitivityOpt = Annotated[
     typer.Option(
         "--sensitivity",
         help="binary: 'budget' (default: drops monotone in the width, only the choices the budget can reach are "
-        "scored) or 'full' (every choice scored, measured drops as they are: the first version).",
+        "scored) or 'full' (every choice scored, measured drops as they are).",
         show_default=False,
     ),
 ]
@@ -152,7 +153,7 @@ LatencyTableOpt = Annotated[
 ]
 LatencyBatchOpt = Annotated[
     int | None,
-    typer.Option("--latency-batch", min=1, help="--latency: batch size to measure at (default 1).", show_default=False),
+    typer.Option("--latency-batch", help="--latency: batch size to measure at (default 1).", show_default=False),
 ]
 SearchOutputOpt = Annotated[
     Path | None,
@@ -161,6 +162,7 @@ SearchOutputOpt = Annotated[
 
 
 def search_command(
+    ctx: typer.Context,
     model: ModelOpt,
     model_kwargs: ModelKwargsOpt = None,
     recipe: RecipeOpt = None,
@@ -191,29 +193,18 @@ def search_command(
     json_out: JsonOpt = False,
 ) -> None:
     """Search the best subnet within --flops / --params / --latency and write the pruned model (--output)."""
-    from nasprune_cli.api_search import search, seed_everything
     from nasprune_cli.checkpoint import save_pruned
     from nasprune_cli.fileio import check_output
     from nasprune_cli.loading import build_model, parse_kwargs
     from nasprune_cli.recipe.load import load_recipe
+    from nasprune_cli.searching import search, search_options
+    from nasprune_cli.searching.prepare import seed_everything
 
     kwargs = parse_kwargs(model_kwargs)
-    overrides = recipe_overrides(input_shape=input_shape, flops=flops, params=params, seed=seed, latency=latency)
-    flags = {
-        "searcher": searcher,
-        "score": score,
-        "data": data,
-        "collect": collect,
-        "max_batches": max_batches,
-        "iterations": iterations,
-        "population_size": population_size,
-        "checkpoint": str(checkpoint) if checkpoint is not None else None,
-        "latency_table": str(latency_table) if latency_table is not None else None,
-        "latency_batch": latency_batch,
-    }
-    search_overrides = {k: v for k, v in flags.items() if v is not None}
-    if search_overrides:
-        overrides.setdefault("search", {}).update(search_overrides)
+    overrides = recipe_overrides(input_shape=input_shape, flops=flops, params=params, latency=latency)
+    settings = setting_flags(ctx.params)  # every flag named like a field of the recipe's search section
+    if settings:
+        overrides.setdefault("search", {}).update(settings)
     loaded = load_recipe(recipe, overrides, "command line")
     if output_path is not None:
         check_output(output_path, overwrite)  # fail before the slow part
@@ -222,31 +213,17 @@ def search_command(
 
     seed_everything(loaded.search.seed)  # a builder that initialises randomly builds the same model every run
     net = build_model(model, kwargs)
-    config: dict[str, Any] = {
-        "recipe": loaded,
-        "model_spec": {"entry_point": model, "kwargs": kwargs},
-        "checkpoint": loaded.search.checkpoint,
-    }
+    config: dict[str, Any] = {"recipe": loaded, "model_spec": {"entry_point": model, "kwargs": kwargs}}
     wants_latency = loaded.search.constraints.get("latency") is not None
     if wants_latency and loaded.search.latency_table is None and output_path is not None:
         config["latency_table"] = str(output_path.with_name(f"{output_path.stem}.latency.json"))
-    binary = {
-        "fill": fill,
-        "descent": descent,
-        "sensitivity": sensitivity,
-        "width_floor": width_floor,
-        "rival_floor": rival_floor,
-    }
-    for key, value in {**binary, "importance": importance, "reconstruct": reconstruct}.items():
-        if value is not None:
-            config[key] = value
     with _Progress(enabled=sys.stderr.isatty()) as on_progress:
-        config["on_progress"] = on_progress
-        pruned, state = search(net, dict(loaded.search.constraints), dummy_input_from(loaded, None), config)
+        options = search_options({**config, "on_progress": on_progress})
+        result = search(net, None, dummy_input_from(loaded, None), options)
     if output_path is not None:
-        save_pruned(output_path, pruned, state, overwrite=overwrite)
+        save_pruned(output_path, result, overwrite=overwrite)
 
-    summary = state["summary"]
+    summary = result.summary()
     if json_out:
         output.print_json({**summary, "output": str(output_path) if output_path is not None else None})
     else:

@@ -13,7 +13,7 @@ from nasprune_cli.recipe.schema import (
     InputSection,
     LayerRule,
     Recipe,
-    SearchSection,
+    SearchSettings,
     SequentialRule,
 )
 
@@ -27,7 +27,7 @@ __all__ = [
     "LayerRule",
     "Recipe",
     "ResolvedRules",
-    "SearchSection",
+    "SearchSettings",
     "SequentialRule",
     "load_recipe",
     "recipe_from_dict",

@@ -10,9 +10,9 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from nasprune_cli.errors import RecipeError
-from nasprune_cli.recipe.schema import MODULE_TYPES, InputSection, Recipe, SearchSection, rule_fields
+from nasprune_cli.recipe.schema import MODULE_TYPES, InputSection, Recipe, SearchSettings, rule_fields
 
-_SECTIONS: dict[str, type[BaseModel]] = {"search": SearchSection, "input": InputSection}
+_SECTIONS: dict[str, type[BaseModel]] = {"search": SearchSettings, "input": InputSection}
 _MAX_VALUE_CHARS = 80
 
 
@@ -32,6 +32,15 @@ def load_recipe(
     if overrides:
         data = _merge(data, overrides)
     return _validate(data, source, overrides or {}, overrides_source)
+
+
+def search_settings(
+    base: SearchSettings | None, overrides: Mapping[str, Any], source: str = "search config"
+) -> SearchSettings:
+    """`base` (a recipe's search section, None: defaults) with `overrides` merged over it, validated like a recipe;
+    an error names `source` and the key path (e.g. `search config: search.fill: ...`)."""
+    data = {**(base.model_dump(exclude_unset=True) if base is not None else {}), **overrides}
+    return _validate({"search": data}, source).search
 
 
 def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:

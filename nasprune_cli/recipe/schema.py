@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     AfterValidator,
@@ -247,34 +247,56 @@ def _error(
     return InitErrorDetails(type=PydanticCustomError(kind, escaped, context or None), loc=loc, input=value)
 
 
-class SearchSection(BaseModel):
-    """How `nasprune search` runs: budgets, searcher, score and data entry points, searcher parameters."""
+SearcherName = Literal["binary", "evolve", "random"]
+SEARCHERS: tuple[str, ...] = get_args(SearcherName)
+SensitivityMode = Literal["budget", "full"]
+ImportanceMethod = Literal["magnitude", "consumer"]
+DEFAULT_CANDIDATE_SIZE = 10
+# settings that act on the found subnet only: a checkpoint resumes across them
+AFTER_SEARCH_SETTINGS = ("reconstruct",)
+
+
+class SearchSettings(BaseModel):
+    """The recipe's `search` section: the one definition of every search setting.
+
+    `nasprune search` builds it from its flags over the recipe, `search()` from its config over the recipe, and the
+    searchers read it. A new setting is a field here plus a command-line option."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
     constraints: dict[str, str | float] = Field(default_factory=dict)  # flops / params / latency: "60%", "450M", "25ms"
     latency_table: str | None = None  # latency constraint: JSON table, read when it exists, else measured and written
-    latency_batch: int | None = Field(None, ge=1)  # latency constraint: batch size the table is measured at (1)
-    searcher: Literal["binary", "evolve", "random"] | None = None  # None: binary (fastnas) / evolve (autonas)
+    latency_batch: int | None = Field(None, ge=1)  # latency constraint: batch size of the table; None: an attached
+    # table's batch size, else 1
+    searcher: SearcherName | None = None  # None: the recipe mode's searcher (binary for fastnas, evolve for autonas)
     checkpoint: str | None = None  # search state file, resumed when it exists
     score: str | None = None  # "pkg.module:fn", fn(model) -> float, higher is better
     data: str | None = None  # "pkg.module:fn", fn() -> iterable of batches (BN recalibration, default score)
     collect: str | None = None  # "pkg.module:fn", fn(batch) -> model inputs; default: batch[0] of a tuple / list batch
     max_batches: int = Field(8, ge=1)  # batches of `data` used per evaluation
     seed: int = 0
-    fill: bool | None = None  # binary: grow hparams greedily after the threshold search; None: default (on)
-    descent: bool | None = None  # binary: also score the cost-aware descent subnet, keep the better; None: on
-    sensitivity: Literal["budget", "full"] | None = None  # binary: None: default ("budget")
-    importance: Literal["magnitude", "consumer"] | None = None  # channel order; None: default ("magnitude")
-    reconstruct: bool | None = None  # refit the kept weights by least squares on `data` after the search; None: on
-    width_floor: float | None = Field(None, ge=0, le=1)  # binary: share of the uniform width ratio; None: 0 (off)
-    rival_floor: float | None = Field(None, ge=0, le=1)  # binary: floor of the balanced rival; None: 0.5
+    fill: bool = True  # binary: grow hparams greedily after the threshold search
+    descent: bool = True  # binary: also score the cost-aware descent subnet, keep the better
+    sensitivity: SensitivityMode = "budget"  # binary: budget (monotone drops, probe what the budget reaches) | full
+    importance: ImportanceMethod = "magnitude"  # channel order (nasprune_cli.importance)
+    reconstruct: bool = True  # refit the kept weights by least squares on `data` after the search
+    width_floor: float = Field(0.0, ge=0, le=1)  # binary: no width below this share of the uniform ratio; 0: off
+    rival_floor: float = Field(0.5, ge=0, le=1)  # binary: floor of the balanced rival subnet; 0: off
     iterations: int = Field(100, ge=1)  # evolve / random: number of subnets evaluated
-    population_size: int = Field(20, ge=2)  # evolve: subnets per generation
+    population_size: int = Field(20, ge=1)  # evolve: subnets per generation
     candidate_size: int | None = Field(None, ge=1)  # evolve: best subnets kept as parents; None: min(10, population)
     mutation_prob: float = Field(0.1, ge=0, le=1)  # evolve: probability to resample each hparam when mutating
     crossover_size: int = Field(10, ge=0)  # evolve: children made by crossover per generation
     mutation_size: int = Field(10, ge=0)  # evolve: children made by mutation per generation
+
+    def resolved(self, mode: str = "fastnas") -> SearchSettings:
+        """A copy with the defaults that depend on other values filled in: the mode's searcher, candidate_size."""
+        return self.model_copy(
+            update={
+                "searcher": self.searcher or ("evolve" if mode == "autonas" else "binary"),
+                "candidate_size": self.candidate_size or min(DEFAULT_CANDIDATE_SIZE, self.population_size),
+            }
+        )
 
     @field_validator("constraints")
     @classmethod
@@ -327,11 +349,6 @@ class InputSection(BaseModel):
     shape: Annotated[Any, BeforeValidator(_check_shape)] = Field(default_factory=lambda: [1, 3, 224, 224])
     dtype: Literal["float32", "float16", "bfloat16", "int64"] = "float32"
 
-    @property
-    def shapes(self) -> list[list[int]]:
-        """Every input's shape, as a list even for a single input."""
-        return [list(s) for s in self.shape] if self.shape and isinstance(self.shape[0], list) else [list(self.shape)]
-
 
 class Recipe(BaseModel):
     """A whole recipe file: mode, layer rules, search and input sections."""
@@ -342,15 +359,12 @@ class Recipe(BaseModel):
     mode: Literal["fastnas", "autonas"] = "fastnas"
     description: str = ""
     rules: Annotated[RulesTable | None, WrapValidator(_validate_rules)] = None
-    search: SearchSection = Field(default_factory=SearchSection)
+    search: SearchSettings = Field(default_factory=SearchSettings)
     input: InputSection = Field(default_factory=InputSection)
 
-    @property
-    def searcher(self) -> str:
-        """The searcher to run: search.searcher, or the mode's default (binary for fastnas, evolve for autonas)."""
-        if self.search.searcher is not None:
-            return self.search.searcher
-        return "evolve" if self.mode == "autonas" else "binary"
+    def search_settings(self) -> SearchSettings:
+        """The search section with the defaults that depend on the mode (the searcher) filled in."""
+        return self.search.resolved(self.mode)
 
     def rules_table(self) -> RulesTable:
         """The effective rules: the `rules` section, or the mode's defaults when it is absent."""

@@ -9,14 +9,14 @@ import pytest
 import torch
 import torchvision
 
-from nasprune_cli.api_search import config_keys, restore, search
-from nasprune_cli.checkpoint import load_pruned, save_pruned, write_deployable
+from nasprune_cli.checkpoint import load_pruned, restore, save_pruned, write_deployable
 from nasprune_cli.conversion import convert
 from nasprune_cli.demo import DigitsResNet, build, score
 from nasprune_cli.dynamic import is_dynamic
 from nasprune_cli.errors import CheckpointError, LoadError, SearchError
 from nasprune_cli.metrics.flops import count_params, fvcore_flops
 from nasprune_cli.recipe.load import load_recipe, recipe_from_dict
+from nasprune_cli.searching import config_keys, search
 from tests.toys import TOYS, Residual
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,37 +39,41 @@ def flops_half() -> tuple[torch.nn.Module, dict]:
 
 @pytest.mark.parametrize("name", ["flops", "params"])
 def test_demo_at_half_budget_lands_between_45_and_50_percent(name: str, flops_half: tuple) -> None:
-    pruned, state = flops_half if name == "flops" else demo_search({"params": "50%"})
+    result = flops_half if name == "flops" else demo_search({"params": "50%"})
+    pruned = result.model
     original = build()
     measured = {"flops": fvcore_flops(pruned, DIGIT), "params": count_params(pruned)}[name]
     reference = {"flops": fvcore_flops(original, DIGIT), "params": count_params(original)}[name]
     assert 0.45 <= measured / reference <= 0.50
-    metrics = state["summary"]["metrics"]
+    metrics = result.summary()["metrics"]
     assert metrics["pruned"][name] == measured and metrics["original"][name] == reference
     assert metrics["original"]["score"] == pytest.approx(score(original), abs=0.01)
     assert metrics["pruned"]["score"] == pytest.approx(score(pruned))  # accuracy after, as reported
     assert metrics["pruned"]["score"] > 0.9
     assert metrics["score_name"] == "nasprune_cli.demo:score"
-    assert state["summary"]["layers"] and all(r["kept"] <= r["original"] for r in state["summary"]["layers"])
+    assert result.summary()["layers"] and all(r["kept"] <= r["original"] for r in result.summary()["layers"])
 
 
 def test_same_seed_same_pruned_model(flops_half: tuple) -> None:
-    pruned, state = flops_half
-    again, state2 = demo_search({"flops": "50%"})
-    assert state2["summary"]["config"] == state["summary"]["config"]
+    result = flops_half
+    pruned = result.model
+    result2 = demo_search({"flops": "50%"})
+    again = result2.model
+    assert result2.summary()["config"] == result.summary()["config"]
     for (k, a), (_, b) in zip(pruned.state_dict().items(), again.state_dict().items(), strict=True):
         assert torch.equal(a, b), k
 
 
 def test_restore_rebuilds_the_exported_model(tmp_path: Path, flops_half: tuple) -> None:
-    pruned, state = flops_half
+    result = flops_half
+    pruned = result.model
     path = tmp_path / "pruned.pt"
-    save_pruned(path, pruned, state)
+    save_pruned(path, result)
     data = load_pruned(path)
     assert data["model"] == {"entry_point": "nasprune_cli.demo:build", "kwargs": {}}
     assert data["input"] == {"shape": [1, 1, 8, 8], "dtype": "float32"}
     assert data["format_version"] == 1 and data["recipe"]["mode"] == "fastnas"
-    assert data["config"] == state["summary"]["config"] and data["metrics"] == state["summary"]["metrics"]
+    assert data["config"] == result.summary()["config"] and data["metrics"] == result.summary()["metrics"]
     assert data["state_dict"].keys() == pruned.state_dict().keys()
     fresh = DigitsResNet()  # untrained: every weight comes from the file
     rebuilt = restore(fresh, path)
@@ -88,7 +92,8 @@ def test_exported_onnx_matches_torch(tmp_path: Path, flops_half: tuple) -> None:
     pytest.importorskip("onnxruntime")
     import onnxruntime as ort
 
-    pruned, _ = flops_half
+    __result = flops_half
+    pruned = __result.model
     path = tmp_path / "model.onnx"
     result = write_deployable(pruned, path, "onnx", torch.randn(1, 1, 8, 8))
     assert result["max_abs_diff"] < 1e-4
@@ -112,12 +117,13 @@ def test_population_searchers_meet_constraints_on_resnet18(searcher: str) -> Non
         "max_batches": 1,
     }
     with pytest.warns(UserWarning, match="no --data given"):
-        pruned, state = search(model, {"flops": "60%", "params": "70%"}, torch.randn(1, 3, 32, 32), config)
-    bounds = state["summary"]["constraints"]
+        result = search(model, {"flops": "60%", "params": "70%"}, torch.randn(1, 3, 32, 32), config)
+        pruned, state = result.model, result.state
+    bounds = result.summary()["constraints"]
     assert fvcore_flops(pruned, torch.randn(1, 3, 32, 32)) <= bounds["flops"]
     assert count_params(pruned) <= bounds["params"]
     assert len(state["history"]) == 6
-    assert state["summary"]["metrics"]["original"]["score"] == pytest.approx(1.0)  # default score of the original
+    assert result.summary()["metrics"]["original"]["score"] == pytest.approx(1.0)  # default score of the original
     assert state["evaluations"] <= 7
 
 
@@ -127,10 +133,11 @@ def test_binary_on_a_converted_space_with_default_score() -> None:
     space = convert(Residual(), None, dummy)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        pruned, state = search(space, {"flops": "40%"}, None, {"max_batches": 2})
+        result = search(space, {"flops": "40%"}, None, {"max_batches": 2})
+        pruned, state = result.model, result.state
     assert fvcore_flops(pruned, dummy) <= 0.4 * space.original_cost.flops
-    assert state["summary"]["metrics"]["pruned"]["score"] <= 1.0
-    assert space.config() == state["summary"]["config"]
+    assert result.summary()["metrics"]["pruned"]["score"] <= 1.0
+    assert space.config() == result.summary()["config"]
     # the default score of the original is 1.0 by definition: not evaluated, only the map and the candidates are
     assert state["original_score"] == 1.0
     scored = sum(len(v) for v in state["sensitivity_map"].values())
@@ -155,10 +162,11 @@ def test_search_then_restore_on_every_toy(tmp_path: Path, toy: str, mode: str) -
         config.update(searcher="evolve", iterations=4, population_size=4, candidate_size=2)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        pruned, state = search(make(), {"flops": "70%"}, dummy, config)
-    assert fvcore_flops(pruned, dummy) <= state["summary"]["constraints"]["flops"]
+        result = search(make(), {"flops": "70%"}, dummy, config)
+        pruned = result.model
+    assert fvcore_flops(pruned, dummy) <= result.summary()["constraints"]["flops"]
     path = tmp_path / "pruned.pt"
-    save_pruned(path, pruned, state)
+    save_pruned(path, result)
     torch.manual_seed(1)  # another initialisation: every weight must come from the file
     rebuilt = restore(make(), path, dummy_input=dummy)
     x = torch.randn(*shape)
@@ -193,7 +201,7 @@ def test_config_keys_are_checked() -> None:
 def test_cost_checks_never_retrace_and_fvcore_confirms_the_result(monkeypatch: pytest.MonkeyPatch) -> None:
     """The model is traced once and fvcore runs twice (original, final subnet), however many subnets are costed."""
     import nasprune_cli.conversion as conversion
-    import nasprune_cli.metrics.flops as flops
+    import nasprune_cli.searching.finish as finish
 
     calls = {"trace": 0, "fvcore": 0}
 
@@ -206,7 +214,7 @@ def test_cost_checks_never_retrace_and_fvcore_confirms_the_result(monkeypatch: p
 
     monkeypatch.setattr(conversion, "trace_model", counted("trace", conversion.trace_model))
     monkeypatch.setattr(conversion, "fvcore_flops", counted("fvcore", conversion.fvcore_flops))
-    monkeypatch.setattr(flops, "fvcore_flops", counted("fvcore", flops.fvcore_flops))
+    monkeypatch.setattr(finish, "fvcore_flops", counted("fvcore", finish.fvcore_flops))
     torch.manual_seed(0)
     dummy = torch.randn(1, 3, 16, 16)
     model = Residual()
@@ -222,12 +230,13 @@ def test_cost_checks_never_retrace_and_fvcore_confirms_the_result(monkeypatch: p
     config = {"searcher": "random", "iterations": 12, "max_batches": 1}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        pruned, state = search(space, {"flops": "60%"}, None, config)
+        result = search(space, {"flops": "60%"}, None, config)
+        pruned, state = result.model, result.state
     assert len(state["history"]) == 12
     assert calls == {"trace": 1, "fvcore": 2}  # + the final subnet, confirmed on the exported model
-    assert state["summary"]["metrics"]["pruned"]["flops"] == fvcore_flops(pruned, dummy)
+    assert result.summary()["metrics"]["pruned"]["flops"] == fvcore_flops(pruned, dummy)
 
-    monkeypatch.setattr(flops, "fvcore_flops", lambda *args, **kwargs: 1e18)  # a cost model that would be wrong
+    monkeypatch.setattr(finish, "fvcore_flops", lambda *args, **kwargs: 1e18)  # a cost model that would be wrong
     with warnings.catch_warnings(), pytest.raises(SearchError, match="breaks the budget when fvcore counts it"):
         warnings.simplefilter("ignore")
         search(space, {"flops": "60%"}, None, config)
@@ -250,11 +259,12 @@ def test_a_model_with_several_inputs_is_searched_on_random_batches_of_all_of_the
     torch.manual_seed(0)
     dummy = (torch.randn(2, 3, 8, 8), torch.randn(2, 10))
     with pytest.warns(UserWarning, match="no --data given"):
-        pruned, state = search(TwoInputs(), {"flops": "70%"}, dummy, {"max_batches": 2})
-    assert fvcore_flops(pruned, dummy) <= state["summary"]["constraints"]["flops"]
-    assert state["summary"]["input"] == {"shape": [[2, 3, 8, 8], [2, 10]], "dtype": "float32"}
+        result = search(TwoInputs(), {"flops": "70%"}, dummy, {"max_batches": 2})
+        pruned = result.model
+    assert fvcore_flops(pruned, dummy) <= result.summary()["constraints"]["flops"]
+    assert result.summary()["input"] == {"shape": [[2, 3, 8, 8], [2, 10]], "dtype": "float32"}
     path = tmp_path / "pruned.pt"
-    save_pruned(path, pruned, state)
+    save_pruned(path, result)
     rebuilt = restore(TwoInputs(), path)  # the stored input shapes rebuild the space
     with torch.no_grad():
         torch.testing.assert_close(rebuilt.eval()(*dummy), pruned.eval()(*dummy))
@@ -288,16 +298,16 @@ def test_latency_budget_is_met_by_the_prediction_and_a_rerun_reads_the_same_tabl
     smallest = space.cost(space.min()).latency
     bound = (smallest + measured.original_ms) / 2
     config = {"latency_table": str(table), "latency_batch": 4}
-    pruned, state = demo_search({"latency": f"{bound}ms"}, **config)
-    summary = state["summary"]
+    result = demo_search({"latency": f"{bound}ms"}, **config)
+    summary = result.summary()
     assert summary["latency"]["measured"] is False and summary["latency"]["batch"] == 4
     assert summary["metrics"]["latency_ms"]["pruned"] <= bound
     assert summary["metrics"]["latency_ms"]["original"] == pytest.approx(measured.original_ms)
     assert summary["metrics"]["latency_ratio"] < 1.0
     space.select(summary["config"])
     assert space.cost().latency == pytest.approx(summary["metrics"]["latency_ms"]["pruned"])
-    _, again = demo_search({"latency": f"{bound}ms"}, **config)
-    assert again["summary"]["config"] == summary["config"]
+    again_result = demo_search({"latency": f"{bound}ms"}, **config)
+    assert again_result.summary()["config"] == summary["config"]
 
 
 def test_a_checkpoint_made_with_another_latency_table_is_refused(tmp_path: Path) -> None:
@@ -324,11 +334,11 @@ def test_a_latency_table_attached_to_the_space_is_used_as_it_is() -> None:
     space = convert(build(), DEMO, DIGIT)
     table = measure_latency(space, batch=2, repeats=1)
     space.attach_latency(table)
-    _, state = search(space, {"latency": "100%"}, None, {"recipe": DEMO})
-    assert state["summary"]["latency"]["measured"] is False and state["summary"]["latency"]["batch"] == 2
-    _, same_batch = search(space, {"latency": "100%"}, None, {"recipe": DEMO, "latency_batch": 2})
-    assert same_batch["summary"]["latency"]["measured"] is False
-    assert state["summary"]["metrics"]["latency_ms"]["original"] == table.original_ms
+    result = search(space, {"latency": "100%"}, None, {"recipe": DEMO})
+    assert result.summary()["latency"]["measured"] is False and result.summary()["latency"]["batch"] == 2
+    same_batch_result = search(space, {"latency": "100%"}, None, {"recipe": DEMO, "latency_batch": 2})
+    assert same_batch_result.summary()["latency"]["measured"] is False
+    assert result.summary()["metrics"]["latency_ms"]["original"] == table.original_ms
 
 
 class _ResBlock(torch.nn.Module):
@@ -372,8 +382,9 @@ def test_autonas_latency_search_skips_blocks_within_the_predicted_budget(tmp_pat
     config.update(searcher="evolve", iterations=12, population_size=6, candidate_size=3)
     bound = 0.6 * table.original_ms
     with pytest.warns(UserWarning, match="no --data given"):
-        pruned, state = search(_stage_model(), {"latency": f"{bound}ms"}, dummy, config)
-    summary = state["summary"]
+        result = search(_stage_model(), {"latency": f"{bound}ms"}, dummy, config)
+        pruned = result.model
+    summary = result.summary()
     assert summary["metrics"]["latency_ms"]["pruned"] <= bound
     space.select(summary["config"])
     assert space.cost().latency == pytest.approx(summary["metrics"]["latency_ms"]["pruned"])
@@ -384,5 +395,5 @@ def test_autonas_latency_search_skips_blocks_within_the_predicted_budget(tmp_pat
     assert fvcore_flops(pruned, dummy) == pytest.approx(space.cost().flops, abs=0.5)
     assert count_params(pruned) == space.cost().params
     with pytest.warns(UserWarning, match="no --data given"):
-        _, again = search(_stage_model(), {"latency": f"{bound}ms"}, dummy, config)
-    assert again["summary"]["config"] == summary["config"]
+        again_result = search(_stage_model(), {"latency": f"{bound}ms"}, dummy, config)
+    assert again_result.summary()["config"] == summary["config"]

@@ -17,6 +17,7 @@ from nasprune_cli.checkpoint import (
 )
 from nasprune_cli.errors import CheckpointError
 from nasprune_cli.fileio import atomic_save
+from nasprune_cli.searching.result import Figures, Reconstruction, SearchResult
 
 FP = {"model": {"entry_point": "pkg:build"}, "constraints": {"flops": 1.0}}
 
@@ -84,30 +85,40 @@ def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path: Path) -> No
         atomic_save({}, tmp_path / "nope" / "x.pt")
 
 
-def summary_state() -> dict:
-    return {
-        "summary": {
-            "model": {"entry_point": "pkg:build", "kwargs": {}},
-            "recipe": None,
-            "input": {"shape": [1, 4], "dtype": "float32"},
-            "config": {"h": 2},
-            "metrics": {"original": {"flops": 8.0}},
-        }
-    }
+def a_result(model: nn.Module) -> SearchResult:
+    return SearchResult(
+        model=model,
+        config={"h": 2},
+        searcher="binary",
+        score_name="acc",
+        original=Figures(8.0, 10.0, 1.0),
+        pruned=Figures(4.0, 6.0, 0.9),
+        evaluations=3,
+        constraints={"flops": 4.0},
+        layers=[],
+        reconstruction=Reconstruction(False, "off"),
+        latency=None,
+        model_spec={"entry_point": "pkg:build", "kwargs": {}},
+        recipe=None,
+        input={"shape": [1, 4], "dtype": "float32"},
+        state={},
+    )
 
 
 def test_pruned_file_round_trip_and_overwrite(tmp_path: Path) -> None:
     path = tmp_path / "pruned.pt"
     model = nn.Linear(4, 2)
-    save_pruned(path, model, summary_state())
+    save_pruned(path, a_result(model))
     data = load_pruned(path)
     assert data["config"] == {"h": 2} and data["model"]["entry_point"] == "pkg:build"
+    assert data["metrics"]["flops_ratio"] == 0.5 and data["metrics"]["pruned"]["score"] == 0.9
     assert torch.equal(data["state_dict"]["weight"], model.weight)
     with pytest.raises(CheckpointError, match="pruned.pt: already exists \\(pass --overwrite"):
-        save_pruned(path, model, summary_state())
-    save_pruned(path, nn.Linear(4, 2), summary_state(), overwrite=True)
-    with pytest.raises(CheckpointError, match="not the state returned by nasprune_cli.search"):
-        save_pruned(tmp_path / "other.pt", model, {"best": {}})
+        save_pruned(path, a_result(model))
+    save_pruned(path, a_result(nn.Linear(4, 2)), overwrite=True)
+    assert not torch.equal(load_pruned(path)["state_dict"]["weight"], model.weight)
+    with pytest.raises(CheckpointError, match="expected the SearchResult returned by nasprune_cli.search"):
+        save_pruned(tmp_path / "other.pt", {"best": {}})  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("fmt", ["state_dict", "torchscript", "onnx"])

@@ -65,7 +65,7 @@ def test_module_types_cover_the_convertible_layers() -> None:
 def test_default_recipe() -> None:
     recipe = Recipe()
     assert (recipe.version, recipe.mode, recipe.rules) == (1, "fastnas", None)
-    assert recipe.searcher == "binary"
+    assert recipe.search_settings().searcher == "binary"
     assert recipe.input.shape == [1, 3, 224, 224] and recipe.input.dtype == "float32"
     assert recipe.search.max_batches == 8 and recipe.search.constraints == {}
     table = recipe.rules_table()
@@ -76,13 +76,16 @@ def test_default_recipe() -> None:
 
 def test_autonas_defaults_include_sequential_and_evolve() -> None:
     recipe = Recipe(mode="autonas")
-    assert recipe.searcher == "evolve"
+    assert recipe.search_settings().searcher == "evolve"
     assert set(recipe.rules_table()) == set(MODULE_TYPES)
     assert default_rules("autonas")["nn.Sequential"] == {"*": SequentialRule()}
 
 
 def test_explicit_searcher_wins_over_mode_default() -> None:
-    assert Recipe.model_validate({"mode": "autonas", "search": {"searcher": "random"}}).searcher == "random"
+    assert (
+        Recipe.model_validate({"mode": "autonas", "search": {"searcher": "random"}}).search_settings().searcher
+        == "random"
+    )
 
 
 def test_unnested_config_is_short_for_star_pattern() -> None:
@@ -121,8 +124,8 @@ def test_rule_models_reject_unknown_keys_and_bad_values() -> None:
 
 def test_input_section_accepts_several_shapes() -> None:
     recipe = Recipe.model_validate({"input": {"shape": [[1, 3, 8, 8], [1, 4]], "dtype": "int64"}})
-    assert recipe.input.shapes == [[1, 3, 8, 8], [1, 4]]
-    assert Recipe().input.shapes == [[1, 3, 224, 224]]
+    assert recipe.input.shape == [[1, 3, 8, 8], [1, 4]] and recipe.input.dtype == "int64"
+    assert Recipe().input.shape == [1, 3, 224, 224]
 
 
 def test_recipe_dict_round_trip_is_json_able() -> None:
@@ -154,10 +157,10 @@ def test_shipped_recipes_load(tmp_path: object) -> None:
 
     root = Path(__file__).resolve().parents[2] / "recipes"
     fast = load_recipe(root / "fastnas.yaml")
-    assert fast.mode == "fastnas" and fast.description and fast.searcher == "binary"
+    assert fast.mode == "fastnas" and fast.description and fast.search_settings().searcher == "binary"
     assert fast.rules == default_rules("fastnas")  # the FastNAS defaults, written out
     auto = load_recipe(root / "autonas.yaml")
-    assert auto.mode == "autonas" and auto.description and auto.searcher == "evolve"
+    assert auto.mode == "autonas" and auto.description and auto.search_settings().searcher == "evolve"
     assert auto.rules["nn.Sequential"] == {"*": SequentialRule(min_depth=1)}
     assert auto.rules["nn.Conv2d"] == fast.rules["nn.Conv2d"]
     # a small population on the command line needs no candidate_size: it defaults to min(10, population_size)

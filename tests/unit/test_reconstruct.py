@@ -9,16 +9,16 @@ import pytest
 import torch
 from torch import nn
 
-from nasprune_cli.api_search import restore, search
-from nasprune_cli.checkpoint import save_pruned
+from nasprune_cli.checkpoint import restore, save_pruned
 from nasprune_cli.conversion import convert
 from nasprune_cli.demo import build
 from nasprune_cli.demo.digits import _split, data, score
-from nasprune_cli.errors import SearchError
+from nasprune_cli.errors import RecipeError
 from nasprune_cli.metrics.score import recalibrate_bn
-from nasprune_cli.recipe.load import load_recipe
-from nasprune_cli.reconstruct import RIDGES, Normal, held_out_fit, reconstructed
-from nasprune_cli.searchers.state import SearchSettings
+from nasprune_cli.recipe.load import load_recipe, search_settings
+from nasprune_cli.recipe.schema import SearchSettings
+from nasprune_cli.searching import search
+from nasprune_cli.searching.reconstruct import RIDGES, Normal, held_out_fit, reconstructed
 from tests.toys import TOYS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -134,25 +134,27 @@ def test_refit_recovers_held_out_accuracy_of_the_digits_model() -> None:
 
 def test_search_refits_keeps_the_searched_model_on_request_and_restores_the_refit(tmp_path: Path) -> None:
     config = {"recipe": DEMO, "model_spec": {"entry_point": "nasprune_cli.demo:build", "kwargs": {}}}
-    pruned, state = search(build(), {"flops": "50%"}, None, config)
-    plain, plain_state = search(build(), {"flops": "50%"}, None, {**config, "reconstruct": False})
-    info, off = state["summary"]["reconstruction"], plain_state["summary"]["reconstruction"]
+    result = search(build(), {"flops": "50%"}, None, config)
+    pruned = result.model
+    plain_result = search(build(), {"flops": "50%"}, None, {**config, "reconstruct": False})
+    plain = plain_result.model
+    info, off = result.summary()["reconstruction"], plain_result.summary()["reconstruction"]
     assert info["applied"] and info["layers"] > 0 and info["mean_error_after"] < info["mean_error_before"]
-    assert state["summary"]["config"] == plain_state["summary"]["config"]  # the refit does not change the search
-    assert info["score_before"] == plain_state["summary"]["metrics"]["pruned"]["score"]
-    assert state["summary"]["metrics"]["pruned"]["score"] == pytest.approx(score(pruned)) == info["score_after"]
+    assert result.summary()["config"] == plain_result.summary()["config"]  # the refit does not change the search
+    assert info["score_before"] == plain_result.summary()["metrics"]["pruned"]["score"]
+    assert result.summary()["metrics"]["pruned"]["score"] == pytest.approx(score(pruned)) == info["score_after"]
     assert info["score_after"] >= info["score_before"]
     assert not off["applied"] and off["reason"].startswith("off")
     assert pruned.state_dict().keys() == plain.state_dict().keys()
     assert any(not torch.equal(a, plain.state_dict()[k]) for k, a in pruned.state_dict().items())
-    path = save_pruned(tmp_path / "pruned.pt", pruned, state)
+    path = save_pruned(tmp_path / "pruned.pt", result)
     rebuilt = restore(build(), path)
     x = torch.randn(4, 1, 8, 8)
     assert torch.equal(rebuilt.eval()(x), pruned.eval()(x))
 
 
 def test_a_refit_that_lowers_the_score_is_not_kept(monkeypatch: pytest.MonkeyPatch) -> None:
-    import nasprune_cli.reconstruct as rec
+    import nasprune_cli.searching.reconstruct as rec
 
     write = rec._write
 
@@ -161,24 +163,25 @@ def test_a_refit_that_lowers_the_score_is_not_kept(monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setattr(rec, "_write", noisy)
     config = {"recipe": DEMO, "reconstruct": True}
-    pruned, state = search(build(), {"flops": "50%"}, None, config)
-    info = state["summary"]["reconstruction"]
+    result = search(build(), {"flops": "50%"}, None, config)
+    pruned = result.model
+    info = result.summary()["reconstruction"]
     assert not info["applied"] and info["score_after"] < info["score_before"]
-    assert state["summary"]["metrics"]["pruned"]["score"] == info["score_before"] == pytest.approx(score(pruned))
+    assert result.summary()["metrics"]["pruned"]["score"] == info["score_before"] == pytest.approx(score(pruned))
 
 
 def test_without_data_nothing_is_refitted_and_the_reason_is_given() -> None:
     _, space, _ = toy_space("chain")
     with pytest.warns(UserWarning, match="no --data"):
-        _, state = search(space, {"flops": "70%"}, None, {"max_batches": 1})
-    info = state["summary"]["reconstruction"]
+        result = search(space, {"flops": "70%"}, None, {"max_batches": 1})
+    info = result.summary()["reconstruction"]
     assert not info["applied"] and "no data" in info["reason"]
 
 
 def test_reconstruct_setting_must_be_a_bool() -> None:
-    with pytest.raises(SearchError, match="search.reconstruct: expected true or false"):
-        SearchSettings(reconstruct="yes").check()  # type: ignore[arg-type]
-    assert "reconstruct" in SearchSettings.names()
+    with pytest.raises(RecipeError, match=r"search.reconstruct: expected true or false \(got 'yes'\)"):
+        search_settings(None, {"reconstruct": "yes"})
+    assert SearchSettings().reconstruct is True
 
 
 def test_the_digits_split_keeps_validation_out_of_the_refit_data() -> None:
@@ -191,11 +194,13 @@ def test_the_digits_split_keeps_validation_out_of_the_refit_data() -> None:
 def test_a_checkpoint_resumes_across_the_reconstruct_setting(tmp_path: Path) -> None:
     checkpoint = tmp_path / "state.pt"
     config = {"recipe": DEMO, "checkpoint": str(checkpoint)}
-    _, first = search(build(), {"flops": "50%"}, None, config)
-    _, again = search(build(), {"flops": "50%"}, None, {**config, "reconstruct": False})  # not refused
-    assert again["summary"]["config"] == first["summary"]["config"]
+    first_result = search(build(), {"flops": "50%"}, None, config)
+    first = first_result.state
+    again_result = search(build(), {"flops": "50%"}, None, {**config, "reconstruct": False})  # not refused
+    again = again_result.state
+    assert again_result.summary()["config"] == first_result.summary()["config"]
     assert again["evaluations"] == first["evaluations"]  # finished state: nothing scored again
-    assert not again["summary"]["reconstruction"]["applied"]
+    assert not again_result.summary()["reconstruction"]["applied"]
 
 
 def folds_of(x: torch.Tensor, y: torch.Tensor) -> tuple[Normal, Normal]:

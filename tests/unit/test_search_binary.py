@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 
 from nasprune_cli.constraints import Cost, satisfies
-from nasprune_cli.errors import SearchError
-from nasprune_cli.searchers.binary import BinarySearcher
-from nasprune_cli.searchers.floor import floor_choices, floored_hparams, uniform_config
-from nasprune_cli.searchers.sensitivity import SensitivityMap
-from nasprune_cli.searchers.state import SearchSettings
+from nasprune_cli.errors import RecipeError
+from nasprune_cli.recipe.load import search_settings
+from nasprune_cli.recipe.schema import SearchSettings
+from nasprune_cli.searching.binary import BinarySearcher
+from nasprune_cli.searching.floor import floor_choices, floored_hparams, uniform_config
+from nasprune_cli.searching.sensitivity import SensitivityMap
 from nasprune_cli.space import Hparam
 from tests.unit.test_search_searchers import FakeEvaluator, FakeSpace, budget, run
 
@@ -155,8 +156,8 @@ def test_descent_and_threshold_agreeing_are_scored_once() -> None:
 
 @pytest.mark.parametrize(("key", "value"), [("sensitivity", "lazy"), ("importance", "l1")])
 def test_unknown_modes_are_refused(key: str, value: str) -> None:
-    with pytest.raises(SearchError, match=rf"search\.{key}: unknown .*'{value}'"):
-        SearchSettings(**{key: value}).check()
+    with pytest.raises(RecipeError, match=rf"search\.{key}: expected one of .*\(got '{value}'\)"):
+        search_settings(None, {key: value})
 
 
 @pytest.mark.parametrize("late", [1, 2, 5])
@@ -249,10 +250,15 @@ def test_the_floor_leaves_depth_and_kernel_hparams_alone() -> None:
     assert floored["d"] is hps["d"]
 
 
+OUT_OF_RANGE = r"(must be [<>]= [01]\.0|expected a number)"
+
+
 @pytest.mark.parametrize("value", [-0.1, 1.5, "half", True])
 def test_bad_width_floor_is_refused(value: object) -> None:
-    with pytest.raises(SearchError, match=r"search\.width_floor: expected a number in \[0, 1\]"):
-        SearchSettings(width_floor=value).check()  # type: ignore[arg-type]
+    with pytest.raises(
+        RecipeError, match=rf"search\.width_floor: (must be [<>]= [01].0|expected a number) \(got {value!r}\)"
+    ):
+        search_settings(None, {"width_floor": value})
 
 
 # ---- balanced rival ----------------------------------------------------------------------------------------
@@ -309,5 +315,7 @@ def test_the_balanced_rival_wins_when_bottlenecks_hurt() -> None:
 
 @pytest.mark.parametrize("value", [-0.1, 1.5, "half", True])
 def test_bad_rival_floor_is_refused(value: object) -> None:
-    with pytest.raises(SearchError, match=r"search\.rival_floor: expected a number in \[0, 1\]"):
-        SearchSettings(rival_floor=value).check()  # type: ignore[arg-type]
+    with pytest.raises(
+        RecipeError, match=rf"search\.rival_floor: (must be [<>]= [01].0|expected a number) \(got {value!r}\)"
+    ):
+        search_settings(None, {"rival_floor": value})

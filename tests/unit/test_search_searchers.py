@@ -12,11 +12,12 @@ import torch
 
 from nasprune_cli.constraints import Cost
 from nasprune_cli.errors import CheckpointError, NasPruneError, SearchError
-from nasprune_cli.searchers import searcher_class
-from nasprune_cli.searchers.binary import BinarySearcher
-from nasprune_cli.searchers.evolve import EvolveSearcher
-from nasprune_cli.searchers.random import RandomSearcher
-from nasprune_cli.searchers.state import SearchSettings, config_key
+from nasprune_cli.recipe.schema import SearchSettings
+from nasprune_cli.searching.base import config_key
+from nasprune_cli.searching.binary import BinarySearcher
+from nasprune_cli.searching.evolve import EvolveSearcher
+from nasprune_cli.searching.random import RandomSearcher
+from nasprune_cli.searching.registry import searcher_class
 from nasprune_cli.space import Hparam
 
 

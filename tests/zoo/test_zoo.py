@@ -63,10 +63,11 @@ def test_zoo_model_converts_searches_and_exports(name: str) -> None:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the no --data warning
-        pruned, state = search(space, {"flops": "60%"}, x, {"recipe": recipe, "max_batches": 1})
+        result = search(space, {"flops": "60%"}, x, {"recipe": recipe, "max_batches": 1})
+        pruned = result.model
     ratio = fvcore_flops(pruned, x) / space.original_cost.flops
     assert 0.5 <= ratio <= 0.6
-    assert state["summary"]["metrics"]["flops_ratio"] == pytest.approx(ratio)
+    assert result.summary()["metrics"]["flops_ratio"] == pytest.approx(ratio)
     assert not any(is_dynamic(m) for m in pruned.modules())
     with torch.no_grad():
         dynamic_out = space.model(x)

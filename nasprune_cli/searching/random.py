@@ -6,8 +6,7 @@ import random
 from collections.abc import Mapping
 from typing import Any
 
-from nasprune_cli.searchers.base import Searcher
-from nasprune_cli.searchers.state import config_key
+from nasprune_cli.searching.base import Searcher, config_key
 
 LOWER_BOUND_RATIO = 0.85  # candidates are kept between 0.85x and 1x of each upper bound
 _MAX_RETRIES = 10  # attempts to draw a subnet that has not been scored yet

@@ -16,16 +16,19 @@ from typing import Any, ClassVar
 from nasprune_cli.checkpoint import load_search_state, save_search_state
 from nasprune_cli.constraints import Cost, satisfies
 from nasprune_cli.errors import CheckpointError, SearchError
-from nasprune_cli.searchers.state import SearchSettings, rng_state, set_rng_state
+from nasprune_cli.recipe.schema import SearchSettings
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
 
-def unsatisfiable_message(bounds: Mapping[str, float], smallest: Cost, original: Cost) -> str | None:
-    """One-line error when even the smallest subnet breaks a budget, else None."""
+def check_bounds(bounds: Mapping[str, float], space: Any) -> None:
+    """Raise a SearchError when there is no budget, or when even the smallest subnet breaks one."""
+    if not bounds:
+        raise SearchError("no constraints: pass --flops, --params and/or --latency (e.g. --flops 60%)")
+    smallest, original = space.cost(space.min()), space.original_cost
     failed = [name for name, bound in bounds.items() if smallest.get(name) > bound]
     if not failed:
-        return None
+        return
     unit = {"latency": " ms (predicted)"}
     parts = [
         f"{name} <= {bounds[name]:.4g}{unit.get(name, '')} ({bounds[name] / max(original.get(name), 1e-12):.1%} of "
@@ -36,7 +39,7 @@ def unsatisfiable_message(bounds: Mapping[str, float], smallest: Cost, original:
     hint = "(smaller channels_ratio / channel_divisor); `nasprune profile` shows the achievable range"
     if "latency" in failed:
         hint += "; layers that are frozen, and time spent outside prunable layers, do not shrink with the width"
-    return (
+    raise SearchError(
         f"constraints cannot be met: {'; '.join(parts)}; raise the budget, or widen the search space in the recipe "
         + hint
     )
@@ -81,15 +84,10 @@ class Searcher(ABC):
         return self.state
 
     def sanitize(self) -> None:
-        """Check settings and budgets; fail before any score evaluation when no subnet can meet the budgets."""
-        self.settings.check()
+        """Check the checkpoint directory and the budgets: fail before any score evaluation when none can be met."""
         if self.checkpoint is not None and not self.checkpoint.parent.is_dir():
             raise CheckpointError(f"{self.checkpoint}: directory '{self.checkpoint.parent}' does not exist")
-        if not self.bounds:
-            raise SearchError("no constraints: pass --flops, --params and/or --latency (e.g. --flops 60%)")
-        message = unsatisfiable_message(self.bounds, self.space.cost(self.space.min()), self.space.original_cost)
-        if message:
-            raise SearchError(message)
+        check_bounds(self.bounds, self.space)
 
     def default_state(self) -> dict[str, Any]:
         """The state of a fresh search; subclasses add their keys."""
@@ -180,3 +178,20 @@ class Searcher(ABC):
         """Report progress to the caller's callback (the library never prints)."""
         if self.on_progress is not None:
             self.on_progress(stage, done, total)
+
+
+def rng_state(rng: random.Random) -> list[Any]:
+    """random.Random state as nested lists (weights_only-safe)."""
+    version, internal, gauss = rng.getstate()
+    return [version, list(internal), gauss]
+
+
+def set_rng_state(rng: random.Random, state: list[Any]) -> None:
+    """Restore a state written by rng_state."""
+    version, internal, gauss = state
+    rng.setstate((version, tuple(internal), gauss))
+
+
+def config_key(config: Mapping[str, int]) -> str:
+    """A hashable, stable key of a subnet config."""
+    return ",".join(f"{k}={config[k]}" for k in sorted(config))

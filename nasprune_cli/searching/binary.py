@@ -1,10 +1,10 @@
 """FastNAS: a sensitivity map, a binary search on the tolerated score drop, a greedy fill, and a cost-aware rival.
 
-0. Width floor (`width_floor`, nasprune_cli.searchers.floor): from the cost model alone, the largest uniform width
+0. Width floor (`width_floor`, nasprune_cli.searching.floor): from the cost model alone, the largest uniform width
    ratio r_u that meets the budgets; every width hparam then keeps only its choices >= width_floor x r_u x its
    maximum, in every step below: a guard against bottlenecks (layers cut far below the uniform width).
    width_floor=0, the default, keeps every choice.
-1. Sensitivity map (nasprune_cli.searchers.sensitivity): the score of the model with one hparam reduced to one
+1. Sensitivity map (nasprune_cli.searching.sensitivity): the score of the model with one hparam reduced to one
    choice (all others at their maximum), BN recalibrated; drop(h, c) = original score - that score. By default
    (`sensitivity="budget"`) drops are monotone in the width and only the choices the budget can reach are scored;
    `sensitivity="full"` scores every choice and keeps the measured drops (the first version).
@@ -32,9 +32,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from nasprune_cli.searchers.base import Searcher
-from nasprune_cli.searchers.floor import floor_choices, floored_hparams, uniform_ratio
-from nasprune_cli.searchers.sensitivity import SensitivityMap
+from nasprune_cli.searching.base import Searcher
+from nasprune_cli.searching.floor import floor_choices, floored_hparams, uniform_ratio
+from nasprune_cli.searching.sensitivity import SensitivityMap
 
 
 class BinarySearcher(Searcher):

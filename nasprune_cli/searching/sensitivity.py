@@ -17,8 +17,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-SENSITIVITY_MODES = ("budget", "full")
-
 
 class SensitivityMap:
     """Drops, thresholds and probe order over the stored scores `{hparam: {choice: score}}` (updated in place)."""

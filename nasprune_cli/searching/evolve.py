@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from nasprune_cli.searchers.random import RandomSearcher
-from nasprune_cli.searchers.state import config_key
+from nasprune_cli.searching.base import config_key
+from nasprune_cli.searching.random import RandomSearcher
 
 
 class EvolveSearcher(RandomSearcher):

@@ -1,0 +1,43 @@
+"""`search()`: find the best subnet of a model within FLOPs / params / latency budgets and export it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from torch import nn
+
+from nasprune_cli.searching.finish import finish
+from nasprune_cli.searching.options import SearchOptions, search_options
+from nasprune_cli.searching.prepare import prepare
+from nasprune_cli.searching.registry import searcher_class
+from nasprune_cli.searching.result import SearchResult
+from nasprune_cli.space import SearchSpace
+
+
+def search(
+    model: nn.Module | SearchSpace,
+    constraints: Mapping[str, str | float | None] | None = None,
+    dummy_input: Any = None,
+    config: Mapping[str, Any] | SearchOptions | None = None,
+) -> SearchResult:
+    """Search the best subnet within the constraints and return it exported, with its figures (a SearchResult).
+
+    `model` is a SearchSpace, or an nn.Module converted here (in place) with the recipe. `constraints` default to the
+    recipe's `search.constraints`. `config` is a SearchOptions or a mapping of: recipe (Recipe, path or dict),
+    model_spec ({entry_point, kwargs}), on_progress(stage, done, total), and any setting of the recipe's `search`
+    section (score / data / collect may also be callables, data an iterable of batches); they win over the recipe's.
+    """
+    options = config if isinstance(config, SearchOptions) else search_options(config)
+    prepared = prepare(model, constraints, dummy_input, options)
+    searcher = searcher_class(str(options.settings.searcher))(
+        prepared.space,
+        prepared.evaluator,
+        prepared.bounds,
+        options.settings,
+        checkpoint=options.settings.checkpoint,
+        fingerprint=prepared.fingerprint,
+        on_progress=options.on_progress,
+    )
+    state = searcher.search()
+    return finish(prepared, options, state)

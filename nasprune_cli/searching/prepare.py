@@ -1,0 +1,161 @@
+"""Before the searcher runs: the search space, the budgets, the latency table, the data and the fingerprint."""
+
+from __future__ import annotations
+
+import random
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from nasprune_cli.constraints import parse_constraints
+from nasprune_cli.errors import SearchError
+from nasprune_cli.fileio import digest
+from nasprune_cli.metrics.latency import LATENCY_UNIT, latency_model_for
+from nasprune_cli.metrics.score import Evaluator, inputs_as_given, load_batches, random_batches
+from nasprune_cli.recipe.load import recipe_to_dict
+from nasprune_cli.searching.base import check_bounds
+from nasprune_cli.searching.fingerprint import fingerprint, weights_digest
+from nasprune_cli.searching.options import SearchOptions
+from nasprune_cli.searching.result import LatencyInfo
+from nasprune_cli.space import SearchSpace
+
+NO_DATA_WARNING = (
+    "no --data given: BatchNorm statistics are recalibrated, and subnets scored, on random inputs shaped like the "
+    "dummy input; a subnet ranked on noise can rank differently on real inputs, so pass --data (a few training "
+    "batches) for a meaningful search"
+)
+_DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16", torch.int64: "int64"}
+
+
+@dataclass
+class Prepared:
+    """A search ready to run: the converted space with its best-first channel order, and what the searcher needs."""
+
+    space: SearchSpace
+    dummy_input: Any
+    bounds: dict[str, float]
+    evaluator: Evaluator
+    has_data: bool  # False: the batches are random inputs
+    latency: LatencyInfo | None
+    model_spec: dict[str, Any]
+    input_spec: dict[str, Any]
+    recipe: dict[str, Any] | None
+    fingerprint: dict[str, Any]
+
+
+def prepare(
+    model: nn.Module | SearchSpace,
+    constraints: Mapping[str, str | float | None] | None,
+    dummy_input: Any,
+    options: SearchOptions,
+) -> Prepared:
+    """Convert the model (unless it is a space), set the budgets, load the data and fingerprint the search."""
+    space, dummy_input = _space(model, dummy_input, options)
+    constraints = dict(constraints or options.settings.constraints)
+    latency = _attach_latency(space, constraints, options)
+    bounds = parse_constraints(constraints, space.original_cost)
+    check_bounds(bounds, space)  # before the data is loaded or any subnet is scored
+    evaluator = _evaluator(space, dummy_input, options)
+    model_spec = options.model_spec or _class_spec(space.model)
+    input_spec = _input_spec(dummy_input)
+    recipe = recipe_to_dict(options.recipe) if options.recipe is not None else None
+    fp = fingerprint(
+        model=model_spec,
+        recipe=recipe,
+        settings=options.settings,
+        bounds=bounds,
+        input_spec=input_spec,
+        hparams={n: list(hp.choices) for n, hp in space.hparams.items()},
+        score=options.score.name if options.score.value is not None else "default",
+        data=options.data.name,
+        collect=options.collect.name,
+        weights=weights_digest(space.model),
+        latency=_digest_latency(space),
+    )
+    has_data = options.data.value is not None
+    return Prepared(space, dummy_input, bounds, evaluator, has_data, latency, model_spec, input_spec, recipe, fp)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, torch's and numpy's global random generators."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed % 2**32)
+    except ImportError:  # pragma: no cover - numpy comes with torch in practice
+        pass
+
+
+def _space(model: nn.Module | SearchSpace, dummy_input: Any, options: SearchOptions) -> tuple[SearchSpace, Any]:
+    """The search space of a model (converted in place with the recipe) and the dummy input it was traced on."""
+    if isinstance(model, SearchSpace):
+        return model, model.dummy_input if dummy_input is None else dummy_input
+    if not isinstance(model, nn.Module):
+        raise SearchError(f"search: expected an nn.Module or a SearchSpace (got {type(model).__name__})")
+    from nasprune_cli.conversion import convert, dummy_input_for
+
+    dummy_input = dummy_input_for(options.recipe) if dummy_input is None else dummy_input
+    return convert(model, options.recipe, dummy_input), dummy_input
+
+
+def _attach_latency(space: SearchSpace, constraints: Mapping[str, Any], options: SearchOptions) -> LatencyInfo | None:
+    """Attach the latency table a `latency` constraint needs (the caller's, read from its file, or measured)."""
+    if constraints.get("latency") is None:
+        space.attach_latency(None)
+        return None
+    table, batch = options.settings.latency_table, options.settings.latency_batch
+    attached = space.latency_model
+    if table is None and attached is not None and batch in (None, attached.meta["batch"]):  # the caller's table
+        latency_model, measured_now, batch = attached, False, attached.meta["batch"]
+    else:
+        batch = batch or 1
+        latency_model, measured_now = latency_model_for(space, table, int(batch), options.on_progress)
+    space.attach_latency(latency_model)
+    return LatencyInfo(table, measured_now, int(batch), latency_model.meta["threads"], LATENCY_UNIT)
+
+
+def _evaluator(space: SearchSpace, dummy_input: Any, options: SearchOptions) -> Evaluator:
+    """The scorer of the active subnet, on the data batches (or random ones), with the original's reference kept."""
+    settings = options.settings
+    collect = options.collect.value
+    if options.data.value is None:
+        warnings.warn(NO_DATA_WARNING, stacklevel=4)
+        batches = random_batches(dummy_input, settings.max_batches, settings.seed)
+        if collect is None:  # a random batch is the model's whole input (a tuple: all its positional inputs)
+            collect = inputs_as_given
+    else:
+        batches = load_batches(options.data.value, settings.max_batches, options.data.name)
+    seed_everything(settings.seed)
+    space.sort_parameters(settings.importance)
+    space.select(space.max())
+    score = options.score
+    evaluator = Evaluator(space.model, batches, collect, score.value, score.name, options.collect.name)
+    evaluator.prepare()
+    return evaluator
+
+
+def _digest_latency(space: SearchSpace) -> str | None:
+    return digest(space.latency_model.to_dict()) if space.latency_model is not None else None
+
+
+def _class_spec(model: nn.Module) -> dict[str, Any]:
+    return {"entry_point": f"{type(model).__module__}:{type(model).__qualname__}", "kwargs": {}}
+
+
+def _input_spec(dummy_input: Any) -> dict[str, Any]:
+    tensors = [dummy_input] if isinstance(dummy_input, torch.Tensor) else []
+    if isinstance(dummy_input, tuple):
+        tensors = [t for t in dummy_input if isinstance(t, torch.Tensor)]
+    if not tensors:
+        return {"shape": [], "dtype": "float32"}
+    shapes = [list(t.shape) for t in tensors]
+    return {
+        "shape": shapes[0] if len(shapes) == 1 else shapes,
+        "dtype": _DTYPE_NAMES.get(tensors[0].dtype, "float32"),
+    }
