@@ -72,10 +72,12 @@ class BinarySearcher(Searcher):
         return self._floored[1]
 
     @property
-    def smap(self) -> SensitivityMap:
+    def sensitivity_map(self) -> SensitivityMap:
         """The sensitivity map over the state's scores."""
-        st = self.state
-        return SensitivityMap(self.hparams, st["sensitivity_map"], st["original_score"], self.settings.sensitivity)
+        state = self.state
+        return SensitivityMap(
+            self.hparams, state["sensitivity_map"], state["original_score"], self.settings.sensitivity
+        )
 
     def set_floor(self) -> None:
         """Compute the width floor from the uniform ratio that meets the budgets (cost model only)."""
@@ -100,81 +102,84 @@ class BinarySearcher(Searcher):
         """Original score, then the sensitivity map (checkpointed after every evaluation)."""
         super().before_search()
         self.set_floor()
-        smap = self.smap
-        total = smap.total()
-        self.progress("sensitivity", smap.done(), total)
-        while (probe := smap.next_probe(self.fits)) is not None:
+        sensitivity = self.sensitivity_map
+        total = sensitivity.total()
+        self.progress("sensitivity", sensitivity.done(), total)
+        while (probe := sensitivity.next_probe(self.fits)) is not None:
             self.probe(*probe)
-            self.progress("sensitivity", smap.done(), total)
-        self.progress("sensitivity", smap.done(), smap.done())
+            self.progress("sensitivity", sensitivity.done(), total)
+        self.progress("sensitivity", sensitivity.done(), sensitivity.done())
 
     def probe(self, name: str, choice: int) -> None:
         """Score one hparam at one choice (all others at their maximum) into the map, unless already scored."""
-        smap = self.smap
-        if not smap.is_scored(name, choice):
-            smap.record(name, choice, self.evaluate({**self.space.max(), name: choice}))
+        sensitivity = self.sensitivity_map
+        if not sensitivity.is_scored(name, choice):
+            sensitivity.record(name, choice, self.evaluate({**self.space.max(), name: choice}))
             self.save_checkpoint()
 
     def drop(self, name: str, choice: int) -> float:
         """Score drop of one hparam at one scored choice (0 at its maximum)."""
-        return self.smap.drop(name, choice)
+        return self.sensitivity_map.drop(name, choice)
 
     def config_at(self, threshold: float) -> dict[str, int]:
         """Every hparam at its smallest scored choice whose drop is <= threshold (the maximum always qualifies)."""
-        return self.smap.config_at(threshold)
+        return self.sensitivity_map.config_at(threshold)
 
     # ---- threshold search, descent, final choice ---------------------------------------------------------
     def run_search(self) -> None:
         """Binary search on the distinct drops for the smallest threshold that fits, the fill, the descent."""
-        st = self.state
-        if st["done"]:
+        state = self.state
+        if state["done"]:
             return
-        if st["thresholds"] is None:
-            st["thresholds"] = self.smap.thresholds()
+        if state["thresholds"] is None:
+            state["thresholds"] = self.sensitivity_map.thresholds()
             # the largest threshold fits: it allows every choice (the smallest subnet fits), or the map stopped there
-            st["hi"] = len(st["thresholds"]) - 1
-            st["lo"] = -1
+            state["hi"] = len(state["thresholds"]) - 1
+            state["lo"] = -1
             self.save_checkpoint()
-        thresholds = st["thresholds"]
+        thresholds = state["thresholds"]
         total = max(1, (len(thresholds)).bit_length())
-        while st["hi"] - st["lo"] > 1:
-            mid = (st["lo"] + st["hi"]) // 2
+        while state["hi"] - state["lo"] > 1:
+            mid = (state["lo"] + state["hi"]) // 2
             if self.fits(self.config_at(thresholds[mid])):
-                st["hi"] = mid
+                state["hi"] = mid
             else:
-                st["lo"] = mid
-            st["iteration"] += 1
+                state["lo"] = mid
+            state["iteration"] += 1
             self.save_checkpoint()
-            self.progress("search", min(st["iteration"], total), total)
+            self.progress("search", min(state["iteration"], total), total)
         self.progress("search", total, total)
-        if st["threshold_config"] is None:
-            st["threshold"] = thresholds[st["hi"]]
-            st["threshold_config"] = self.config_at(st["threshold"])
+        if state["threshold_config"] is None:
+            state["threshold"] = thresholds[state["hi"]]
+            state["threshold_config"] = self.config_at(state["threshold"])
             self.save_checkpoint()
-        if self.settings.descent and st["descent_config"] is None:
-            st["descent_config"] = self.descend()
+        if self.settings.descent and state["descent_config"] is None:
+            state["descent_config"] = self.descend()
             self.save_checkpoint()
         rival = self.rival_hparams
-        if self.settings.descent and rival is not None and st["rival_config"] is None:
-            st["rival_config"] = self.descend(rival)
+        if self.settings.descent and rival is not None and state["rival_config"] is None:
+            state["rival_config"] = self.descend(rival)
             self.save_checkpoint()
         self.choose()
 
-    def finish(self, config: Mapping[str, int], hparams: Mapping[str, Any] | None = None) -> dict[str, int]:
+    def filled(self, config: Mapping[str, int], hparams: Mapping[str, Any] | None = None) -> dict[str, int]:
         """The fill of a subnet (within `hparams`' choices) when `fill` is on, else the subnet itself."""
         return self.fill(config, hparams) if self.settings.fill else dict(config)
 
     def choose(self) -> None:
         """Score the candidate subnets (threshold, then descent when it differs) and keep the best."""
-        st = self.state
-        candidates = st["candidates"]
+        state = self.state
+        candidates = state["candidates"]
         if not candidates:
-            candidates.append({"source": "threshold", "config": self.finish(st["threshold_config"]), "score": None})
-            rivals = [("descent", st["descent_config"], None), ("balanced", st["rival_config"], self.rival_hparams)]
+            candidates.append({"source": "threshold", "config": self.filled(state["threshold_config"]), "score": None})
+            rivals = [
+                ("descent", state["descent_config"], None),
+                ("balanced", state["rival_config"], self.rival_hparams),
+            ]
             for source, start, hparams in rivals:
                 if start is None:
                     continue
-                config = self.finish(start, hparams)
+                config = self.filled(start, hparams)
                 if all(config != c["config"] for c in candidates):
                     candidates.append({"source": source, "config": config, "score": None})
             self.save_checkpoint()
@@ -187,7 +192,7 @@ class BinarySearcher(Searcher):
                     self.save_checkpoint()
             best = max(candidates, key=lambda c: c["score"])  # ties: the first (threshold) candidate
         cost = self.cost(best["config"])
-        st["best"] = {
+        state["best"] = {
             "config": dict(best["config"]),
             "score": best["score"],
             "flops": cost.flops,

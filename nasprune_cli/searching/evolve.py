@@ -64,17 +64,17 @@ class EvolveSearcher(RandomSearcher):
 
     def step(self) -> None:
         """Score the next pending child; at the end of a generation, keep the best as parents."""
-        st = self.state
-        if not st["pending"]:
-            st["pending"] = self.next_generation()
-        config = st["pending"].pop(0)
-        st["population"].append(self.score_config(config))
-        if not st["pending"]:
-            pool = st["candidates"] + st["population"]
+        state = self.state
+        if not state["pending"]:
+            state["pending"] = self.next_generation()
+        config = state["pending"].pop(0)
+        state["population"].append(self.score_config(config))
+        if not state["pending"]:
+            pool = state["candidates"] + state["population"]
             ranked = sorted(range(len(pool)), key=lambda i: (-pool[i]["score"], i))
             unique: dict[str, dict[str, Any]] = {}
             for i in ranked:
                 unique.setdefault(config_key(pool[i]["config"]), pool[i])
-            st["candidates"] = list(unique.values())[: self.settings.candidate_size]
-            st["population"] = []
-            st["generation"] += 1
+            state["candidates"] = list(unique.values())[: self.settings.candidate_size]
+            state["population"] = []
+            state["generation"] += 1

@@ -77,14 +77,14 @@ class RandomSearcher(Searcher):
 
     def run_search(self) -> None:
         """`iterations` steps, each drawing, scoring and recording one subnet; checkpoint after each."""
-        st = self.state
+        state = self.state
         total = self.settings.iterations
-        self.progress("search", min(st["iteration"], total), total)
-        while not st["done"] and st["iteration"] < total:
+        self.progress("search", min(state["iteration"], total), total)
+        while not state["done"] and state["iteration"] < total:
             self.step()
-            st["iteration"] += 1
+            state["iteration"] += 1
             self.save_checkpoint()
-            self.progress("search", st["iteration"], total)
+            self.progress("search", state["iteration"], total)
 
     def step(self) -> None:
         """One search step."""
