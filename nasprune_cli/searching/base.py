@@ -64,7 +64,7 @@ class Searcher(ABC):
         self.space = space
         self._evaluate = evaluate
         self.bounds = dict(bounds)
-        self.settings = settings
+        self.settings = settings.resolved()  # candidate_size filled in when the caller left it to the default
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         self.fingerprint = dict(fingerprint or {})
         self.on_progress = on_progress

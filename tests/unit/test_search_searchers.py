@@ -317,3 +317,12 @@ def test_repair_always_fits() -> None:
         config = searcher.repair(searcher.random_config(rng), rng)
         assert searcher.fits(config)
     assert math.isfinite(space.cost(config).flops)
+
+
+@pytest.mark.parametrize(("population", "parents"), [(12, 10), (4, 4)])
+def test_evolve_keeps_min_10_population_parents_by_default(population: int, parents: int) -> None:
+    state, _, _ = run(EvolveSearcher, budget(0.6), population_size=population, iterations=2 * population)
+    assert state["generation"] == 2
+    assert len(state["candidates"]) == parents  # the best of the pool, not all of it
+    scores = [c["score"] for c in state["candidates"]]
+    assert scores == sorted(scores, reverse=True)
