@@ -13,14 +13,13 @@ from torch import nn
 from nasprune_cli.checkpoint import digest
 from nasprune_cli.constraints import Cost, parse_constraints, satisfies
 from nasprune_cli.errors import CheckpointError, LoadError, NasPruneError, SearchError
+from nasprune_cli.inputs import inputs_as_given, random_batches
 from nasprune_cli.metrics.latency import LATENCY_UNIT, latency_model_for
 from nasprune_cli.metrics.score import (
     DEFAULT_SCORE_NAME,
     Evaluator,
     callable_name,
-    inputs_as_given,
     load_batches,
-    random_batches,
 )
 from nasprune_cli.searchers import searcher_class
 from nasprune_cli.searchers.base import unsatisfiable_message
@@ -74,7 +73,8 @@ def search(
     crossover_size, mutation_size). Unset settings come from the recipe's `search` section.
     The state's "summary" holds the subnet config, the original / pruned figures and a per-layer table.
     """
-    from nasprune_cli.conversion import convert, dummy_input_for
+    from nasprune_cli.conversion import convert
+    from nasprune_cli.inputs import dummy_input_for
     from nasprune_cli.space import SearchSpace
 
     options = _normalize(config or {})
@@ -279,7 +279,8 @@ def restore(model: nn.Module | None, path: str | Path, dummy_input: Any = None) 
     and the stored weights are loaded. `model` None builds it from the stored entry point.
     """
     from nasprune_cli.checkpoint import load_pruned
-    from nasprune_cli.conversion import convert, make_dummy_input
+    from nasprune_cli.conversion import convert
+    from nasprune_cli.inputs import make_dummy_input
     from nasprune_cli.recipe.load import recipe_from_dict
 
     path = Path(path)

@@ -16,31 +16,11 @@ from nasprune_cli.errors import NasPruneError
 from nasprune_cli.graph.groups import GroupMap, apply_block_constraints, build_groups
 from nasprune_cli.graph.layers import ATTENTION_TYPES
 from nasprune_cli.graph.trace import Trace, trace_model
+from nasprune_cli.hparams import Hparam, depth_gates
+from nasprune_cli.inputs import dummy_input_for
 from nasprune_cli.metrics.flops import CostModel, count_params, fvcore_flops
 from nasprune_cli.recipe.rules import resolve_rules, width_choices
-from nasprune_cli.space import FrozenLayer, Hparam, SearchSpace, depth_gates
-
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int64": torch.int64}
-
-
-def make_dummy_input(shape: list[int] | list[list[int]], dtype: str = "float32", seed: int = 0) -> Any:
-    """A deterministic dummy input (a tensor, or a tuple for several inputs)."""
-    gen = torch.Generator().manual_seed(seed)
-    shapes = shape if shape and isinstance(shape[0], (list, tuple)) else [shape]
-    tensors = []
-    for s in shapes:
-        if _DTYPES[dtype].is_floating_point:
-            tensors.append(torch.randn(*s, generator=gen).to(_DTYPES[dtype]))
-        else:
-            tensors.append(torch.zeros(*s, dtype=_DTYPES[dtype]))
-    return tensors[0] if len(tensors) == 1 else tuple(tensors)
-
-
-def dummy_input_for(recipe: Any) -> Any:
-    """The dummy input a recipe's `input` section describes (1x3x224x224 float32 by default)."""
-    if recipe is None:
-        return make_dummy_input([1, 3, 224, 224])
-    return make_dummy_input(list(recipe.input.shape), recipe.input.dtype)
+from nasprune_cli.space import FrozenLayer, SearchSpace
 
 
 def convert(model: nn.Module, recipe: Any = None, dummy_input: Any = None) -> SearchSpace:

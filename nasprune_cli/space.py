@@ -16,32 +16,10 @@ from nasprune_cli.constraints import Cost
 from nasprune_cli.dynamic import is_dynamic
 from nasprune_cli.errors import NasPruneError
 from nasprune_cli.graph.groups import ChannelGroup, GroupMap
+from nasprune_cli.hparams import Hparam, depth_gates
 from nasprune_cli.importance import DEFAULT_IMPORTANCE, group_importance
 from nasprune_cli.metrics.flops import CostModel, count_params, fvcore_flops
 from nasprune_cli.metrics.latency import LatencyModel
-
-
-@dataclass(frozen=True)
-class Hparam:
-    """A searchable choice: a group's width, a Sequential's depth or a conv's kernel size."""
-
-    name: str
-    kind: str  # "width" | "depth" | "kernel"
-    choices: tuple[int, ...]  # ascending
-    original: int
-    members: tuple[str, ...]  # layer sides / modules it changes
-
-
-def depth_gates(hparams: Mapping[str, Hparam]) -> dict[str, tuple[str, int]]:
-    """Skippable child module name -> (its depth hparam, threshold): the child runs while the hparam's value is
-    greater than the threshold (a depth hparam's members are its children in order, the first at its smallest
-    choice)."""
-    return {
-        child: (hp.name, hp.choices[0] + j)
-        for hp in hparams.values()
-        if hp.kind == "depth"
-        for j, child in enumerate(hp.members)
-    }
 
 
 @dataclass(frozen=True)

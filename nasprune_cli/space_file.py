@@ -65,7 +65,8 @@ def restore_space(path: str | Path, model: nn.Module | None = None, dummy_input:
     # e.g. to train the converted model for AutoNAS; the hparams must come out as stored, the stored subnet is active
     import warnings
 
-    from nasprune_cli.conversion import convert, make_dummy_input
+    from nasprune_cli.conversion import convert
+    from nasprune_cli.inputs import make_dummy_input
     from nasprune_cli.loading import build_model
     from nasprune_cli.recipe.load import recipe_from_dict
 

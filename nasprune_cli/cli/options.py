@@ -116,7 +116,7 @@ def recipe_overrides(
 
 def dummy_input_from(recipe: Recipe | None, input_shape_override: str | list[int] | list[list[int]] | None) -> Any:
     """The dummy input: randn (seed 0) for float dtypes, zeros for int64; a tuple for several inputs."""
-    from nasprune_cli.conversion import make_dummy_input
+    from nasprune_cli.inputs import make_dummy_input
 
     if isinstance(input_shape_override, str):
         shape: Any = parse_input_shape(input_shape_override)

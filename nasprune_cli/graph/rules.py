@@ -14,6 +14,7 @@ import torch
 
 from nasprune_cli.graph.labels import Lab, fixed_vec
 from nasprune_cli.graph.watch import WatchedInt, WatchedSize, use_all, watched_ints
+from nasprune_cli.inputs import tensors_in
 
 if TYPE_CHECKING:
     from nasprune_cli.graph.trace import TraceContext
@@ -322,17 +323,6 @@ def _arg(args: tuple, kwargs: dict, pos: int, name: str, default: Any = None) ->
     return kwargs.get(name, default)
 
 
-def _tensors(obj: Any) -> list[torch.Tensor]:
-    """All tensors in a nested structure of lists/tuples/dicts."""
-    if isinstance(obj, torch.Tensor):
-        return [obj]
-    if isinstance(obj, (list, tuple)):
-        return [t for o in obj for t in _tensors(o)]
-    if isinstance(obj, dict):
-        return [t for o in obj.values() for t in _tensors(o)]
-    return []
-
-
 def _norm_dim(dim: int, ndim: int) -> int:
     return dim + ndim if dim < 0 else dim
 
@@ -349,7 +339,7 @@ def _dims_arg(dim: Any, ndim: int) -> list[int] | None:
 def unknown(ctx: TraceContext, name: str, args: tuple, kwargs: dict, out: Any) -> None:
     """An op without a rule: freeze the channels of every tensor input; outputs carry no channels."""
     reason = f"its channels reach '{name}', which nasprune has no channel rule for"
-    for t in _tensors(args) + _tensors(kwargs):
+    for t in tensors_in((args, kwargs)):
         ctx.freeze(ctx.lab(t), reason)
     ctx.set_outputs(out, None)
 
@@ -361,7 +351,7 @@ def unary(ctx: TraceContext, name: str, args: tuple, kwargs: dict, out: Any) -> 
 
 def nary(ctx: TraceContext, name: str, args: tuple, kwargs: dict, out: Any) -> None:
     """Elementwise op of several (broadcast) tensors: channels paired position by position are united."""
-    operands = [t for t in _tensors(args) + _tensors(kwargs) if t.dim() > 0]
+    operands = [t for t in tensors_in((args, kwargs)) if t.dim() > 0]
     if not isinstance(out, torch.Tensor):
         return unknown(ctx, name, args, kwargs, out)
     ctx.set_outputs(out, broadcast_pair(ctx, name, operands, out.dim()))

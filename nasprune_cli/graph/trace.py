@@ -19,8 +19,7 @@ from nasprune_cli.graph.labels import ChannelBook, Lab
 from nasprune_cli.graph.layers import ATOMIC_TYPES, PARAM_SIDES, handle_layer
 from nasprune_cli.graph.rules import TABLE, unknown
 from nasprune_cli.graph.watch import use_all, watched_ints
-from nasprune_cli.metrics.score import call_model
-from nasprune_cli.modes import eval_mode
+from nasprune_cli.inputs import call_model, eval_mode, tensors_in
 
 _WATCH_AWARE = frozenset(("view", "reshape"))  # rules that decide themselves which channel counts are used
 
@@ -203,7 +202,7 @@ class TraceContext:
         if name is None:
             name = _canonical(func)
             self._name_cache[func] = name
-        has_labels = any(self.lab(t) is not None for t in _flat_tensors(args, kwargs))
+        has_labels = any(self.lab(t) is not None for t in tensors_in((args, kwargs)))
         if name not in _WATCH_AWARE or not has_labels:  # a channel count passed to a torch function is used by it
             use_all(watched_ints((args, kwargs)))
         if not has_labels:
@@ -212,18 +211,6 @@ class TraceContext:
         self.current_func = func
         replaced = TABLE.get(name, unknown)(self, name, args, kwargs, out)
         return out if replaced is None else replaced
-
-
-def _flat_tensors(args: tuple, kwargs: dict) -> Iterable[torch.Tensor]:
-    stack: list[Any] = [args, kwargs]
-    while stack:
-        obj = stack.pop()
-        if isinstance(obj, torch.Tensor):
-            yield obj
-        elif isinstance(obj, (list, tuple)):
-            stack.extend(obj)
-        elif isinstance(obj, dict):
-            stack.extend(obj.values())
 
 
 class _LabelMode(TorchFunctionMode):
@@ -293,7 +280,7 @@ def trace_model(model: nn.Module, dummy_input: Any, depth_sequentials: Iterable[
                     f"running the model on the dummy input failed: {type(exc).__name__}: {exc} "
                     "(check --input-shape / the recipe's input section)"
                 ) from exc
-        for t in _flat_tensors((output,), {}):
+        for t in tensors_in(output):
             ctx.freeze(ctx.lab(t), "model output (the channels of the model's outputs are never pruned)")
     finally:
         for h in handles:

@@ -35,7 +35,8 @@ import torch
 from torch import nn
 
 from nasprune_cli.errors import NasPruneError
-from nasprune_cli.metrics.score import call_model
+from nasprune_cli.hparams import depth_gates
+from nasprune_cli.inputs import batched_input, call_model, input_tensors
 
 LATENCY_KIND = "nasprune-latency-table"
 LATENCY_VERSION = 2
@@ -164,7 +165,7 @@ def interpolate(samples: list[tuple[float, float]], x: float) -> float:
 
 def table_meta(space: Any, batch: int) -> dict[str, Any]:
     """What a latency table is valid for: the hparams, the input shape, batch size, threads and machine."""
-    shapes = [list(t.shape[1:]) for t in _tensors(space.dummy_input)]
+    shapes = [list(t.shape[1:]) for t in input_tensors(space.dummy_input)]
     return {
         "hparams": {n: hp.original for n, hp in sorted(space.hparams.items())},
         "depth_hparams": sorted(n for n, hp in space.hparams.items() if hp.kind == "depth"),
@@ -185,8 +186,6 @@ def measure_latency(
     """Measure a latency table for a search space on this machine (restores the active subnet)."""
     if batch < 1:
         raise NasPruneError(f"latency batch size: expected an integer >= 1 (got {batch})")
-    from nasprune_cli.space import depth_gates  # the space module imports this one
-
     kernels = sorted(n for n, hp in space.hparams.items() if hp.kind == "kernel")
     if kernels:
         raise NasPruneError(
@@ -234,7 +233,7 @@ def measure_latency(
         leaves = {
             k: LeafTiming(k, weighted[k], coef_in[k], coef_out[k], [], _leaf_gates(k, gates_by_child)) for k in base
         }
-        x = _batched(space.dummy_input, batch)
+        x = batched_input(space.dummy_input, batch)
         remainder: list[tuple[float, float]] = []
         original_flops = max(space.original_cost.flops, 1.0)
         for ratio in SAMPLE_RATIOS:
@@ -329,27 +328,6 @@ def load_latency_table(path: str | Path) -> LatencyModel:
     except (OSError, ValueError) as exc:
         raise NasPruneError(f"{path}: cannot read the latency table ({exc}); delete it to measure again") from exc
     return LatencyModel.from_dict(data, str(path))
-
-
-def _tensors(inputs: Any) -> list[torch.Tensor]:
-    items = inputs if isinstance(inputs, (tuple, list)) else (inputs,)
-    return [t for t in items if isinstance(t, torch.Tensor)]
-
-
-def _batched(dummy_input: Any, batch: int) -> Any:
-    """The dummy input with its batch dimension set to `batch` (random values, seeded)."""
-    gen = torch.Generator().manual_seed(0)
-
-    def grow(t: Any) -> Any:
-        if not isinstance(t, torch.Tensor) or t.dim() == 0:
-            return t
-        if t.is_floating_point():
-            return torch.randn((batch, *t.shape[1:]), generator=gen, dtype=t.dtype)
-        return t[:1].expand(batch, *t.shape[1:]).clone()
-
-    if isinstance(dummy_input, tuple):
-        return tuple(grow(t) for t in dummy_input)
-    return grow(dummy_input)
 
 
 def _leaves(model: nn.Module) -> list[tuple[str, nn.Module]]:
