@@ -15,7 +15,7 @@ from torch import nn
 from nasprune_cli.constraints import Cost
 from nasprune_cli.dynamic import is_dynamic
 from nasprune_cli.errors import NasPruneError
-from nasprune_cli.graph.groups import ChannelGroup, GroupMap
+from nasprune_cli.graph.groups import ChannelGroup, Grouping
 from nasprune_cli.hparams import Hparam, depth_gates
 from nasprune_cli.importance import DEFAULT_IMPORTANCE, group_importance
 from nasprune_cli.metrics.flops import CostModel, count_params, fvcore_flops
@@ -39,7 +39,7 @@ class SearchSpace:
         dummy_input: Any,
         hparams: dict[str, Hparam],
         frozen: list[FrozenLayer],
-        gmap: GroupMap,
+        grouping: Grouping,
         group_hparams: dict[str, int],
         sides: dict[tuple[str, str], torch.Tensor],
         cost_model: CostModel,
@@ -49,17 +49,17 @@ class SearchSpace:
         self.dummy_input = dummy_input
         self.hparams = hparams
         self.frozen = frozen
-        self.gmap = gmap
+        self.grouping = grouping
         self.original_cost = original_cost
         self._group_hparams = group_hparams  # width hparam name -> group index
         self._sides = sides  # (module, side) -> labels
         self._cost_model = cost_model
         self._orders = {
-            g: _group_order(gmap.groups[g], torch.zeros(gmap.groups[g].size)) for g in group_hparams.values()
+            g: _group_order(grouping.groups[g], torch.zeros(grouping.groups[g].size)) for g in group_hparams.values()
         }
         for g, order in self._orders.items():
             cost_model.set_order(g, order)
-        self._group_ids = {g: torch.nonzero(gmap.group_of == g).flatten() for g in group_hparams.values()}
+        self._group_ids = {g: torch.nonzero(grouping.group_of == g).flatten() for g in group_hparams.values()}
         self._active = {name: hp.original for name, hp in hparams.items()}
         self._modules = dict(model.named_modules())
         self._skippable = self._skippable_children()
@@ -112,12 +112,12 @@ class SearchSpace:
     def select(self, config: Mapping[str, int]) -> None:
         """Make a subnet active: set the slicing index of every dynamic layer."""
         self._active = self.check(config)
-        keep_ids = torch.ones(len(self.gmap.group_of), dtype=torch.bool)
+        keep_ids = torch.ones(len(self.grouping.group_of), dtype=torch.bool)
         for name, g in self._group_hparams.items():
-            keep_pos = torch.zeros(self.gmap.groups[g].size, dtype=torch.bool)
+            keep_pos = torch.zeros(self.grouping.groups[g].size, dtype=torch.bool)
             keep_pos[self._orders[g][: self._active[name]]] = True
             ids = self._group_ids[g]
-            keep_ids[ids] = keep_pos[self.gmap.pos_of[ids]]
+            keep_ids[ids] = keep_pos[self.grouping.pos_of[ids]]
         for (module_name, side), vec in self._sides.items():
             module = self._modules.get(module_name)
             if not is_dynamic(module):
@@ -172,9 +172,9 @@ class SearchSpace:
 
         `importance` is one of IMPORTANCE_METHODS: "magnitude" (default) or "consumer" (see nasprune_cli.importance).
         """
-        scores = group_importance(self._modules, self._sides, self.gmap, self._group_hparams.values(), importance)
+        scores = group_importance(self._modules, self._sides, self.grouping, self._group_hparams.values(), importance)
         for g, score in scores.items():
-            self._orders[g] = _group_order(self.gmap.groups[g], score)
+            self._orders[g] = _group_order(self.grouping.groups[g], score)
             self._cost_model.set_order(g, self._orders[g])
         self.select(self._active)
 

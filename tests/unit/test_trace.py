@@ -9,7 +9,7 @@ from torch import nn
 
 from nasprune_cli.errors import TraceError
 from nasprune_cli.graph.groups import apply_block_constraints, build_groups
-from nasprune_cli.graph.rules import _reshape_groups
+from nasprune_cli.graph.ops import _reshape_groups
 from nasprune_cli.graph.trace import trace_model
 from tests.toys import TOYS
 
@@ -17,8 +17,8 @@ from tests.toys import TOYS
 def groups_of(name: str) -> dict[str, tuple[list[str], str | None]]:
     cls, shape = TOYS[name]
     torch.manual_seed(0)
-    gmap = build_groups(trace_model(cls(), torch.randn(shape)))
-    return {g.name: (sorted(g.sources), g.frozen_reason) for g in gmap.groups}
+    grouping = build_groups(trace_model(cls(), torch.randn(shape)))
+    return {g.name: (sorted(g.sources), g.frozen_reason) for g in grouping.groups}
 
 
 def prunable(name: str) -> dict[str, list[str]]:
@@ -54,8 +54,8 @@ def test_chunk_on_channels_freezes_only_the_cut_tensor() -> None:
 
 def test_depthwise_follows_its_input() -> None:
     cls, shape = TOYS["depthwise"]
-    gmap = build_groups(trace_model(cls(), torch.randn(shape)))
-    group = next(g for g in gmap.groups if g.name == "expand.0.out_channels")
+    grouping = build_groups(trace_model(cls(), torch.randn(shape)))
+    group = next(g for g in grouping.groups if g.name == "expand.0.out_channels")
     assert group.frozen_reason is None
     assert {"dw.0.in", "dw.0.out", "dw.1.features", "project.0.in"} <= set(group.members)
 
@@ -63,9 +63,9 @@ def test_depthwise_follows_its_input() -> None:
 def test_grouped_conv_constrains_both_sides_to_whole_blocks() -> None:
     cls, shape = TOYS["grouped"]
     trace = trace_model(cls(), torch.randn(shape))
-    gmap = build_groups(trace)
-    apply_block_constraints(trace, gmap)
-    by_name = {g.name: g for g in gmap.groups}
+    grouping = build_groups(trace)
+    apply_block_constraints(trace, grouping)
+    by_name = {g.name: g for g in grouping.groups}
     for name in ("stem.0.out_channels", "grouped.0.out_channels"):
         group = by_name[name]
         assert group.frozen_reason is None and group.blocks == 4
@@ -83,8 +83,8 @@ def test_depthwise_with_multiplier_is_frozen() -> None:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.b(self.dw(self.a(x)))
 
-    gmap = build_groups(trace_model(Multiplier(), torch.randn(1, 3, 8, 8)))
-    reasons = {g.name: g.frozen_reason for g in gmap.groups}
+    grouping = build_groups(trace_model(Multiplier(), torch.randn(1, 3, 8, 8)))
+    reasons = {g.name: g.frozen_reason for g in grouping.groups}
     assert "channel multiplier" in reasons["a.out_channels"] and "channel multiplier" in reasons["dw.out_channels"]
 
 
@@ -130,8 +130,8 @@ def test_unknown_op_freezes_its_inputs() -> None:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.b(torch.fft.fft(self.a(x)).real)
 
-    gmap = build_groups(trace_model(Weird(), torch.randn(1, 3, 8, 8)))
-    reason = next(g.frozen_reason for g in gmap.groups if g.name == "a.out_channels")
+    grouping = build_groups(trace_model(Weird(), torch.randn(1, 3, 8, 8)))
+    reason = next(g.frozen_reason for g in grouping.groups if g.name == "a.out_channels")
     assert "fft" in reason
 
 
@@ -150,8 +150,8 @@ def test_plain_parameter_on_channels_freezes_them() -> None:
             y = self.a(x)
             return self.b(y * self.scale) + self.d(self.c(y) * self.spatial)
 
-    gmap = build_groups(trace_model(Scaled(), torch.randn(1, 3, 8, 8)))
-    reasons = {g.name: g.frozen_reason for g in gmap.groups}
+    grouping = build_groups(trace_model(Scaled(), torch.randn(1, 3, 8, 8)))
+    reasons = {g.name: g.frozen_reason for g in grouping.groups}
     assert reasons["a.out_channels"] is not None  # a (64, 1, 1) parameter meets the channels
     assert reasons["c.out_channels"] is None  # a spatial-only parameter broadcasts over channels
 
@@ -171,8 +171,8 @@ def test_python_control_flow_is_traced() -> None:
                     y = y + self.b(y)
             return self.c(y)
 
-    gmap = build_groups(trace_model(Branchy(), torch.randn(1, 3, 8, 8)))
-    group = next(g for g in gmap.groups if g.name == "a.out_channels")
+    grouping = build_groups(trace_model(Branchy(), torch.randn(1, 3, 8, 8)))
+    group = next(g for g in grouping.groups if g.name == "a.out_channels")
     assert group.frozen_reason is None and sorted(group.sources) == ["a", "b"]
 
 
@@ -225,8 +225,8 @@ class _Reshaper(nn.Module):
     ],
 )
 def test_reshape_with_a_literal_channel_size_freezes(shape_of, reason: str | None) -> None:  # noqa: ANN001
-    gmap = build_groups(trace_model(_Reshaper(shape_of), torch.randn(2, 3, 4, 4)))
-    group = next(g for g in gmap.groups if g.name == "a.out_channels")
+    grouping = build_groups(trace_model(_Reshaper(shape_of), torch.randn(2, 3, 4, 4)))
+    group = next(g for g in grouping.groups if g.name == "a.out_channels")
     if reason is None:
         assert group.frozen_reason is None
     else:
@@ -292,8 +292,8 @@ def _count_of_another_tensor(y: torch.Tensor) -> torch.Tensor:
     ],
 )
 def test_reading_the_channel_count_freezes_only_when_it_is_used(fn, reason: str | None) -> None:  # noqa: ANN001
-    gmap = build_groups(trace_model(_ShapeUser(fn), torch.randn(2, 3, 4, 4)))
-    group = next(g for g in gmap.groups if g.name == "a.out_channels")
+    grouping = build_groups(trace_model(_ShapeUser(fn), torch.randn(2, 3, 4, 4)))
+    group = next(g for g in grouping.groups if g.name == "a.out_channels")
     if reason is None:
         assert group.frozen_reason is None
     else:
@@ -305,14 +305,14 @@ def test_torch_split_along_a_spatial_dim_keeps_channels_prunable() -> None:
         top, bottom = torch.split(y, y.shape[2] // 2, dim=2)
         return torch.cat([bottom, top], dim=2)
 
-    gmap = build_groups(trace_model(_ShapeUser(halves), torch.randn(2, 3, 4, 4)))
-    assert next(g for g in gmap.groups if g.name == "a.out_channels").frozen_reason is None
+    grouping = build_groups(trace_model(_ShapeUser(halves), torch.randn(2, 3, 4, 4)))
+    assert next(g for g in grouping.groups if g.name == "a.out_channels").frozen_reason is None
 
     def channel_halves(y: torch.Tensor) -> torch.Tensor:
         return torch.cat(torch.split(y, 32, dim=1)[::-1], dim=1)
 
-    gmap = build_groups(trace_model(_ShapeUser(channel_halves), torch.randn(2, 3, 4, 4)))
-    assert "cuts the channel dim" in next(g for g in gmap.groups if g.name == "a.out_channels").frozen_reason
+    grouping = build_groups(trace_model(_ShapeUser(channel_halves), torch.randn(2, 3, 4, 4)))
+    assert "cuts the channel dim" in next(g for g in grouping.groups if g.name == "a.out_channels").frozen_reason
 
 
 def test_convnext_stream_is_prunable_with_its_layer_scales() -> None:
@@ -335,5 +335,5 @@ def test_a_parameter_of_another_size_stays_fixed() -> None:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.b(self.a(x) * self.scale)
 
-    gmap = build_groups(trace_model(Scaled(), torch.randn(1, 3, 4, 4)))
-    assert "fixed positions" in next(g for g in gmap.groups if g.name == "a.out_channels").frozen_reason
+    grouping = build_groups(trace_model(Scaled(), torch.randn(1, 3, 4, 4)))
+    assert "fixed positions" in next(g for g in grouping.groups if g.name == "a.out_channels").frozen_reason
