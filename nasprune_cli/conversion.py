@@ -190,6 +190,7 @@ def _build_cost_model(
     original: Cost,
     original_flops: float | dict[str, float],
 ) -> CostModel:
+    """The fast cost model: one term per traced op and parameter, plus constants for what they do not cover."""
     sizes = {g: grouping.groups[g].size for g in group_hparams.values()}
     gates_by_child = depth_gates(hparams)
     kernels = {hp.name[: -len(".kernel_size")]: hp for hp in hparams.values() if hp.kind == "kernel"}

@@ -18,7 +18,7 @@ from nasprune_cli.errors import NasPruneError
 from nasprune_cli.graph.groups import ChannelGroup, Grouping
 from nasprune_cli.hparams import Hparam, depth_gates
 from nasprune_cli.importance import DEFAULT_IMPORTANCE, group_importance
-from nasprune_cli.metrics.flops import CostModel, count_params, fvcore_flops
+from nasprune_cli.metrics.flops import CostModel
 from nasprune_cli.metrics.latency import LatencyModel
 
 
@@ -94,7 +94,7 @@ class SearchSpace:
         self.select(config)
         return config
 
-    def check(self, config: Mapping[str, int]) -> dict[str, int]:
+    def complete_config(self, config: Mapping[str, int]) -> dict[str, int]:
         """Validate a (partial) config and complete it with the active values."""
         full = dict(self._active)
         for name, value in config.items():
@@ -111,7 +111,7 @@ class SearchSpace:
 
     def select(self, config: Mapping[str, int]) -> None:
         """Make a subnet active: set the slicing index of every dynamic layer."""
-        self._active = self.check(config)
+        self._active = self.complete_config(config)
         keep_ids = torch.ones(len(self.grouping.group_of), dtype=torch.bool)
         for name, g in self._group_hparams.items():
             keep_pos = torch.zeros(self.grouping.groups[g].size, dtype=torch.bool)
@@ -147,7 +147,7 @@ class SearchSpace:
     def cost(self, config: Mapping[str, int] | None = None) -> Cost:
         """FLOPs and params of a subnet from the fast cost model (equal to fvcore's count); with a latency table
         attached, also its predicted latency in ms."""
-        full = self._active if config is None else self.check(config)
+        full = self._active if config is None else self.complete_config(config)
         widths = {g: full[name] for name, g in self._group_hparams.items()}
         cost = self._cost_model.cost(widths, full)
         if self.latency_model is None:
@@ -160,11 +160,6 @@ class SearchSpace:
         self.latency_model = model
         latency = None if model is None else model.original_ms
         self.original_cost = Cost(self.original_cost.flops, self.original_cost.params, latency)
-
-    def measured_cost(self) -> Cost:
-        """FLOPs (fvcore) and params of the exported active subnet: slow, for confirmation."""
-        exported = self.export()
-        return Cost(float(fvcore_flops(exported, self.dummy_input)), float(count_params(exported)))
 
     # ---- importance ----------------------------------------------------------------------------------------
     def sort_parameters(self, importance: str = DEFAULT_IMPORTANCE) -> None:
@@ -192,19 +187,6 @@ class SearchSpace:
             parent_name, _, attr = name.rpartition(".")
             setattr(model.get_submodule(parent_name), attr, plain)
         return model
-
-    def summary_rows(self) -> list[dict[str, Any]]:
-        """One row per configurable hparam: name, kind, choices, original, members."""
-        return [
-            {
-                "hparam": hp.name,
-                "kind": hp.kind,
-                "choices": list(hp.choices),
-                "original": hp.original,
-                "members": list(hp.members),
-            }
-            for hp in self.hparams.values()
-        ]
 
 
 def _group_order(group: ChannelGroup, importance: torch.Tensor) -> torch.Tensor:
