@@ -112,8 +112,9 @@ def random_batches(dummy_input: Any, count: int, seed: int = 0) -> list[Any]:
 def batched_input(dummy_input: Any, batch: int) -> Any:
     """The dummy input with its batch dimension set to `batch` (seeded randn drawn in each float tensor's dtype).
 
-    Unlike `random_batches`, the values are drawn in the tensor's own dtype and only a top-level tuple is walked:
-    the latency tables measured so far were timed on exactly these inputs.
+    Unlike `random_batches` (float32 draws cast to the dtype; nested tuples and dicts walked), the values are drawn
+    in the tensor's own dtype and only a top-level tuple is walked; merging the two would change the inputs that one
+    of them gives for float16 / bfloat16 / float64 or nested dummy inputs.
     """
     gen = torch.Generator().manual_seed(0)
 
