@@ -23,6 +23,7 @@ from torch import nn
 
 from nasprune_cli.errors import CheckpointError, NasPruneError
 from nasprune_cli.fileio import FORMAT_VERSION, atomic_save, check_kind, check_output, digest, read_torch_file
+from nasprune_cli.inputs import tensors_in
 
 if TYPE_CHECKING:
     from nasprune_cli.searching.result import SearchResult
@@ -150,7 +151,8 @@ def restore(model: nn.Module | None, path: str | Path, dummy_input: Any = None) 
 def rebuild_space(path: Path, data: Mapping[str, Any], model: nn.Module | None, dummy_input: Any) -> SearchSpace:
     """Convert a fresh original model as a stored file says (recipe, input shape); None model: built from the
     stored entry point. Shared by pruned-model and search-space files."""
-    from nasprune_cli.conversion import convert, make_dummy_input
+    from nasprune_cli.conversion import convert
+    from nasprune_cli.inputs import make_dummy_input
     from nasprune_cli.loading import build_model
     from nasprune_cli.recipe.load import recipe_from_dict
 
@@ -231,22 +233,12 @@ def _tmp_path(path: Path) -> Path:
     return Path(tmp)
 
 
-def _flat(out: Any) -> list[torch.Tensor]:
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, dict):
-        return [t for k in out for t in _flat(out[k])]
-    if isinstance(out, (tuple, list)):
-        return [t for x in out for t in _flat(x)]
-    return []
-
-
 def _max_abs(out: Any) -> float:
-    return max((float(t.detach().abs().max()) for t in _flat(out) if t.numel()), default=0.0)
+    return max((float(t.detach().abs().max()) for t in tensors_in(out) if t.numel()), default=0.0)
 
 
 def _max_diff(got: Any, expected: Any) -> float:
-    a, b = _flat(got), _flat(expected)
+    a, b = tensors_in(got), tensors_in(expected)
     if len(a) != len(b):
         return float("inf")
     return max(

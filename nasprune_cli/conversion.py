@@ -13,34 +13,14 @@ from nasprune_cli.constraints import Cost
 from nasprune_cli.dynamic import make_dynamic
 from nasprune_cli.dynamic.base import type_label
 from nasprune_cli.errors import NasPruneError
-from nasprune_cli.graph.groups import GroupMap, apply_block_constraints, build_groups
+from nasprune_cli.graph.groups import Grouping, apply_block_constraints, build_groups
 from nasprune_cli.graph.layers import ATTENTION_TYPES
 from nasprune_cli.graph.trace import Trace, trace_model
+from nasprune_cli.hparams import Hparam, depth_gates
+from nasprune_cli.inputs import dummy_input_for
 from nasprune_cli.metrics.flops import CostModel, count_params, fvcore_flops
-from nasprune_cli.recipe.rules import resolve_rules, width_choices
-from nasprune_cli.space import FrozenLayer, Hparam, SearchSpace, depth_gates
-
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int64": torch.int64}
-
-
-def make_dummy_input(shape: list[int] | list[list[int]], dtype: str = "float32", seed: int = 0) -> Any:
-    """A deterministic dummy input (a tensor, or a tuple for several inputs)."""
-    gen = torch.Generator().manual_seed(seed)
-    shapes = shape if shape and isinstance(shape[0], (list, tuple)) else [shape]
-    tensors = []
-    for s in shapes:
-        if _DTYPES[dtype].is_floating_point:
-            tensors.append(torch.randn(*s, generator=gen).to(_DTYPES[dtype]))
-        else:
-            tensors.append(torch.zeros(*s, dtype=_DTYPES[dtype]))
-    return tensors[0] if len(tensors) == 1 else tuple(tensors)
-
-
-def dummy_input_for(recipe: Any) -> Any:
-    """The dummy input a recipe's `input` section describes (1x3x224x224 float32 by default)."""
-    if recipe is None:
-        return make_dummy_input([1, 3, 224, 224])
-    return make_dummy_input(list(recipe.input.shape), recipe.input.dtype)
+from nasprune_cli.recipe.patterns import resolve_rules, width_choices
+from nasprune_cli.space import FrozenLayer, SearchSpace
 
 
 def convert(model: nn.Module, recipe: Any = None, dummy_input: Any = None) -> SearchSpace:
@@ -69,13 +49,13 @@ def convert(model: nn.Module, recipe: Any = None, dummy_input: Any = None) -> Se
     # a Sequential subclass (a stage of blocks) is converted only when it has something to skip
     with_depth = {hp.members[0].rpartition(".")[0] for hp in depth_hparams.values()}
     converted -= {n for n in depth_seqs if type(modules[n]) is not nn.Sequential and n not in with_depth}
-    gmap = build_groups(trace)
-    apply_block_constraints(trace, gmap)
-    _freeze_unconverted(gmap, converted, modules)
+    grouping = build_groups(trace)
+    apply_block_constraints(trace, grouping)
+    _freeze_unconverted(grouping, converted, modules)
 
     hparams: dict[str, Hparam] = {}
     group_hparams: dict[str, int] = {}
-    for group in gmap.groups:
+    for group in grouping.groups:
         if group.frozen_reason is not None:
             continue
         step = math.lcm(group.blocks, group.unit)
@@ -92,16 +72,16 @@ def convert(model: nn.Module, recipe: Any = None, dummy_input: Any = None) -> Se
 
     for name in converted:
         make_dynamic(modules[name], name=name)
-    cost_model = _build_cost_model(trace, gmap, group_hparams, hparams, modules, original, original_flops)
+    cost_model = _build_cost_model(trace, grouping, group_hparams, hparams, modules, original, original_flops)
     frozen = [
-        FrozenLayer(src, g.frozen_reason) for g in gmap.groups if g.frozen_reason is not None for src in g.sources
+        FrozenLayer(src, g.frozen_reason) for g in grouping.groups if g.frozen_reason is not None for src in g.sources
     ]
     sides = {key: rec.vec for key, rec in trace.sides.items()}
-    return SearchSpace(model, dummy_input, hparams, frozen, gmap, group_hparams, sides, cost_model, original)
+    return SearchSpace(model, dummy_input, hparams, frozen, grouping, group_hparams, sides, cost_model, original)
 
 
-def _freeze_unconverted(gmap: GroupMap, converted: set[str], modules: dict[str, nn.Module]) -> None:
-    for group in gmap.groups:
+def _freeze_unconverted(grouping: Grouping, converted: set[str], modules: dict[str, nn.Module]) -> None:
+    for group in grouping.groups:
         if group.frozen_reason is not None:
             continue
         for member in group.members:
@@ -148,9 +128,9 @@ def _depth_hparams(trace: Trace, rules: dict, modules: dict[str, nn.Module]) -> 
         min_depth = int(getattr(rules[name], "min_depth", 0) or 0)
         keeps_shape = [calls[i][1] == calls[i][3] for i in range(n_children)]
         if getattr(rules[name], "skippable", "trailing") == "blocks":
-            frozen_roots = {trace.book.find(i) for i in trace.book.frozen}
+            frozen_roots = trace.book.frozen_roots()
             blocks = [
-                k and any(True for _ in modules[c[0]].children()) and _passes_channels(trace, frozen_roots, c[2], c[4])
+                k and any(True for _ in modules[c[0]].children()) and trace.book.same_channels(c[2], c[4], frozen_roots)
                 for k, c in zip(keeps_shape, calls, strict=True)
             ]
             runs = _skippable_runs(blocks, min_depth)
@@ -158,7 +138,7 @@ def _depth_hparams(trace: Trace, rules: dict, modules: dict[str, nn.Module]) -> 
             runs = [r for r in _skippable_runs(keeps_shape, min_depth) if r[1] == n_children]
         for start, stop in runs:
             for child, _, in_lab, _, out_lab in calls[start:stop]:
-                _unite(trace, in_lab, out_lab, f"{child} may be skipped (depth search)")
+                trace.book.couple(in_lab, out_lab, f"{child} may be skipped (depth search)")
             members = tuple(c[0] for c in calls[start:stop])
             if stop == n_children:  # the trailing run: the number of children that run
                 hp = Hparam(f"{name}.depth", "depth", tuple(range(start, n_children + 1)), n_children, members)
@@ -167,27 +147,6 @@ def _depth_hparams(trace: Trace, rules: dict, modules: dict[str, nn.Module]) -> 
                 hp = Hparam(f"{name}.depth[{start}:{stop}]", "depth", tuple(range(size + 1)), size, members)
             hparams[hp.name] = hp
     return hparams
-
-
-def _passes_channels(trace: Trace, frozen_roots: set[int], in_lab: Any, out_lab: Any) -> bool:
-    """Whether a child's output channels already are its input channels (a residual block, a channel-wise scale):
-    skipping it then couples no new channels. Positions frozen (or fixed) on both sides count as passed;
-    `frozen_roots` are the union-find roots of the frozen ids."""
-    book = trace.book
-
-    def root(i: int) -> int | None:  # None: fixed or frozen
-        if i < 0:
-            return None
-        r = book.find(i)
-        return None if r in frozen_roots else r
-
-    if in_lab is None or out_lab is None:  # channels the tracer does not follow: frozen
-        known = in_lab if in_lab is not None else out_lab
-        return known is None or all(root(i) is None for i in torch.unique(known.vec).tolist())
-    if in_lab.dim != out_lab.dim or in_lab.vec.numel() != out_lab.vec.numel():
-        return False
-    pairs = torch.unique(torch.stack([in_lab.vec, out_lab.vec], dim=1), dim=0).tolist()
-    return all(root(a) == root(b) for a, b in pairs)
 
 
 def _skippable_runs(skippable: list[bool], min_depth: int) -> list[tuple[int, int]]:
@@ -202,16 +161,6 @@ def _skippable_runs(skippable: list[bool], min_depth: int) -> list[tuple[int, in
             runs.append((i, j))
         i = j + 1
     return runs
-
-
-def _unite(trace: Trace, a: Any, b: Any, reason: str) -> None:
-    if a is None and b is None:
-        return
-    if a is None or b is None or a.dim != b.dim or a.vec.numel() != b.vec.numel():
-        trace.book.freeze(a, reason)
-        trace.book.freeze(b, reason)
-        return
-    trace.book.pair(a.vec, b.vec, reason)
 
 
 def _kernel_hparams(trace: Trace, rules: dict, modules: dict[str, nn.Module], converted: set[str]) -> dict[str, Hparam]:
@@ -234,14 +183,15 @@ def _kernel_hparams(trace: Trace, rules: dict, modules: dict[str, nn.Module], co
 
 def _build_cost_model(
     trace: Trace,
-    gmap: GroupMap,
+    grouping: Grouping,
     group_hparams: dict[str, int],
     hparams: dict[str, Hparam],
     modules: dict[str, nn.Module],
     original: Cost,
     original_flops: float | dict[str, float],
 ) -> CostModel:
-    sizes = {g: gmap.groups[g].size for g in group_hparams.values()}
+    """The fast cost model: one term per traced op and parameter, plus constants for what they do not cover."""
+    sizes = {g: grouping.groups[g].size for g in group_hparams.values()}
     gates_by_child = depth_gates(hparams)
     kernels = {hp.name[: -len(".kernel_size")]: hp for hp in hparams.values() if hp.kind == "kernel"}
 
@@ -253,7 +203,7 @@ def _build_cost_model(
             hp = kernels[kernel_of]
             kernel = (hp.name, hp.original, len(trace.layer_info[kernel_of]["kernel_size"]))
         gates = [gates_by_child[name] for name in scope if name in gates_by_child]  # enclosing skippable children
-        return CostModel.make_term(factor, vecs, gmap.group_of, gmap.pos_of, sizes, gates, kernel, einsum)
+        return CostModel.make_term(factor, vecs, grouping.group_of, grouping.pos_of, sizes, gates, kernel, einsum)
 
     flop_terms = [term(t.factor, t.vecs, t.scope, t.kernel_of, t.einsum) for t in trace.flops]
     param_terms = [term(t.factor, t.vecs, t.scope, t.kernel_of) for t in trace.params]

@@ -46,7 +46,7 @@ def explain(space: SearchSpace, layer: str) -> LayerExplanation:
         hint = f"; did you mean {', '.join(close)}?" if close else "; list the layers with `nasprune convert`"
         raise NasPruneError(f"--explain: the model has no layer named '{layer}'{hint}")
     explanations = []
-    for group in space.gmap.groups:
+    for group in space.grouping.groups:
         creates = layer in group.sources
         reads = any(m.rsplit(".", 1)[0] == layer for m in group.members)
         if not (creates or reads):

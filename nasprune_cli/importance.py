@@ -23,7 +23,7 @@ from torch import nn
 
 from nasprune_cli.dynamic import DynamicModule, is_dynamic
 from nasprune_cli.errors import NasPruneError
-from nasprune_cli.graph.groups import GroupMap
+from nasprune_cli.graph.groups import Grouping
 
 IMPORTANCE_METHODS = ("magnitude", "consumer")
 DEFAULT_IMPORTANCE = "magnitude"
@@ -43,29 +43,29 @@ def check_method(method: str) -> str:
 def group_importance(
     modules: Mapping[str, nn.Module],
     sides: Sides,
-    gmap: GroupMap,
+    grouping: Grouping,
     groups: Iterable[int],
     method: str = DEFAULT_IMPORTANCE,
 ) -> dict[int, torch.Tensor]:
     """Importance of every position of each group (higher = kept longer), float64."""
     check_method(method)
     wanted = set(groups)
-    magnitude = {g: torch.zeros(gmap.groups[g].size, dtype=torch.float64) for g in wanted}
-    consumer = {g: torch.zeros(gmap.groups[g].size, dtype=torch.float64) for g in wanted}
+    magnitude = {g: torch.zeros(grouping.groups[g].size, dtype=torch.float64) for g in wanted}
+    consumer = {g: torch.zeros(grouping.groups[g].size, dtype=torch.float64) for g in wanted}
     has_consumer: set[int] = set()
     for (module_name, side), vec in sides.items():
         module = modules.get(module_name)
         if not is_dynamic(module):
             continue
         ids = vec.clamp(min=0)
-        groups_of = torch.where(vec >= 0, gmap.group_of[ids], torch.full_like(vec, -1))
+        groups_of = torch.where(vec >= 0, grouping.group_of[ids], torch.full_like(vec, -1))
         touched = [g for g in torch.unique(groups_of).tolist() if g in wanted]
         if not touched:
             continue
         scores = _side_magnitude(module, side)
         if scores is not None and scores.numel() == vec.numel():
             scores = scores.double()
-            _scatter(magnitude, scores / scores.mean().clamp(min=1e-12), groups_of, ids, touched, gmap)
+            _scatter(magnitude, scores / scores.mean().clamp(min=1e-12), groups_of, ids, touched, grouping)
         if method == "magnitude" or side != "in":
             continue
         energy = _column_energy(module)
@@ -74,7 +74,7 @@ def group_importance(
         total = energy.sum()
         if not bool(total > 0):
             continue
-        _scatter(consumer, energy / total, groups_of, ids, touched, gmap)
+        _scatter(consumer, energy / total, groups_of, ids, touched, grouping)
         has_consumer.update(touched)
     return {g: consumer[g] if g in has_consumer else magnitude[g] for g in wanted}
 
@@ -85,13 +85,13 @@ def _scatter(
     groups_of: torch.Tensor,
     ids: torch.Tensor,
     touched: list[int],
-    gmap: GroupMap,
+    grouping: Grouping,
 ) -> None:
     """Add a side's per-position scores to the positions of the groups they belong to."""
     scores = scores.double()
     for g in touched:
         mask = groups_of == g
-        into[g].index_add_(0, gmap.pos_of[ids[mask]], scores[mask])
+        into[g].index_add_(0, grouping.pos_of[ids[mask]], scores[mask])
 
 
 def _column_energy(module: nn.Module) -> torch.Tensor | None:

@@ -9,8 +9,10 @@ from typing import Any
 from torch import nn
 
 from nasprune_cli.constraints import Cost, parse_constraints
+from nasprune_cli.hparams import Hparam
+from nasprune_cli.inputs import dummy_input_for
 from nasprune_cli.metrics.flops import FLOPS_UNIT, count_params, fvcore_flops
-from nasprune_cli.space import FrozenLayer, Hparam, SearchSpace
+from nasprune_cli.space import FrozenLayer, SearchSpace
 
 
 @dataclass
@@ -79,9 +81,7 @@ def profile(
         }
     else:
         if dummy_input is None:
-            from nasprune_cli.conversion import make_dummy_input
-
-            dummy_input = make_dummy_input([1, 3, 224, 224])
+            dummy_input = dummy_input_for(None)
         original = Cost(float(fvcore_flops(model, dummy_input)), float(count_params(model)))
         costs = {"min": original, "centroid": original, "max": original}
         extra = {"converted": False, "size": 1, "num_hparams": 0}

@@ -15,33 +15,11 @@ from torch import nn
 from nasprune_cli.constraints import Cost
 from nasprune_cli.dynamic import is_dynamic
 from nasprune_cli.errors import NasPruneError
-from nasprune_cli.graph.groups import ChannelGroup, GroupMap
+from nasprune_cli.graph.groups import ChannelGroup, Grouping
+from nasprune_cli.hparams import Hparam, depth_gates
 from nasprune_cli.importance import DEFAULT_IMPORTANCE, group_importance
-from nasprune_cli.metrics.flops import CostModel, count_params, fvcore_flops
+from nasprune_cli.metrics.flops import CostModel
 from nasprune_cli.metrics.latency import LatencyModel
-
-
-@dataclass(frozen=True)
-class Hparam:
-    """A searchable choice: a group's width, a Sequential's depth or a conv's kernel size."""
-
-    name: str
-    kind: str  # "width" | "depth" | "kernel"
-    choices: tuple[int, ...]  # ascending
-    original: int
-    members: tuple[str, ...]  # layer sides / modules it changes
-
-
-def depth_gates(hparams: Mapping[str, Hparam]) -> dict[str, tuple[str, int]]:
-    """Skippable child module name -> (its depth hparam, threshold): the child runs while the hparam's value is
-    greater than the threshold (a depth hparam's members are its children in order, the first at its smallest
-    choice)."""
-    return {
-        child: (hp.name, hp.choices[0] + j)
-        for hp in hparams.values()
-        if hp.kind == "depth"
-        for j, child in enumerate(hp.members)
-    }
 
 
 @dataclass(frozen=True)
@@ -61,7 +39,7 @@ class SearchSpace:
         dummy_input: Any,
         hparams: dict[str, Hparam],
         frozen: list[FrozenLayer],
-        gmap: GroupMap,
+        grouping: Grouping,
         group_hparams: dict[str, int],
         sides: dict[tuple[str, str], torch.Tensor],
         cost_model: CostModel,
@@ -71,17 +49,17 @@ class SearchSpace:
         self.dummy_input = dummy_input
         self.hparams = hparams
         self.frozen = frozen
-        self.gmap = gmap
+        self.grouping = grouping
         self.original_cost = original_cost
         self._group_hparams = group_hparams  # width hparam name -> group index
         self._sides = sides  # (module, side) -> labels
         self._cost_model = cost_model
         self._orders = {
-            g: _group_order(gmap.groups[g], torch.zeros(gmap.groups[g].size)) for g in group_hparams.values()
+            g: _group_order(grouping.groups[g], torch.zeros(grouping.groups[g].size)) for g in group_hparams.values()
         }
         for g, order in self._orders.items():
             cost_model.set_order(g, order)
-        self._group_ids = {g: torch.nonzero(gmap.group_of == g).flatten() for g in group_hparams.values()}
+        self._group_ids = {g: torch.nonzero(grouping.group_of == g).flatten() for g in group_hparams.values()}
         self._active = {name: hp.original for name, hp in hparams.items()}
         self._modules = dict(model.named_modules())
         self._skippable = self._skippable_children()
@@ -116,7 +94,7 @@ class SearchSpace:
         self.select(config)
         return config
 
-    def check(self, config: Mapping[str, int]) -> dict[str, int]:
+    def complete_config(self, config: Mapping[str, int]) -> dict[str, int]:
         """Validate a (partial) config and complete it with the active values."""
         full = dict(self._active)
         for name, value in config.items():
@@ -133,13 +111,13 @@ class SearchSpace:
 
     def select(self, config: Mapping[str, int]) -> None:
         """Make a subnet active: set the slicing index of every dynamic layer."""
-        self._active = self.check(config)
-        keep_ids = torch.ones(len(self.gmap.group_of), dtype=torch.bool)
+        self._active = self.complete_config(config)
+        keep_ids = torch.ones(len(self.grouping.group_of), dtype=torch.bool)
         for name, g in self._group_hparams.items():
-            keep_pos = torch.zeros(self.gmap.groups[g].size, dtype=torch.bool)
+            keep_pos = torch.zeros(self.grouping.groups[g].size, dtype=torch.bool)
             keep_pos[self._orders[g][: self._active[name]]] = True
             ids = self._group_ids[g]
-            keep_ids[ids] = keep_pos[self.gmap.pos_of[ids]]
+            keep_ids[ids] = keep_pos[self.grouping.pos_of[ids]]
         for (module_name, side), vec in self._sides.items():
             module = self._modules.get(module_name)
             if not is_dynamic(module):
@@ -169,7 +147,7 @@ class SearchSpace:
     def cost(self, config: Mapping[str, int] | None = None) -> Cost:
         """FLOPs and params of a subnet from the fast cost model (equal to fvcore's count); with a latency table
         attached, also its predicted latency in ms."""
-        full = self._active if config is None else self.check(config)
+        full = self._active if config is None else self.complete_config(config)
         widths = {g: full[name] for name, g in self._group_hparams.items()}
         cost = self._cost_model.cost(widths, full)
         if self.latency_model is None:
@@ -183,20 +161,15 @@ class SearchSpace:
         latency = None if model is None else model.original_ms
         self.original_cost = Cost(self.original_cost.flops, self.original_cost.params, latency)
 
-    def measured_cost(self) -> Cost:
-        """FLOPs (fvcore) and params of the exported active subnet: slow, for confirmation."""
-        exported = self.export()
-        return Cost(float(fvcore_flops(exported, self.dummy_input)), float(count_params(exported)))
-
     # ---- importance ----------------------------------------------------------------------------------------
     def sort_parameters(self, importance: str = DEFAULT_IMPORTANCE) -> None:
         """Order every group's channels by importance so that width k keeps the k most important.
 
         `importance` is one of IMPORTANCE_METHODS: "magnitude" (default) or "consumer" (see nasprune_cli.importance).
         """
-        scores = group_importance(self._modules, self._sides, self.gmap, self._group_hparams.values(), importance)
+        scores = group_importance(self._modules, self._sides, self.grouping, self._group_hparams.values(), importance)
         for g, score in scores.items():
-            self._orders[g] = _group_order(self.gmap.groups[g], score)
+            self._orders[g] = _group_order(self.grouping.groups[g], score)
             self._cost_model.set_order(g, self._orders[g])
         self.select(self._active)
 
@@ -214,19 +187,6 @@ class SearchSpace:
             parent_name, _, attr = name.rpartition(".")
             setattr(model.get_submodule(parent_name), attr, plain)
         return model
-
-    def summary_rows(self) -> list[dict[str, Any]]:
-        """One row per configurable hparam: name, kind, choices, original, members."""
-        return [
-            {
-                "hparam": hp.name,
-                "kind": hp.kind,
-                "choices": list(hp.choices),
-                "original": hp.original,
-                "members": list(hp.members),
-            }
-            for hp in self.hparams.values()
-        ]
 
 
 def _group_order(group: ChannelGroup, importance: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,6 @@ from nasprune_cli.cli.options import (
     OutputOpt,
     OverwriteOpt,
     RecipeOpt,
-    dummy_input_from,
     recipe_overrides,
 )
 
@@ -35,6 +34,7 @@ def convert_command(
     """Convert a model into a search space (recipe rules) and save it; prints the hparams and frozen layers."""
     from nasprune_cli import convert
     from nasprune_cli.fileio import check_output
+    from nasprune_cli.inputs import dummy_input_for
     from nasprune_cli.loading import build_model, parse_kwargs
     from nasprune_cli.recipe.load import load_recipe
     from nasprune_cli.space_file import save_space
@@ -43,7 +43,7 @@ def convert_command(
     loaded = load_recipe(recipe, recipe_overrides(input_shape=input_shape), "command line")
     check_output(output_path, overwrite)  # fail before the slow part
     net = build_model(model, kwargs)
-    space = convert(net, loaded, dummy_input_from(loaded, None))
+    space = convert(net, loaded, dummy_input_for(loaded))
     save_space(output_path, space, {"entry_point": model, "kwargs": kwargs}, loaded, overwrite=overwrite)
 
     rows = space_rows(space)

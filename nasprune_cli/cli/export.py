@@ -44,9 +44,9 @@ def export_command(
 ) -> None:
     """Rebuild the pruned model from a fresh original model and write it (state_dict, torchscript or onnx)."""
     from nasprune_cli.checkpoint import EXPORT_FORMATS, load_pruned, restore, write_deployable
-    from nasprune_cli.conversion import make_dummy_input
     from nasprune_cli.errors import CheckpointError
     from nasprune_cli.fileio import check_output
+    from nasprune_cli.inputs import make_dummy_input
     from nasprune_cli.loading import build_model, parse_kwargs
 
     if fmt not in EXPORT_FORMATS:

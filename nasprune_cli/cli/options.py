@@ -5,14 +5,11 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 
 from nasprune_cli.errors import NasPruneError
-
-if TYPE_CHECKING:
-    from nasprune_cli.recipe.schema import Recipe
 
 ModelOpt = Annotated[
     str,
@@ -110,20 +107,6 @@ def recipe_overrides(
     if search:
         overrides["search"] = search
     return overrides
-
-
-def dummy_input_from(recipe: Recipe | None, input_shape_override: str | list[int] | list[list[int]] | None) -> Any:
-    """The dummy input: randn (seed 0) for float dtypes, zeros for int64; a tuple for several inputs."""
-    from nasprune_cli.conversion import make_dummy_input
-
-    if isinstance(input_shape_override, str):
-        shape: Any = parse_input_shape(input_shape_override)
-    elif input_shape_override is not None:
-        shape = input_shape_override
-    else:
-        shape = recipe.input.shape if recipe is not None else [1, 3, 224, 224]
-    dtype = recipe.input.dtype if recipe is not None else "float32"
-    return make_dummy_input(list(shape), dtype)
 
 
 def setting_flags(params: Mapping[str, Any]) -> dict[str, Any]:

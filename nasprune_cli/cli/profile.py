@@ -15,7 +15,6 @@ from nasprune_cli.cli.options import (
     ModelOpt,
     ParamsOpt,
     RecipeOpt,
-    dummy_input_from,
     recipe_overrides,
 )
 
@@ -46,6 +45,7 @@ def profile_command(
 ) -> None:
     """Profile a model's search space (with --recipe) or the plain model: FLOPs, params, constraints."""
     from nasprune_cli import profile
+    from nasprune_cli.inputs import dummy_input_for
     from nasprune_cli.loading import build_model, parse_kwargs
     from nasprune_cli.recipe.load import load_recipe
 
@@ -55,13 +55,11 @@ def profile_command(
     loaded = load_recipe(recipe, overrides, "command line")
     net = build_model(model, kwargs)
     if explain is not None:
-        return explain_layer(
-            net, loaded if recipe is not None else None, dummy_input_from(loaded, None), explain, json_out
-        )
+        return explain_layer(net, loaded if recipe is not None else None, dummy_input_for(loaded), explain, json_out)
     report = profile(
         net,
         recipe=loaded if recipe is not None else None,
-        dummy_input=dummy_input_from(loaded, None),
+        dummy_input=dummy_input_for(loaded),
         constraints=dict(loaded.search.constraints),
     )
 

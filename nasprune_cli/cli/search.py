@@ -20,7 +20,6 @@ from nasprune_cli.cli.options import (
     ParamsOpt,
     RecipeOpt,
     SeedOpt,
-    dummy_input_from,
     recipe_overrides,
     setting_flags,
 )
@@ -195,6 +194,7 @@ def search_command(
     """Search the best subnet within --flops / --params / --latency and write the pruned model (--output)."""
     from nasprune_cli.checkpoint import save_pruned
     from nasprune_cli.fileio import check_output
+    from nasprune_cli.inputs import dummy_input_for
     from nasprune_cli.loading import build_model, parse_kwargs
     from nasprune_cli.recipe.load import load_recipe
     from nasprune_cli.searching import search, search_options
@@ -219,7 +219,7 @@ def search_command(
         config["latency_table"] = str(output_path.with_name(f"{output_path.stem}.latency.json"))
     with _Progress(enabled=sys.stderr.isatty()) as on_progress:
         options = search_options({**config, "on_progress": on_progress})
-        result = search(net, None, dummy_input_from(loaded, None), options)
+        result = search(net, None, dummy_input_for(loaded), options)
     if output_path is not None:
         save_pruned(output_path, result, overwrite=overwrite)
 

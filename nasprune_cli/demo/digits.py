@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nasprune_cli.errors import LoadError
-from nasprune_cli.modes import eval_mode
+from nasprune_cli.inputs import eval_mode
 
 SETTINGS: dict[str, Any] = {
     "version": 1,

@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from nasprune_cli.graph.trace import SideRecord, Trace
+from nasprune_cli.graph.context import SideRecord, Trace
+from nasprune_cli.graph.unionfind import UnionFind
 
 _OUT_NAMES = {"Linear": "out_features"}
 
@@ -28,7 +29,7 @@ class ChannelGroup:
 
 
 @dataclass
-class GroupMap:
+class Grouping:
     """Groups plus, for every channel id, its group and its position in the group's canonical order."""
 
     groups: list[ChannelGroup]
@@ -36,31 +37,23 @@ class GroupMap:
     pos_of: torch.Tensor  # id -> position in the group (order of the first source's channels)
 
 
-def _find(parent: list[int], i: int) -> int:
-    while parent[i] != i:
-        parent[i] = parent[parent[i]]
-        i = parent[i]
-    return i
-
-
-def build_groups(trace: Trace) -> GroupMap:
+def build_groups(trace: Trace) -> Grouping:
     """Group sources united channel by channel; freeze groups the trace could not prove safe."""
     book = trace.book
     roots = book.roots() if len(book) else torch.zeros(0, dtype=torch.long)
     sources: list[SideRecord] = trace.sources
     # sources that share a root belong to one component
-    parent = list(range(len(sources)))
+    linked = UnionFind(len(sources))
     owner: dict[int, int] = {}
     for s_idx, src in enumerate(sources):
         for r in torch.unique(roots[src.vec]).tolist():
             if r in owner:
-                a, b = _find(parent, owner[r]), _find(parent, s_idx)
-                parent[max(a, b)] = min(a, b)
+                linked.union(owner[r], s_idx)
             else:
                 owner[r] = s_idx
     components: dict[int, list[int]] = {}
     for s_idx in range(len(sources)):
-        components.setdefault(_find(parent, s_idx), []).append(s_idx)
+        components.setdefault(linked.find(s_idx), []).append(s_idx)
 
     frozen_roots: dict[int, str] = {}
     for i, reason in sorted(book.frozen.items()):
@@ -95,7 +88,7 @@ def build_groups(trace: Trace) -> GroupMap:
         for g in torch.unique(group_of[ids]).tolist() if ids.numel() else []:
             if g >= 0:
                 groups[g].members.append(f"{module}.{side}")
-    return GroupMap(groups=groups, group_of=group_of, pos_of=pos_of)
+    return Grouping(groups=groups, group_of=group_of, pos_of=pos_of)
 
 
 def _structure_problem(
@@ -114,14 +107,14 @@ def _structure_problem(
     return None
 
 
-def apply_block_constraints(trace: Trace, gmap: GroupMap) -> None:
+def apply_block_constraints(trace: Trace, grouping: Grouping) -> None:
     """Grouped convs keep the same number of channels in each of their groups, attention keeps whole heads:
     record these constraints on the groups (or freeze a group whose constraints disagree)."""
     for name, info in trace.layer_info.items():
         if info.get("head_width"):
             record = trace.sides.get((name, "features"))
             if record is not None:
-                _constrain_units(gmap, name, info["head_width"], record.vec)
+                _constrain_units(grouping, name, info["head_width"], record.vec)
             continue
         blocks = info.get("blocks", 1)
         if blocks <= 1:
@@ -130,29 +123,29 @@ def apply_block_constraints(trace: Trace, gmap: GroupMap) -> None:
             record = trace.sides.get((name, side))
             if record is None:
                 continue
-            _constrain(gmap, name, blocks, record.vec)
+            _constrain(grouping, name, blocks, record.vec)
 
 
-def _whole_group(gmap: GroupMap, vec: torch.Tensor, reason: str) -> ChannelGroup | None:
+def _whole_group(grouping: Grouping, vec: torch.Tensor, reason: str) -> ChannelGroup | None:
     """The one unfrozen group a layer side covers exactly; freeze whatever it touches when it is not that."""
     ids = vec[vec >= 0]
-    touched = torch.unique(gmap.group_of[ids]).tolist() if ids.numel() else []
+    touched = torch.unique(grouping.group_of[ids]).tolist() if ids.numel() else []
     if not touched:
         return None
-    if len(touched) > 1 or ids.numel() != vec.numel() or gmap.groups[touched[0]].size != vec.numel():
+    if len(touched) > 1 or ids.numel() != vec.numel() or grouping.groups[touched[0]].size != vec.numel():
         for g in touched:
-            gmap.groups[g].frozen_reason = gmap.groups[g].frozen_reason or reason
+            grouping.groups[g].frozen_reason = grouping.groups[g].frozen_reason or reason
         return None
-    group = gmap.groups[touched[0]]
+    group = grouping.groups[touched[0]]
     return None if group.frozen_reason is not None else group
 
 
-def _constrain_units(gmap: GroupMap, layer: str, unit: int, vec: torch.Tensor) -> None:
-    group = _whole_group(gmap, vec, f"{layer}: attention reads channels that do not form one group")
+def _constrain_units(grouping: Grouping, layer: str, unit: int, vec: torch.Tensor) -> None:
+    group = _whole_group(grouping, vec, f"{layer}: attention reads channels that do not form one group")
     if group is None:
         return
     unit_of = torch.empty(group.size, dtype=torch.long)
-    unit_of[gmap.pos_of[vec]] = torch.arange(vec.numel()) // unit
+    unit_of[grouping.pos_of[vec]] = torch.arange(vec.numel()) // unit
     if group.unit_of is not None and not torch.equal(group.unit_of, unit_of):
         group.frozen_reason = f"{layer}: attention layers split these channels into different heads"
     elif group.block_of is not None:
@@ -161,9 +154,9 @@ def _constrain_units(gmap: GroupMap, layer: str, unit: int, vec: torch.Tensor) -
         group.unit, group.unit_of = unit, unit_of
 
 
-def _constrain(gmap: GroupMap, layer: str, blocks: int, vec: torch.Tensor) -> None:
+def _constrain(grouping: Grouping, layer: str, blocks: int, vec: torch.Tensor) -> None:
     reason = f"{layer}: grouped convolution (groups={blocks}) reads channels that do not form one group"
-    group = _whole_group(gmap, vec, reason)
+    group = _whole_group(grouping, vec, reason)
     if group is None:
         return
     if group.unit_of is not None:
@@ -171,7 +164,7 @@ def _constrain(gmap: GroupMap, layer: str, blocks: int, vec: torch.Tensor) -> No
         return
     per_block = vec.numel() // blocks
     block_of = torch.empty(group.size, dtype=torch.long)
-    block_of[gmap.pos_of[vec]] = torch.arange(vec.numel()) // per_block
+    block_of[grouping.pos_of[vec]] = torch.arange(vec.numel()) // per_block
     if group.block_of is not None and not torch.equal(group.block_of, block_of):
         group.frozen_reason = f"{layer}: grouped convolutions split these channels into different blocks"
         return

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -11,10 +11,8 @@ from torchvision.models.convnext import CNBlock, LayerNorm2d
 from torchvision.models.maxvit import RelativePositionalMultiHeadAttention
 from torchvision.models.swin_transformer import ShiftedWindowAttention
 
-from nasprune_cli.graph.labels import Lab, fixed_vec
-
-if TYPE_CHECKING:
-    from nasprune_cli.graph.trace import TraceContext
+from nasprune_cli.graph.context import CostTerm, TraceContext
+from nasprune_cli.graph.labels import ChannelLabels, fixed_vec
 
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 CONVT_TYPES = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -31,7 +29,7 @@ PARAM_SIDES: dict[type[nn.Module], dict[str, int]] = {CNBlock: {"layer_scale": 0
 
 def _input_vec(ctx: TraceContext, name: str, x: torch.Tensor, dim: int, size: int, what: str) -> torch.Tensor:
     """Labels along the dim a layer reads channels from; channels arriving along another dim are frozen."""
-    lab = ctx.lab(x)
+    lab = ctx.labels_of(x)
     if lab is None:
         return fixed_vec(size)
     if lab.dim != dim:
@@ -46,12 +44,11 @@ def handle_layer(ctx: TraceContext, name: str, module: nn.Module, args: tuple, k
     if not isinstance(x, torch.Tensor) or not isinstance(out, torch.Tensor):
         for t in list(args) + list(kwargs.values()):
             if isinstance(t, torch.Tensor):
-                ctx.freeze(ctx.lab(t), f"{name} is called with unusual arguments")
+                ctx.freeze(ctx.labels_of(t), f"{name} is called with unusual arguments")
         if isinstance(out, torch.Tensor):
-            ctx.set_lab(out, None)
+            ctx.set_labels(out, None)
         return
     first = name not in ctx.layer_info
-    ctx.call_order.append(name)
     params_before = len(ctx.params)
     if isinstance(module, (*CONV_TYPES, *CONVT_TYPES)):
         _conv(ctx, name, module, x, out)
@@ -83,7 +80,7 @@ def _conv(ctx: TraceContext, name: str, m: nn.Module, x: torch.Tensor, out: torc
         info["depthwise"] = True
         vec = ctx.add_side(name, "in", in_vec)
         ctx.add_side(name, "out", vec)
-        ctx.set_lab(out, Lab(cdim, vec))
+        ctx.set_labels(out, ChannelLabels(cdim, vec))
         ctx.add_flops(batch * spatial * kernel, [vec], kernel_of=name)
         ctx.params.append(_param_term(kernel, [vec], name))
         if m.bias is not None:
@@ -95,7 +92,7 @@ def _conv(ctx: TraceContext, name: str, m: nn.Module, x: torch.Tensor, out: torc
         ctx.add_side(name, "in", in_vec)
         out_vec = ctx.new_source(name, "out", cout)
         ctx.freeze(out_vec, reason)
-        ctx.set_lab(out, Lab(cdim, out_vec))
+        ctx.set_labels(out, ChannelLabels(cdim, out_vec))
         ctx.add_flops(batch * spatial * kernel * cout, [])
         ctx.params.append(_param_term(m.weight.numel() + (cout if m.bias is not None else 0), []))
         return
@@ -103,7 +100,7 @@ def _conv(ctx: TraceContext, name: str, m: nn.Module, x: torch.Tensor, out: torc
         info["blocks"] = groups
     in_vec = ctx.add_side(name, "in", in_vec)
     out_vec = ctx.new_source(name, "out", cout)
-    ctx.set_lab(out, Lab(cdim, out_vec))
+    ctx.set_labels(out, ChannelLabels(cdim, out_vec))
     ctx.add_flops(batch * spatial * kernel / groups, [in_vec, out_vec], kernel_of=name)
     ctx.params.append(_param_term(kernel / groups, [in_vec, out_vec], name))
     if m.bias is not None:
@@ -114,7 +111,7 @@ def _linear(ctx: TraceContext, name: str, m: nn.Linear, x: torch.Tensor, out: to
     ctx.layer_info[name] = {"type": "Linear"}
     in_vec = ctx.add_side(name, "in", _input_vec(ctx, name, x, x.dim() - 1, m.in_features, "input feature"))
     out_vec = ctx.new_source(name, "out", m.out_features)
-    ctx.set_lab(out, Lab(out.dim() - 1, out_vec))
+    ctx.set_labels(out, ChannelLabels(out.dim() - 1, out_vec))
     ctx.add_flops(math.prod(x.shape[:-1]), [in_vec, out_vec])
     ctx.params.append(_param_term(1, [in_vec, out_vec]))
     if m.bias is not None:
@@ -134,7 +131,7 @@ def _attention(ctx: TraceContext, name: str, m: nn.Module, x: torch.Tensor, out:
         tokens, keys = math.prod(x.shape[:-1]), x.shape[-2]
     ctx.layer_info[name] = {"type": type(m).__name__, "head_width": width // heads}
     vec = ctx.add_side(name, "features", _input_vec(ctx, name, x, x.dim() - 1, width, "feature"))
-    ctx.set_lab(out, Lab(out.dim() - 1, vec))
+    ctx.set_labels(out, ChannelLabels(out.dim() - 1, vec))
     ctx.add_flops(3 * tokens, [vec, vec])  # q, k, v projections
     if isinstance(m, ShiftedWindowAttention):
         ctx.add_flops(2 * tokens * keys, [vec])  # q @ k^T and attention @ v (matmul), summed over heads
@@ -163,10 +160,10 @@ def _norm(ctx: TraceContext, name: str, m: nn.Module, x: torch.Tensor, out: torc
         affine = m.weight is not None
         per_elem = 5 if affine else 4
         if len(m.normalized_shape) > 1:
-            lab = ctx.lab(x)
+            lab = ctx.labels_of(x)
             if lab is not None and lab.dim >= x.dim() - len(m.normalized_shape):
                 ctx.freeze(lab, f"{name}: LayerNorm over {len(m.normalized_shape)} dims cannot be sliced")
-            ctx.set_lab(out, None if lab is None or lab.dim >= x.dim() - len(m.normalized_shape) else lab)
+            ctx.set_labels(out, None if lab is None or lab.dim >= x.dim() - len(m.normalized_shape) else lab)
             ctx.add_flops(x.numel() * per_elem, [])
             ctx.params.append(_param_term(sum(p.numel() for p in m.parameters(recurse=False)), []))
             return
@@ -183,14 +180,12 @@ def _norm(ctx: TraceContext, name: str, m: nn.Module, x: torch.Tensor, out: torc
         affine = m.weight is not None
         per_elem = (2 if affine else 1) if isinstance(m, BN_TYPES) else (5 if affine else 4)
     vec = ctx.add_side(name, side, _input_vec(ctx, name, x, dim, size, "feature"))
-    ctx.set_lab(out, Lab(dim, vec))
+    ctx.set_labels(out, ChannelLabels(dim, vec))
     ctx.add_flops(x.numel() / size * per_elem, [vec])
     if affine:
         n_affine = sum(1 for p in (m.weight, getattr(m, "bias", None)) if p is not None)
         ctx.params.append(_param_term(n_affine, [vec]))
 
 
-def _param_term(factor: float, vecs: list[torch.Tensor], kernel_of: str | None = None) -> Any:
-    from nasprune_cli.graph.trace import CostTerm
-
+def _param_term(factor: float, vecs: list[torch.Tensor], kernel_of: str | None = None) -> CostTerm:
     return CostTerm(float(factor), vecs, (), kernel_of)

@@ -15,16 +15,16 @@ from typing import Any
 
 import torch
 
-from nasprune_cli.graph.labels import Lab
+from nasprune_cli.graph.labels import ChannelLabels
 
 
 class WatchedInt(int):
     """A channel count read from a traced tensor; using it calls `on_use` (which freezes the channels)."""
 
-    origin: Lab
+    origin: ChannelLabels
     _on_use: Callable[[], None]
 
-    def __new__(cls, value: int, origin: Lab, on_use: Callable[[], None]) -> WatchedInt:
+    def __new__(cls, value: int, origin: ChannelLabels, on_use: Callable[[], None]) -> WatchedInt:
         obj = super().__new__(cls, value)
         obj.origin = origin
         obj._on_use = on_use
@@ -65,7 +65,9 @@ for _name in _USES:
 class WatchedSize(tuple):
     """x.shape of a tensor with channels, whose channel entry is a WatchedInt."""
 
-    def __new__(cls, size: torch.Size, channel_dim: int, origin: Lab, on_use: Callable[[], None]) -> WatchedSize:
+    def __new__(
+        cls, size: torch.Size, channel_dim: int, origin: ChannelLabels, on_use: Callable[[], None]
+    ) -> WatchedSize:
         items = [WatchedInt(s, origin, on_use) if d == channel_dim else s for d, s in enumerate(size)]
         obj = super().__new__(cls, items)
         obj._on_use = on_use

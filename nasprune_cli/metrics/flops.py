@@ -18,7 +18,7 @@ from torch import nn
 
 from nasprune_cli.constraints import Cost
 from nasprune_cli.errors import TraceError
-from nasprune_cli.modes import eval_mode
+from nasprune_cli.inputs import eval_mode, input_tensors
 
 FLOPS_UNIT = "fvcore FLOPs: one per multiply-add, on the dummy input, eval mode"
 
@@ -58,8 +58,7 @@ def fvcore_flops(model: nn.Module, dummy_input: Any, by_module: bool = False) ->
 
 def _shapes(dummy_input: Any) -> str:
     """Shapes of the tensors of a dummy input, e.g. '[1, 3, 224, 224]' or '[1, 3, 8, 8]; [1, 10]'."""
-    items = dummy_input if isinstance(dummy_input, (tuple, list)) else (dummy_input,)
-    return "; ".join(str(list(t.shape)) for t in items if isinstance(t, torch.Tensor)) or "?"
+    return "; ".join(str(list(t.shape)) for t in input_tensors(dummy_input)) or "?"
 
 
 def count_params(model: nn.Module) -> int:
@@ -85,7 +84,6 @@ class CostModel:
         self.flop_terms = flop_terms
         self.param_terms = param_terms
         self.orders: dict[int, torch.Tensor] = {g: torch.arange(n) for g, n in group_sizes.items()}
-        self._cums: dict[int, list[list[list[list[int]]]]] = {}
         self.refresh()
 
     @staticmethod

@@ -35,7 +35,8 @@ import torch
 from torch import nn
 
 from nasprune_cli.errors import NasPruneError
-from nasprune_cli.metrics.score import call_model
+from nasprune_cli.hparams import depth_gates
+from nasprune_cli.inputs import batched_input, call_model, input_tensors
 
 LATENCY_KIND = "nasprune-latency-table"
 LATENCY_VERSION = 2
@@ -164,7 +165,7 @@ def interpolate(samples: list[tuple[float, float]], x: float) -> float:
 
 def table_meta(space: Any, batch: int) -> dict[str, Any]:
     """What a latency table is valid for: the hparams, the input shape, batch size, threads and machine."""
-    shapes = [list(t.shape[1:]) for t in _tensors(space.dummy_input)]
+    shapes = [list(t.shape[1:]) for t in input_tensors(space.dummy_input)]
     return {
         "hparams": {n: hp.original for n, hp in sorted(space.hparams.items())},
         "depth_hparams": sorted(n for n, hp in space.hparams.items() if hp.kind == "depth"),
@@ -183,19 +184,7 @@ def measure_latency(
     on_progress: Callable[[str, int, int], None] | None = None,
 ) -> LatencyModel:
     """Measure a latency table for a search space on this machine (restores the active subnet)."""
-    if batch < 1:
-        raise NasPruneError(f"latency batch size: expected an integer >= 1 (got {batch})")
-    from nasprune_cli.space import depth_gates  # the space module imports this one
-
-    kernels = sorted(n for n, hp in space.hparams.items() if hp.kind == "kernel")
-    if kernels:
-        raise NasPruneError(
-            f"latency constraint: the latency table models width and depth hparams, and this space also has "
-            f"{len(kernels)} kernel-size hparam(s) ({', '.join(kernels[:3])}); use flops / params constraints, or a "
-            "recipe without kernel_size choices"
-        )
-    if not space.hparams:
-        raise NasPruneError("latency constraint: the space has no hparams, so nothing can make it faster")
+    _check_measurable(space, batch)
     active = space.config()
     repeats = repeats if repeats is not None else (10 if batch == 1 else 3)
     widths = sorted(n for n, hp in space.hparams.items() if hp.kind == "width")
@@ -209,58 +198,94 @@ def measure_latency(
         if on_progress is not None:
             on_progress("latency table", step, total_steps)
 
-    blocks = sorted(gates_by_child)  # skippable children: their own time outside their layers goes with them
     try:
-        space.select(space.max())
-        base = _probe(space.model, space.dummy_input, blocks)
-        tick()
-        coef_in: dict[str, dict[str, float]] = {k: {} for k in base}
-        coef_out: dict[str, dict[str, float]] = {k: {} for k in base}
-        for name in widths:
-            hp = space.hparams[name]
-            space.select({**space.max(), name: hp.choices[0]})
-            probe = _probe(space.model, space.dummy_input, blocks)
-            removed = hp.original - hp.choices[0]
-            for key, (n_in, n_out) in base.items():
-                if key not in probe or removed <= 0:
-                    continue
-                p_in, p_out = probe[key]
-                if n_in and p_in != n_in:
-                    coef_in[key][name] = (n_in - p_in) / n_in / removed
-                if n_out and p_out != n_out:
-                    coef_out[key][name] = (n_out - p_out) / n_out / removed
-            tick()
-        weighted = _weighted_leaves(space.model, base, blocks)
-        leaves = {
-            k: LeafTiming(k, weighted[k], coef_in[k], coef_out[k], [], _leaf_gates(k, gates_by_child)) for k in base
-        }
-        x = _batched(space.dummy_input, batch)
-        remainder: list[tuple[float, float]] = []
-        original_flops = max(space.original_cost.flops, 1.0)
-        for ratio in SAMPLE_RATIOS:
-            config = {**space.max(), **_uniform_widths(space, ratio)}
-            space.select(config)
-            flops_fraction = space.cost(config).flops / original_flops
-            removed = {h: space.hparams[h].original - config[h] for h in widths}
-            warmup = 3 if ratio == SAMPLE_RATIOS[0] else 1
-            exported = space.export().eval()
-            times, total = _time_leaves(exported, x, repeats, warmup)
-            hooked = sum(times.values())
-            if hooked > total:  # hooks cost time too: scale the layer times so that they add up to the forward
-                times = {k: t * total / hooked for k, t in times.items()}
-            if blocks:
-                times.update(_block_rest(_time_leaves(exported, x, repeats, 0, blocks, whole=False)[0], times))
-            for key, leaf in leaves.items():
-                if key in times:
-                    leaf.samples.append((leaf.work(removed), times[key]))
-            remainder.append((flops_fraction, max(0.0, total - sum(times.values()))))
-            tick()
+        leaves = _probe_leaves(space, widths, gates_by_child, tick)
+        remainder = _time_samples(space, leaves, widths, sorted(gates_by_child), batch, repeats, tick)
     finally:
         space.select(active)
     for leaf in leaves.values():
         leaf.samples = _merge(leaf.samples)
     timed = [leaf for leaf in leaves.values() if leaf.samples]
     return LatencyModel(timed, _merge(remainder), table_meta(space, batch))
+
+
+def _check_measurable(space: Any, batch: int) -> None:
+    """Raise when no latency table can be measured for this space and batch size."""
+    if batch < 1:
+        raise NasPruneError(f"latency batch size: expected an integer >= 1 (got {batch})")
+    kernels = sorted(n for n, hp in space.hparams.items() if hp.kind == "kernel")
+    if kernels:
+        raise NasPruneError(
+            f"latency constraint: the latency table models width and depth hparams, and this space also has "
+            f"{len(kernels)} kernel-size hparam(s) ({', '.join(kernels[:3])}); use flops / params constraints, or a "
+            "recipe without kernel_size choices"
+        )
+    if not space.hparams:
+        raise NasPruneError("latency constraint: the space has no hparams, so nothing can make it faster")
+
+
+def _probe_leaves(
+    space: Any, widths: list[str], gates_by_child: Mapping[str, tuple[str, int]], tick: Callable[[], None]
+) -> dict[str, LeafTiming]:
+    """Step 1: every leaf call (and skippable block call) with the shares of its input / output each width hparam's
+    channels hold; no times yet. Leaves the space at its last probe."""
+    blocks = sorted(gates_by_child)  # skippable children: their own time outside their layers goes with them
+    space.select(space.max())
+    base = _probe(space.model, space.dummy_input, blocks)
+    tick()
+    coef_in: dict[str, dict[str, float]] = {k: {} for k in base}
+    coef_out: dict[str, dict[str, float]] = {k: {} for k in base}
+    for name in widths:
+        hp = space.hparams[name]
+        space.select({**space.max(), name: hp.choices[0]})
+        probe = _probe(space.model, space.dummy_input, blocks)
+        removed = hp.original - hp.choices[0]
+        for key, (n_in, n_out) in base.items():
+            if key not in probe or removed <= 0:
+                continue
+            p_in, p_out = probe[key]
+            if n_in and p_in != n_in:
+                coef_in[key][name] = (n_in - p_in) / n_in / removed
+            if n_out and p_out != n_out:
+                coef_out[key][name] = (n_out - p_out) / n_out / removed
+        tick()
+    weighted = _weighted_leaves(space.model, base, blocks)
+    return {k: LeafTiming(k, weighted[k], coef_in[k], coef_out[k], [], _leaf_gates(k, gates_by_child)) for k in base}
+
+
+def _time_samples(
+    space: Any,
+    leaves: Mapping[str, LeafTiming],
+    widths: list[str],
+    blocks: list[str],
+    batch: int,
+    repeats: int,
+    tick: Callable[[], None],
+) -> list[tuple[float, float]]:
+    """Step 2: time the subnet at every uniform width ratio, add each leaf's sample; returns the remainder samples
+    (FLOPs fraction, ms). Leaves the space at the last ratio."""
+    x = batched_input(space.dummy_input, batch)
+    remainder: list[tuple[float, float]] = []
+    original_flops = max(space.original_cost.flops, 1.0)
+    for ratio in SAMPLE_RATIOS:
+        config = {**space.max(), **_uniform_widths(space, ratio)}
+        space.select(config)
+        flops_fraction = space.cost(config).flops / original_flops
+        removed = {h: space.hparams[h].original - config[h] for h in widths}
+        warmup = 3 if ratio == SAMPLE_RATIOS[0] else 1
+        exported = space.export().eval()
+        times, total = _time_leaves(exported, x, repeats, warmup)
+        hooked = sum(times.values())
+        if hooked > total:  # hooks cost time too: scale the layer times so that they add up to the forward
+            times = {k: t * total / hooked for k, t in times.items()}
+        if blocks:
+            times.update(_block_rest(_time_leaves(exported, x, repeats, 0, blocks, whole=False)[0], times))
+        for key, leaf in leaves.items():
+            if key in times:
+                leaf.samples.append((leaf.work(removed), times[key]))
+        remainder.append((flops_fraction, max(0.0, total - sum(times.values()))))
+        tick()
+    return remainder
 
 
 def latency_model_for(
@@ -329,27 +354,6 @@ def load_latency_table(path: str | Path) -> LatencyModel:
     except (OSError, ValueError) as exc:
         raise NasPruneError(f"{path}: cannot read the latency table ({exc}); delete it to measure again") from exc
     return LatencyModel.from_dict(data, str(path))
-
-
-def _tensors(inputs: Any) -> list[torch.Tensor]:
-    items = inputs if isinstance(inputs, (tuple, list)) else (inputs,)
-    return [t for t in items if isinstance(t, torch.Tensor)]
-
-
-def _batched(dummy_input: Any, batch: int) -> Any:
-    """The dummy input with its batch dimension set to `batch` (random values, seeded)."""
-    gen = torch.Generator().manual_seed(0)
-
-    def grow(t: Any) -> Any:
-        if not isinstance(t, torch.Tensor) or t.dim() == 0:
-            return t
-        if t.is_floating_point():
-            return torch.randn((batch, *t.shape[1:]), generator=gen, dtype=t.dtype)
-        return t[:1].expand(batch, *t.shape[1:]).clone()
-
-    if isinstance(dummy_input, tuple):
-        return tuple(grow(t) for t in dummy_input)
-    return grow(dummy_input)
 
 
 def _leaves(model: nn.Module) -> list[tuple[str, nn.Module]]:

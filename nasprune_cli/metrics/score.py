@@ -25,13 +25,12 @@ import torch
 from torch import nn
 
 from nasprune_cli.errors import SearchError
-from nasprune_cli.modes import eval_mode
+from nasprune_cli.inputs import call_model, eval_mode, tensors_in
 
 Collect = Callable[[Any], Any]
 ScoreFn = Callable[[nn.Module], float]
 
 DEFAULT_SCORE_NAME = "output agreement (R^2 against the original model's outputs)"
-RANDOM_BATCH_SIZE = 8  # random calibration batches: BatchNorm needs more than one value per channel
 
 
 def default_collect(batch: Any) -> Any:
@@ -39,41 +38,6 @@ def default_collect(batch: Any) -> Any:
     if isinstance(batch, (tuple, list)) and batch:
         return batch[0]
     return batch
-
-
-def inputs_as_given(batch: Any) -> Any:
-    """A batch that already is the model's inputs (random batches shaped like the dummy input)."""
-    return batch
-
-
-def call_model(model: nn.Module, inputs: Any) -> Any:
-    """Run a model on inputs given like a dummy input: a tuple is positional args (a trailing dict is kwargs)."""
-    if isinstance(inputs, tuple):
-        if inputs and isinstance(inputs[-1], dict):
-            return model(*inputs[:-1], **inputs[-1])
-        return model(*inputs)
-    return model(inputs)
-
-
-def random_batches(dummy_input: Any, count: int, seed: int = 0) -> list[Any]:
-    """`count` random batches shaped like the dummy input (float tensors randn, batch dim at least 8)."""
-    gen = torch.Generator().manual_seed(seed)
-
-    def one(t: Any) -> Any:
-        if isinstance(t, torch.Tensor):
-            if t.dim() == 0:
-                return t.clone()
-            size = max(t.shape[0], RANDOM_BATCH_SIZE)
-            if t.is_floating_point():
-                return torch.randn((size, *t.shape[1:]), generator=gen).to(t.dtype)
-            return t[:1].expand(size, *t.shape[1:]).clone()  # ids / masks: repeat the dummy values
-        if isinstance(t, tuple):
-            return tuple(one(x) for x in t)
-        if isinstance(t, dict):
-            return {k: one(v) for k, v in t.items()}
-        return t
-
-    return [one(dummy_input) for _ in range(count)]
 
 
 def norm_layers(model: nn.Module) -> list[nn.modules.batchnorm._NormBase]:
@@ -106,14 +70,8 @@ def recalibrate_bn(model: nn.Module, batches: Sequence[Any], collect: Collect = 
 
 
 def _float_tensors(obj: Any) -> list[torch.Tensor]:
-    """Every floating-point tensor in a (nested) model output, in a fixed order."""
-    if isinstance(obj, torch.Tensor):
-        return [obj.detach().double()] if obj.is_floating_point() else []
-    if isinstance(obj, dict):
-        return [t for k in sorted(obj, key=str) for t in _float_tensors(obj[k])]
-    if isinstance(obj, (tuple, list)):
-        return [t for x in obj for t in _float_tensors(x)]
-    return []
+    """Every floating-point tensor in a (nested) model output, in a fixed order (dict keys sorted), as float64."""
+    return [t.detach().double() for t in tensors_in(obj, sort_keys=True) if t.is_floating_point()]
 
 
 def output_agreement(outputs: Sequence[Any], reference: Sequence[Any]) -> float:
@@ -190,7 +148,6 @@ class Evaluator:
         self.score_fn = score_fn
         self.score_name = score_name or (DEFAULT_SCORE_NAME if score_fn is None else callable_name(score_fn))
         self.reference: list[Any] | None = None
-        self.evaluations = 0
 
     def inputs(self, batch: Any) -> Any:
         """The model inputs of a batch (the collect function, its errors named)."""
@@ -241,7 +198,6 @@ class Evaluator:
     def __call__(self) -> float:
         """Recalibrate BN, then score the active subnet (a finite float, higher is better)."""
         self.recalibrate()
-        self.evaluations += 1
         if self.score_fn is None:
             if self.reference is None:
                 raise SearchError("default score: Evaluator.prepare() must run on the original model first")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from nasprune_cli.recipe.load import load_recipe, recipe_from_dict, recipe_to_dict
-from nasprune_cli.recipe.rules import ResolvedRules, resolve_rules, width_choices
+from nasprune_cli.recipe.patterns import ResolvedRules, resolve_rules, width_choices
 from nasprune_cli.recipe.schema import (
     MODULE_TYPES,
     AttentionRule,

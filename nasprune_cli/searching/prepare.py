@@ -14,8 +14,9 @@ from torch import nn
 from nasprune_cli.constraints import parse_constraints
 from nasprune_cli.errors import SearchError
 from nasprune_cli.fileio import digest
+from nasprune_cli.inputs import dummy_input_for, input_spec, inputs_as_given, random_batches
 from nasprune_cli.metrics.latency import LATENCY_UNIT, latency_model_for
-from nasprune_cli.metrics.score import Evaluator, inputs_as_given, load_batches, random_batches
+from nasprune_cli.metrics.score import Evaluator, load_batches
 from nasprune_cli.recipe.load import recipe_to_dict
 from nasprune_cli.searching.base import check_bounds
 from nasprune_cli.searching.fingerprint import fingerprint, weights_digest
@@ -28,7 +29,6 @@ NO_DATA_WARNING = (
     "dummy input; a subnet ranked on noise can rank differently on real inputs, so pass --data (a few training "
     "batches) for a meaningful search"
 )
-_DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16", torch.int64: "int64"}
 
 
 @dataclass
@@ -61,14 +61,14 @@ def prepare(
     check_bounds(bounds, space)  # before the data is loaded or any subnet is scored
     evaluator = _evaluator(space, dummy_input, options)
     model_spec = options.model_spec or _class_spec(space.model)
-    input_spec = _input_spec(dummy_input)
+    spec = input_spec(dummy_input)
     recipe = recipe_to_dict(options.recipe) if options.recipe is not None else None
     fp = fingerprint(
         model=model_spec,
         recipe=recipe,
         settings=options.settings,
         bounds=bounds,
-        input_spec=input_spec,
+        input_spec=spec,
         hparams={n: list(hp.choices) for n, hp in space.hparams.items()},
         score=options.score.name if options.score.value is not None else "default",
         data=options.data.name,
@@ -77,7 +77,7 @@ def prepare(
         latency=_digest_latency(space),
     )
     has_data = options.data.value is not None
-    return Prepared(space, dummy_input, bounds, evaluator, has_data, latency, model_spec, input_spec, recipe, fp)
+    return Prepared(space, dummy_input, bounds, evaluator, has_data, latency, model_spec, spec, recipe, fp)
 
 
 def seed_everything(seed: int) -> None:
@@ -98,7 +98,7 @@ def _space(model: nn.Module | SearchSpace, dummy_input: Any, options: SearchOpti
         return model, model.dummy_input if dummy_input is None else dummy_input
     if not isinstance(model, nn.Module):
         raise SearchError(f"search: expected an nn.Module or a SearchSpace (got {type(model).__name__})")
-    from nasprune_cli.conversion import convert, dummy_input_for
+    from nasprune_cli.conversion import convert
 
     dummy_input = dummy_input_for(options.recipe) if dummy_input is None else dummy_input
     return convert(model, options.recipe, dummy_input), dummy_input
@@ -146,16 +146,3 @@ def _digest_latency(space: SearchSpace) -> str | None:
 
 def _class_spec(model: nn.Module) -> dict[str, Any]:
     return {"entry_point": f"{type(model).__module__}:{type(model).__qualname__}", "kwargs": {}}
-
-
-def _input_spec(dummy_input: Any) -> dict[str, Any]:
-    tensors = [dummy_input] if isinstance(dummy_input, torch.Tensor) else []
-    if isinstance(dummy_input, tuple):
-        tensors = [t for t in dummy_input if isinstance(t, torch.Tensor)]
-    if not tensors:
-        return {"shape": [], "dtype": "float32"}
-    shapes = [list(t.shape) for t in tensors]
-    return {
-        "shape": shapes[0] if len(shapes) == 1 else shapes,
-        "dtype": _DTYPE_NAMES.get(tensors[0].dtype, "float32"),
-    }

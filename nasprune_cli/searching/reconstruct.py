@@ -29,8 +29,8 @@ from torch import nn
 
 from nasprune_cli.dynamic import is_dynamic
 from nasprune_cli.errors import SearchError
-from nasprune_cli.metrics.score import call_model, default_collect, norm_layers, recalibrate_bn
-from nasprune_cli.modes import eval_mode
+from nasprune_cli.inputs import call_model, eval_mode
+from nasprune_cli.metrics.score import default_collect, norm_layers, recalibrate_bn
 
 RIDGES = (1e-3, 1e-2, 1e-1, 1.0)  # pulls towards the kept weights tried, as shares of the mean diagonal of X^T X
 EXACT = "its output already matches the original model's"

@@ -9,16 +9,19 @@ from torch import nn
 
 from nasprune_cli.errors import TraceError
 from nasprune_cli.graph.groups import apply_block_constraints, build_groups
-from nasprune_cli.graph.rules import _reshape_groups
+from nasprune_cli.graph.ops import _reshape_groups
 from nasprune_cli.graph.trace import trace_model
 from tests.toys import TOYS
+
+OUTPUT = "model output (the channels of the model's outputs are never pruned)"
+FORWARD = "at the model's forward()"  # where a reason points when the op runs in the top-level forward
 
 
 def groups_of(name: str) -> dict[str, tuple[list[str], str | None]]:
     cls, shape = TOYS[name]
     torch.manual_seed(0)
-    gmap = build_groups(trace_model(cls(), torch.randn(shape)))
-    return {g.name: (sorted(g.sources), g.frozen_reason) for g in gmap.groups}
+    grouping = build_groups(trace_model(cls(), torch.randn(shape)))
+    return {g.name: (sorted(g.sources), g.frozen_reason) for g in grouping.groups}
 
 
 def prunable(name: str) -> dict[str, list[str]]:
@@ -33,7 +36,7 @@ def test_residual_adds_unite_the_stream() -> None:
 
 def test_model_output_is_frozen() -> None:
     sources, reason = groups_of("chain")["head.out_channels"]
-    assert "model output" in reason
+    assert reason == OUTPUT
 
 
 def test_concat_keeps_each_input_prunable() -> None:
@@ -47,15 +50,15 @@ def test_concat_keeps_each_input_prunable() -> None:
 
 def test_chunk_on_channels_freezes_only_the_cut_tensor() -> None:
     groups = groups_of("split")
-    assert "chunk" in groups["stem.0.out_channels"][1]
+    assert groups["stem.0.out_channels"][1] == f"'chunk' cuts the channel dim {FORWARD}"
     assert groups["branch.0.0.out_channels"][1] is None
     assert groups["branch.1.0.out_channels"][1] is None  # re-concatenated, still prunable
 
 
 def test_depthwise_follows_its_input() -> None:
     cls, shape = TOYS["depthwise"]
-    gmap = build_groups(trace_model(cls(), torch.randn(shape)))
-    group = next(g for g in gmap.groups if g.name == "expand.0.out_channels")
+    grouping = build_groups(trace_model(cls(), torch.randn(shape)))
+    group = next(g for g in grouping.groups if g.name == "expand.0.out_channels")
     assert group.frozen_reason is None
     assert {"dw.0.in", "dw.0.out", "dw.1.features", "project.0.in"} <= set(group.members)
 
@@ -63,9 +66,9 @@ def test_depthwise_follows_its_input() -> None:
 def test_grouped_conv_constrains_both_sides_to_whole_blocks() -> None:
     cls, shape = TOYS["grouped"]
     trace = trace_model(cls(), torch.randn(shape))
-    gmap = build_groups(trace)
-    apply_block_constraints(trace, gmap)
-    by_name = {g.name: g for g in gmap.groups}
+    grouping = build_groups(trace)
+    apply_block_constraints(trace, grouping)
+    by_name = {g.name: g for g in grouping.groups}
     for name in ("stem.0.out_channels", "grouped.0.out_channels"):
         group = by_name[name]
         assert group.frozen_reason is None and group.blocks == 4
@@ -83,9 +86,10 @@ def test_depthwise_with_multiplier_is_frozen() -> None:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.b(self.dw(self.a(x)))
 
-    gmap = build_groups(trace_model(Multiplier(), torch.randn(1, 3, 8, 8)))
-    reasons = {g.name: g.frozen_reason for g in gmap.groups}
-    assert "channel multiplier" in reasons["a.out_channels"] and "channel multiplier" in reasons["dw.out_channels"]
+    grouping = build_groups(trace_model(Multiplier(), torch.randn(1, 3, 8, 8)))
+    reasons = {g.name: g.frozen_reason for g in grouping.groups}
+    expected = "dw: depthwise convolution with channel multiplier 2 is kept whole"
+    assert reasons["a.out_channels"] == reasons["dw.out_channels"] == expected
 
 
 def test_shared_layer_unites_its_calls() -> None:
@@ -98,22 +102,28 @@ def test_squeeze_excite_scale_unites_with_the_stream() -> None:
 
 def test_padding_the_channel_dim_freezes_the_padded_sum() -> None:
     groups = groups_of("pad_channels")
-    assert groups["stem.0.out_channels"][1] is not None
+    assert groups["stem.0.out_channels"][1] == f"'add' pairs them with fixed positions {FORWARD}"
     assert groups["inner.0.out_channels"][1] is None
 
 
 def test_channel_shuffle_is_frozen() -> None:
     groups = groups_of("shuffle")
-    assert groups["stem.0.out_channels"][1] is not None
+    assert (
+        groups["stem.0.out_channels"][1]
+        == f"the model computes with its channel count (read by shape.__get__ {FORWARD})"
+    )
     assert groups["branch.0.0.out_channels"][1] is None
 
 
 def test_attention_prunes_mlp_hidden_and_freezes_head_split() -> None:
     groups = groups_of("attention")
     assert groups["mlp.0.out_features"][1] is None
-    assert groups["qkv.out_features"][1] is not None
+    assert groups["qkv.out_features"][1] == f"'chunk' cuts the channel dim {FORWARD}"
     # `b, t, d = x.shape` reads the stream width into Python: it must be frozen
-    assert "channel count" in groups["embed.out_features"][1]
+    assert (
+        groups["embed.out_features"][1]
+        == f"the model computes with its channel count (read by shape.__get__ {FORWARD})"
+    )
 
 
 def test_flatten_into_linear_keeps_the_conv_prunable() -> None:
@@ -130,9 +140,9 @@ def test_unknown_op_freezes_its_inputs() -> None:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.b(torch.fft.fft(self.a(x)).real)
 
-    gmap = build_groups(trace_model(Weird(), torch.randn(1, 3, 8, 8)))
-    reason = next(g.frozen_reason for g in gmap.groups if g.name == "a.out_channels")
-    assert "fft" in reason
+    grouping = build_groups(trace_model(Weird(), torch.randn(1, 3, 8, 8)))
+    reason = next(g.frozen_reason for g in grouping.groups if g.name == "a.out_channels")
+    assert reason == "its channels reach 'fft.fft', which nasprune has no channel rule for"
 
 
 def test_plain_parameter_on_channels_freezes_them() -> None:
@@ -150,9 +160,10 @@ def test_plain_parameter_on_channels_freezes_them() -> None:
             y = self.a(x)
             return self.b(y * self.scale) + self.d(self.c(y) * self.spatial)
 
-    gmap = build_groups(trace_model(Scaled(), torch.randn(1, 3, 8, 8)))
-    reasons = {g.name: g.frozen_reason for g in gmap.groups}
-    assert reasons["a.out_channels"] is not None  # a (64, 1, 1) parameter meets the channels
+    grouping = build_groups(trace_model(Scaled(), torch.randn(1, 3, 8, 8)))
+    reasons = {g.name: g.frozen_reason for g in grouping.groups}
+    # a (64, 1, 1) parameter meets the channels
+    assert reasons["a.out_channels"] == f"'mul' pairs them with fixed positions {FORWARD}"
     assert reasons["c.out_channels"] is None  # a spatial-only parameter broadcasts over channels
 
 
@@ -171,8 +182,8 @@ def test_python_control_flow_is_traced() -> None:
                     y = y + self.b(y)
             return self.c(y)
 
-    gmap = build_groups(trace_model(Branchy(), torch.randn(1, 3, 8, 8)))
-    group = next(g for g in gmap.groups if g.name == "a.out_channels")
+    grouping = build_groups(trace_model(Branchy(), torch.randn(1, 3, 8, 8)))
+    group = next(g for g in grouping.groups if g.name == "a.out_channels")
     assert group.frozen_reason is None and sorted(group.sources) == ["a", "b"]
 
 
@@ -200,6 +211,9 @@ def test_reshape_groups(src: list[int], dst: list[int], expected: list) -> None:
     assert _reshape_groups(src, dst) == expected
 
 
+STALE = "it would be stale once channels are removed (write -1 or flatten())"
+
+
 class _Reshaper(nn.Module):
     """A conv whose output is reshaped with the given shape function (x -> shape args), then read by a linear."""
 
@@ -219,18 +233,16 @@ class _Reshaper(nn.Module):
     [
         (lambda y: (y.shape[0], -1), None),  # channels merged into a -1 dim follow the pruned width
         (lambda y: (2, -1, 16), None),
-        (lambda y: (2, 64, 16), "fixed size"),  # a literal channel count would be stale once channels are removed
-        (lambda y: (2, 64 * 16), "fixed size"),  # VGG-style literal flatten size
-        (lambda y: [2, 32, 32], "splits the channel dim"),
+        # a literal channel count would be stale once channels are removed
+        (lambda y: (2, 64, 16), f"'reshape' gives the channel dim a fixed size (64) {FORWARD}; {STALE}"),
+        (lambda y: (2, 64 * 16), f"'reshape' gives the channel dim a fixed size (1024) {FORWARD}; {STALE}"),  # VGG
+        (lambda y: [2, 32, 32], f"'reshape' splits the channel dim (2, 64, 4, 4) -> (2, 32, 32) {FORWARD}"),
     ],
 )
 def test_reshape_with_a_literal_channel_size_freezes(shape_of, reason: str | None) -> None:  # noqa: ANN001
-    gmap = build_groups(trace_model(_Reshaper(shape_of), torch.randn(2, 3, 4, 4)))
-    group = next(g for g in gmap.groups if g.name == "a.out_channels")
-    if reason is None:
-        assert group.frozen_reason is None
-    else:
-        assert reason in (group.frozen_reason or ""), group.frozen_reason
+    grouping = build_groups(trace_model(_Reshaper(shape_of), torch.randn(2, 3, 4, 4)))
+    group = next(g for g in grouping.groups if g.name == "a.out_channels")
+    assert group.frozen_reason == reason
 
 
 class _ShapeUser(nn.Module):
@@ -285,19 +297,16 @@ def _count_of_another_tensor(y: torch.Tensor) -> torch.Tensor:
         (_reshape_own_count, None),
         (_channels_last_unused_count, None),
         (_count_of_another_tensor, None),  # y + 1 carries y's channels: the same count
-        (_scale_by_count, "computes with its channel count"),
-        (_new_tensor_of_count, "computes with its channel count"),
-        (_split_by_count, "computes with its channel count"),
-        (_slice_by_count, "computes with its channel count"),
+        (_scale_by_count, f"the model computes with its channel count (read by shape.__get__ {FORWARD})"),
+        (_new_tensor_of_count, f"the model computes with its channel count (read by size {FORWARD})"),
+        (_split_by_count, f"the model computes with its channel count (read by shape.__get__ {FORWARD})"),
+        (_slice_by_count, f"the model computes with its channel count (read by size {FORWARD})"),
     ],
 )
 def test_reading_the_channel_count_freezes_only_when_it_is_used(fn, reason: str | None) -> None:  # noqa: ANN001
-    gmap = build_groups(trace_model(_ShapeUser(fn), torch.randn(2, 3, 4, 4)))
-    group = next(g for g in gmap.groups if g.name == "a.out_channels")
-    if reason is None:
-        assert group.frozen_reason is None
-    else:
-        assert reason in (group.frozen_reason or ""), group.frozen_reason
+    grouping = build_groups(trace_model(_ShapeUser(fn), torch.randn(2, 3, 4, 4)))
+    group = next(g for g in grouping.groups if g.name == "a.out_channels")
+    assert group.frozen_reason == reason
 
 
 def test_torch_split_along_a_spatial_dim_keeps_channels_prunable() -> None:
@@ -305,14 +314,15 @@ def test_torch_split_along_a_spatial_dim_keeps_channels_prunable() -> None:
         top, bottom = torch.split(y, y.shape[2] // 2, dim=2)
         return torch.cat([bottom, top], dim=2)
 
-    gmap = build_groups(trace_model(_ShapeUser(halves), torch.randn(2, 3, 4, 4)))
-    assert next(g for g in gmap.groups if g.name == "a.out_channels").frozen_reason is None
+    grouping = build_groups(trace_model(_ShapeUser(halves), torch.randn(2, 3, 4, 4)))
+    assert next(g for g in grouping.groups if g.name == "a.out_channels").frozen_reason is None
 
     def channel_halves(y: torch.Tensor) -> torch.Tensor:
         return torch.cat(torch.split(y, 32, dim=1)[::-1], dim=1)
 
-    gmap = build_groups(trace_model(_ShapeUser(channel_halves), torch.randn(2, 3, 4, 4)))
-    assert "cuts the channel dim" in next(g for g in gmap.groups if g.name == "a.out_channels").frozen_reason
+    grouping = build_groups(trace_model(_ShapeUser(channel_halves), torch.randn(2, 3, 4, 4)))
+    reason = next(g for g in grouping.groups if g.name == "a.out_channels").frozen_reason
+    assert reason == f"'split' cuts the channel dim {FORWARD}"
 
 
 def test_convnext_stream_is_prunable_with_its_layer_scales() -> None:
@@ -335,5 +345,6 @@ def test_a_parameter_of_another_size_stays_fixed() -> None:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.b(self.a(x) * self.scale)
 
-    gmap = build_groups(trace_model(Scaled(), torch.randn(1, 3, 4, 4)))
-    assert "fixed positions" in next(g for g in gmap.groups if g.name == "a.out_channels").frozen_reason
+    grouping = build_groups(trace_model(Scaled(), torch.randn(1, 3, 4, 4)))
+    reason = next(g for g in grouping.groups if g.name == "a.out_channels").frozen_reason
+    assert reason == f"'mul' pairs them with fixed positions {FORWARD}"

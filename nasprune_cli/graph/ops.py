@@ -8,17 +8,16 @@ is elementwise.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from nasprune_cli.graph.labels import Lab, fixed_vec
+from nasprune_cli.graph.context import TraceContext
+from nasprune_cli.graph.labels import ChannelLabels, fixed_vec
 from nasprune_cli.graph.watch import WatchedInt, WatchedSize, use_all, watched_ints
+from nasprune_cli.inputs import tensors_in
 
-if TYPE_CHECKING:
-    from nasprune_cli.graph.trace import TraceContext
-
-Handler = Callable[["TraceContext", str, tuple, dict, Any], None]
+Handler = Callable[[TraceContext, str, tuple, dict, Any], None]
 
 _UNARY = {
     "relu",
@@ -322,17 +321,6 @@ def _arg(args: tuple, kwargs: dict, pos: int, name: str, default: Any = None) ->
     return kwargs.get(name, default)
 
 
-def _tensors(obj: Any) -> list[torch.Tensor]:
-    """All tensors in a nested structure of lists/tuples/dicts."""
-    if isinstance(obj, torch.Tensor):
-        return [obj]
-    if isinstance(obj, (list, tuple)):
-        return [t for o in obj for t in _tensors(o)]
-    if isinstance(obj, dict):
-        return [t for o in obj.values() for t in _tensors(o)]
-    return []
-
-
 def _norm_dim(dim: int, ndim: int) -> int:
     return dim + ndim if dim < 0 else dim
 
@@ -349,29 +337,29 @@ def _dims_arg(dim: Any, ndim: int) -> list[int] | None:
 def unknown(ctx: TraceContext, name: str, args: tuple, kwargs: dict, out: Any) -> None:
     """An op without a rule: freeze the channels of every tensor input; outputs carry no channels."""
     reason = f"its channels reach '{name}', which nasprune has no channel rule for"
-    for t in _tensors(args) + _tensors(kwargs):
-        ctx.freeze(ctx.lab(t), reason)
+    for t in tensors_in((args, kwargs)):
+        ctx.freeze(ctx.labels_of(t), reason)
     ctx.set_outputs(out, None)
 
 
 def unary(ctx: TraceContext, name: str, args: tuple, kwargs: dict, out: Any) -> None:
     """Elementwise op of one tensor: labels pass through."""
-    ctx.set_outputs(out, ctx.lab(args[0]) if args and isinstance(args[0], torch.Tensor) else None)
+    ctx.set_outputs(out, ctx.labels_of(args[0]) if args and isinstance(args[0], torch.Tensor) else None)
 
 
 def nary(ctx: TraceContext, name: str, args: tuple, kwargs: dict, out: Any) -> None:
     """Elementwise op of several (broadcast) tensors: channels paired position by position are united."""
-    operands = [t for t in _tensors(args) + _tensors(kwargs) if t.dim() > 0]
+    operands = [t for t in tensors_in((args, kwargs)) if t.dim() > 0]
     if not isinstance(out, torch.Tensor):
         return unknown(ctx, name, args, kwargs, out)
     ctx.set_outputs(out, broadcast_pair(ctx, name, operands, out.dim()))
 
 
-def broadcast_pair(ctx: TraceContext, name: str, operands: Sequence[torch.Tensor], ndim: int) -> Lab | None:
+def broadcast_pair(ctx: TraceContext, name: str, operands: Sequence[torch.Tensor], ndim: int) -> ChannelLabels | None:
     """Pair broadcast operands along their channel dims; return the labels of the result."""
     labs = []
     for t in operands:
-        lab = ctx.lab(t)
+        lab = ctx.labels_of(t)
         labs.append(None if lab is None else lab.moved(lab.dim + ndim - t.dim()))
     dims = {lab.dim for lab in labs if lab is not None}
     if not dims:
@@ -410,7 +398,9 @@ def broadcast_pair(ctx: TraceContext, name: str, operands: Sequence[torch.Tensor
             ctx.add_param_side(t, merged)
         elif merged is None or merged.numel() == 1:  # the parameter's own positions: fixed, as for any tensor
             merged = fixed_vec(size)
-    return None if merged is None or merged.numel() <= 1 and not bool((merged >= 0).any()) else Lab(cdim, merged)
+    return (
+        None if merged is None or merged.numel() <= 1 and not bool((merged >= 0).any()) else ChannelLabels(cdim, merged)
+    )
 
 
 def like(ctx: TraceContext, name: str, args: tuple, kwargs: dict, out: Any) -> None:
@@ -421,7 +411,7 @@ def like(ctx: TraceContext, name: str, args: tuple, kwargs: dict, out: Any) -> N
 def reduce(ctx: TraceContext, name: str, args: tuple, kwargs: dict, out: Any) -> None:
     """Reductions: fine over other dims; over the channel dim the channels are frozen."""
     x = args[0]
-    lab = ctx.lab(x)
+    lab = ctx.labels_of(x)
     if lab is None:
         return ctx.set_outputs(out, None)
     dims = _dims_arg(_arg(args, kwargs, 1, "dim"), x.dim())
@@ -440,7 +430,7 @@ def reduce(ctx: TraceContext, name: str, args: tuple, kwargs: dict, out: Any) ->
 def softmax(ctx: TraceContext, name: str, args: tuple, kwargs: dict, out: Any) -> None:
     """Softmax over a non-channel dim passes labels; over the channel dim it freezes them."""
     x = args[0]
-    lab = ctx.lab(x)
+    lab = ctx.labels_of(x)
     dim = _arg(args, kwargs, 1, "dim")
     if lab is not None and (dim is None or _norm_dim(int(dim), x.dim()) == lab.dim):
         ctx.freeze(lab, f"'{name}' normalises over the channel dim at {ctx.where()}")
@@ -451,7 +441,7 @@ def softmax(ctx: TraceContext, name: str, args: tuple, kwargs: dict, out: Any) -
 def spatial(ctx: TraceContext, name: str, args: tuple, kwargs: dict, out: Any) -> None:
     """Pooling / resizing: the channel dim must not be one of the spatial dims."""
     x = args[0]
-    lab = ctx.lab(x)
+    lab = ctx.labels_of(x)
     n_spatial = _SPATIAL[name] if _SPATIAL[name] is not None else x.dim() - 2
     if lab is not None and lab.dim >= x.dim() - n_spatial:
         ctx.freeze(lab, f"'{name}' works along the channel dim at {ctx.where()}")
@@ -464,7 +454,7 @@ def spatial(ctx: TraceContext, name: str, args: tuple, kwargs: dict, out: Any) -
 def pad(ctx: TraceContext, name: str, args: tuple, kwargs: dict, out: Any) -> None:
     """F.pad: padding the channel dim adds fixed positions; other dims pass labels."""
     x = args[0]
-    lab = ctx.lab(x)
+    lab = ctx.labels_of(x)
     if lab is None:
         return ctx.set_outputs(out, None)
     widths = list(_arg(args, kwargs, 1, "pad"))
@@ -478,13 +468,13 @@ def pad(ctx: TraceContext, name: str, args: tuple, kwargs: dict, out: Any) -> No
     if mode != "constant" or left < 0 or right < 0:
         ctx.freeze(lab, f"'{name}' ({mode}) pads or crops the channel dim at {ctx.where()}")
         return ctx.set_outputs(out, None)
-    ctx.set_outputs(out, Lab(lab.dim, torch.cat([fixed_vec(left), lab.vec, fixed_vec(right)])))
+    ctx.set_outputs(out, ChannelLabels(lab.dim, torch.cat([fixed_vec(left), lab.vec, fixed_vec(right)])))
 
 
 def permute(ctx: TraceContext, name: str, args: tuple, kwargs: dict, out: Any) -> None:
     """Permutes / transposes: follow the channel dim with a meta-tensor probe."""
     x = args[0]
-    lab = ctx.lab(x)
+    lab = ctx.labels_of(x)
     if lab is None:
         return ctx.set_outputs(out, None)
     sizes = [2 + i for i in range(x.dim())]
@@ -498,7 +488,7 @@ def permute(ctx: TraceContext, name: str, args: tuple, kwargs: dict, out: Any) -
 def squeeze(ctx: TraceContext, name: str, args: tuple, kwargs: dict, out: Any) -> None:
     """squeeze/unsqueeze: shift the channel dim past the removed or added size-1 dims."""
     x = args[0]
-    lab = ctx.lab(x)
+    lab = ctx.labels_of(x)
     if lab is None or not isinstance(out, torch.Tensor):
         return ctx.set_outputs(out, None)
     if name.startswith("unsqueeze"):
@@ -515,7 +505,7 @@ def squeeze(ctx: TraceContext, name: str, args: tuple, kwargs: dict, out: Any) -
 def expand(ctx: TraceContext, name: str, args: tuple, kwargs: dict, out: Any) -> None:
     """expand / broadcast_to / repeat: new leading dims; repeating the channel dim freezes it."""
     x = args[0]
-    lab = ctx.lab(x)
+    lab = ctx.labels_of(x)
     if lab is None or not isinstance(out, torch.Tensor):
         return ctx.set_outputs(out, None)
     new_dim = lab.dim + out.dim() - x.dim()
@@ -528,7 +518,7 @@ def expand(ctx: TraceContext, name: str, args: tuple, kwargs: dict, out: Any) ->
 def view(ctx: TraceContext, name: str, args: tuple, kwargs: dict, out: Any) -> None:
     """view/reshape/flatten: merging the channel dim with others is safe; splitting it is not."""
     x = args[0]
-    lab = ctx.lab(x)
+    lab = ctx.labels_of(x)
     watched = list(watched_ints((args[1:], kwargs)))
     if lab is None or not isinstance(out, torch.Tensor):
         use_all(watched)
@@ -558,7 +548,7 @@ def view(ctx: TraceContext, name: str, args: tuple, kwargs: dict, out: Any) -> N
         shape = [1] * len(in_dims)
         shape[in_dims.index(lab.dim)] = x.shape[lab.dim]
         vec = lab.vec.view(shape).expand(sizes).reshape(-1)
-        return ctx.set_outputs(out, Lab(out_dims[0], vec))
+        return ctx.set_outputs(out, ChannelLabels(out_dims[0], vec))
     # the channel dim had size 1 and vanished
     use_all(watched)
     ctx.freeze(lab, f"'{name}' drops the channel dim at {ctx.where()}")
@@ -607,7 +597,7 @@ def _reshape_groups(src: list[int], dst: list[int]) -> list[tuple[list[int], lis
 def getitem(ctx: TraceContext, name: str, args: tuple, kwargs: dict, out: Any) -> None:
     """x[idx]: basic indexing that leaves the channel dim whole passes labels; anything else freezes."""
     x, idx = args[0], args[1]
-    lab = ctx.lab(x)
+    lab = ctx.labels_of(x)
     if lab is None or not isinstance(out, torch.Tensor):
         return ctx.set_outputs(out, None)
     items = list(idx) if isinstance(idx, tuple) else [idx]
@@ -642,7 +632,7 @@ def getitem(ctx: TraceContext, name: str, args: tuple, kwargs: dict, out: Any) -
 def split(ctx: TraceContext, name: str, args: tuple, kwargs: dict, out: Any) -> None:
     """chunk/split/narrow/select along another dim pass labels; along the channel dim they freeze."""
     x = args[0]
-    lab = ctx.lab(x)
+    lab = ctx.labels_of(x)
     if lab is None:
         return ctx.set_outputs(out, None)
     default_dim = 0
@@ -674,7 +664,7 @@ def cat(ctx: TraceContext, name: str, args: tuple, kwargs: dict, out: Any) -> No
         return ctx.set_outputs(out, None if lab is None else lab.moved(lab.dim + (1 if d <= lab.dim else 0)))
     tensors = [t for t in tensors if not (t.dim() == 1 and t.numel() == 0)]  # legacy empty tensors
     d = _norm_dim(int(_arg(args, kwargs, 1, "dim", 0)), ndim)
-    labs = [ctx.lab(t) for t in tensors]
+    labs = [ctx.labels_of(t) for t in tensors]
     if not any(lab is not None and lab.dim == d for lab in labs):
         return ctx.set_outputs(out, broadcast_pair(ctx, name, tensors, ndim))
     parts = []
@@ -683,13 +673,13 @@ def cat(ctx: TraceContext, name: str, args: tuple, kwargs: dict, out: Any) -> No
             ctx.freeze(lab, f"'{name}' joins channels along a different dim at {ctx.where()}")
             lab = None
         parts.append(lab.vec if lab is not None else fixed_vec(t.shape[d]))
-    ctx.set_outputs(out, Lab(d, torch.cat(parts)))
+    ctx.set_outputs(out, ChannelLabels(d, torch.cat(parts)))
 
 
 def roll_flip(ctx: TraceContext, name: str, args: tuple, kwargs: dict, out: Any) -> None:
     """roll/flip along other dims pass labels; along the channel dim they freeze."""
     x = args[0]
-    lab = ctx.lab(x)
+    lab = ctx.labels_of(x)
     if lab is None:
         return ctx.set_outputs(out, None)
     dims = _arg(args, kwargs, 2 if name == "roll" else 1, "dims")
@@ -703,7 +693,7 @@ def roll_flip(ctx: TraceContext, name: str, args: tuple, kwargs: dict, out: Any)
 def size_read(ctx: TraceContext, name: str, args: tuple, kwargs: dict, out: Any) -> Any:
     """Reading the channel count (x.shape, x.size(1)) gives a WatchedInt: using it freezes the channels."""
     x = args[0]
-    lab = ctx.lab(x)
+    lab = ctx.labels_of(x)
     if lab is None:
         return None
     where = ctx.where()
