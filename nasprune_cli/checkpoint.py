@@ -1,29 +1,43 @@
 """Files: the resumable search state and the pruned model; atomic writes, weights_only reads.
 
 Both files hold only tensors, dicts, lists, str, int, float, bool and None, so every read uses
-`torch.load(weights_only=True)` and never runs code from the file.
+`torch.load(weights_only=True)` and never runs code from the file; every field read is checked against a schema,
+and the model builder a file names is called only when the caller says so (`trust_entry_point=True`).
 
 Pruned-model file (`--output pruned.pt`):
     {kind: "nasprune-pruned", format_version, model: {entry_point, kwargs}, recipe, input: {shape, dtype},
-     config (the subnet), state_dict (of the exported plain model), metrics}
+     config (the subnet), state_dict (of the exported plain model), metrics, sha256 (of all the rest)}
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
+import random
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import torch
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from torch import nn
 
 from nasprune_cli.errors import CheckpointError, NasPruneError
-from nasprune_cli.fileio import FORMAT_VERSION, atomic_save, check_kind, check_output, digest, read_torch_file
+from nasprune_cli.fileio import (
+    FORMAT_VERSION,
+    add_checksum,
+    atomic_save,
+    check_kind,
+    check_output,
+    digest,
+    read_torch_file,
+    temp_file_for,
+    validate_schema,
+    verify_checksum,
+)
 from nasprune_cli.inputs import tensors_in
+from nasprune_cli.recipe.schema import InputSection
 
 if TYPE_CHECKING:
     from nasprune_cli.searching.result import SearchResult
@@ -31,6 +45,81 @@ if TYPE_CHECKING:
 
 STATE_KIND = "nasprune-search-state"
 PRUNED_KIND = "nasprune-pruned"
+
+
+# ---- what the files may hold -------------------------------------------------------------------------------
+def _check_rng(value: list[Any]) -> list[Any]:
+    try:
+        version, internal, gauss = value
+        random.Random().setstate((version, tuple(internal), gauss))
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ValueError(f"not the state of a random.Random ({exc})") from None
+    return value
+
+
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+Count = Annotated[int, Field(ge=0)]
+Size = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
+class _Schema(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, arbitrary_types_allowed=True)
+
+
+class ModelSpec(_Schema):
+    """The model a file was made from: builder entry point and keyword arguments (data; never called unasked)."""
+
+    entry_point: Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")]
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class ScoredSubnet(BaseModel):
+    """A subnet in a search state (best, history): its config, score and costs; searchers may add keys."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    config: dict[str, int]
+    score: Finite | None = None
+    flops: Size | None = None
+    params: Size | None = None
+
+
+class SearchStateSchema(BaseModel):
+    """The keys every searcher's state has (`Searcher.default_state`), checked when present (an absent key keeps
+    its fresh value on resume); a searcher's own keys pass unchecked."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    searcher: str = ""
+    iteration: Count = 0
+    evaluations: Count = 0
+    original_score: Finite | None = None
+    best: ScoredSubnet | None = None
+    history: list[ScoredSubnet] = Field(default_factory=list)
+    rng: Annotated[list[Any], AfterValidator(_check_rng)] = Field(default_factory=lambda: [3, [0] * 624 + [624], None])
+    done: bool = False
+
+
+class SearchStateFile(_Schema):
+    """A `--checkpoint` file."""
+
+    kind: str
+    format_version: int
+    fingerprint: dict[str, Any]
+    fingerprint_digest: str
+    state: SearchStateSchema
+
+
+class PrunedFile(_Schema):
+    """A pruned-model file (`--output pruned.pt`)."""
+
+    kind: str
+    format_version: int
+    model: ModelSpec
+    recipe: dict[str, Any] | None
+    input: InputSection
+    config: dict[str, int]
+    state_dict: dict[str, torch.Tensor]
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    sha256: str | None = None
 
 
 # ---- search state ------------------------------------------------------------------------------------------
@@ -53,16 +142,16 @@ def load_search_state(path: str | Path, fingerprint: Mapping[str, Any]) -> dict[
         return None
     data = read_torch_file(path, "search checkpoint")
     check_kind(path, data, STATE_KIND, "search checkpoint")
+    validate_schema(
+        SearchStateFile, data, path, "search checkpoint", "delete it (or pass another --checkpoint) to start anew"
+    )
     if data.get("fingerprint_digest") != digest(fingerprint):
         diff = fingerprint_difference(data.get("fingerprint") or {}, fingerprint) or "fingerprint"
         raise CheckpointError(
             f"{path}: this checkpoint belongs to a different search ({diff} differs); delete it or pass another "
             "--checkpoint to start a new search"
         )
-    state = data.get("state")
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path}: corrupt search checkpoint (no state dict)")
-    return state
+    return data["state"]
 
 
 def fingerprint_difference(stored: Mapping[str, Any], current: Mapping[str, Any]) -> str:
@@ -104,29 +193,32 @@ def save_pruned(path: str | Path, result: SearchResult, *, overwrite: bool = Fal
         "state_dict": {k: v.detach().cpu().clone() for k, v in result.model.state_dict().items()},
         "metrics": result.metrics(),
     }
-    return atomic_save(data, path)
+    return atomic_save(add_checksum(data), path)
 
 
 def load_pruned(path: str | Path) -> dict[str, Any]:
-    """Read and check a pruned-model file written by `save_pruned`."""
+    """Read and check a pruned-model file written by `save_pruned`: kind, checksum, every field."""
     path = Path(path)
     data = read_torch_file(path, "pruned-model file")
     check_kind(path, data, PRUNED_KIND, "pruned-model file")
-    for key in ("model", "recipe", "input", "config", "state_dict"):
-        if key not in data:
-            raise CheckpointError(f"{path}: corrupt pruned-model file (missing '{key}')")
+    verify_checksum(path, data, "pruned-model file")
+    validate_schema(PrunedFile, data, path, "pruned-model file", "use an intact copy or write it again")
     return data
 
 
-def restore(model: nn.Module | None, path: str | Path, dummy_input: Any = None) -> nn.Module:
+def restore(
+    model: nn.Module | None, path: str | Path, dummy_input: Any = None, *, trust_entry_point: bool = False
+) -> nn.Module:
     """Rebuild a pruned model from a fresh original model and a file written by `save` / `--output`.
 
     The model is converted with the stored recipe and input shape, the stored subnet is selected and exported,
-    and the stored weights are loaded. `model` None builds it from the stored entry point.
+    and the stored weights are loaded. `model` None builds it from the stored entry point, only with
+    `trust_entry_point=True` (calling what a file names runs code; check it is the model you expect first).
     """
     path = Path(path)
     data = load_pruned(path)
-    space = rebuild_space(path, data, model, dummy_input)
+    hint = "restore(model, path), or restore(None, path, trust_entry_point=True)"
+    space = rebuild_space(path, data, model, dummy_input, trust_entry_point=trust_entry_point, hint=hint)
     entry_point = data["model"].get("entry_point")
     try:
         space.select(data["config"])
@@ -148,9 +240,18 @@ def restore(model: nn.Module | None, path: str | Path, dummy_input: Any = None) 
     return pruned
 
 
-def rebuild_space(path: Path, data: Mapping[str, Any], model: nn.Module | None, dummy_input: Any) -> SearchSpace:
+def rebuild_space(
+    path: Path,
+    data: Mapping[str, Any],
+    model: nn.Module | None,
+    dummy_input: Any,
+    *,
+    trust_entry_point: bool = False,
+    hint: str = "",
+) -> SearchSpace:
     """Convert a fresh original model as a stored file says (recipe, input shape); None model: built from the
-    stored entry point. Shared by pruned-model and search-space files."""
+    stored entry point when `trust_entry_point`, else refused (`hint`: how to pass a model). Shared by
+    pruned-model and search-space files."""
     from nasprune_cli.conversion import convert
     from nasprune_cli.inputs import make_dummy_input
     from nasprune_cli.loading import build_model
@@ -158,7 +259,14 @@ def rebuild_space(path: Path, data: Mapping[str, Any], model: nn.Module | None, 
 
     entry_point = data["model"].get("entry_point")
     if model is None:
-        model = build_model(entry_point, dict(data["model"].get("kwargs") or {}))
+        kwargs = dict(data["model"].get("kwargs") or {})
+        if not trust_entry_point:
+            raise CheckpointError(
+                f"{path}: no model given, and nasprune does not call the model builder a file names "
+                f"({entry_point!r} with kwargs {_short(kwargs)}): calling it would run code chosen by whoever wrote "
+                f"the file; check it is the model you expect, then pass a fresh instance: {hint}"
+            )
+        model = build_model(entry_point, kwargs)
     if not isinstance(model, nn.Module):
         raise CheckpointError(f"restore: expected a fresh nn.Module to rebuild from (got {type(model).__name__})")
     recipe = recipe_from_dict(data["recipe"], f"{path}: recipe") if data["recipe"] is not None else None
@@ -207,7 +315,7 @@ def write_deployable(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.jit is deprecated in favour of torch.export, still supported
             traced = torch.jit.trace(model, args)
-            tmp = _tmp_path(path)
+            tmp = temp_file_for(path)
             try:
                 torch.jit.save(traced, str(tmp))
                 loaded = torch.jit.load(str(tmp))
@@ -225,12 +333,6 @@ def write_deployable(
             "not faithful (try another --format)"
         )
     return {"format": fmt, "path": str(path), "max_abs_diff": diff}
-
-
-def _tmp_path(path: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
 
 
 def _max_abs(out: Any) -> float:
@@ -257,7 +359,7 @@ def _write_onnx(model: nn.Module, path: Path, args: tuple, check: tuple, expecte
             "--format onnx needs onnx and onnxruntime; install them with `pip install 'nasprune[onnx]'`"
         ) from exc
     names = [f"input_{i}" for i in range(len(args))] if len(args) > 1 else ["input"]
-    tmp = _tmp_path(path)
+    tmp = temp_file_for(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the TorchScript-based exporter is deprecated, still supported

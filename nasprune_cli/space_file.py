@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-from nasprune_cli.checkpoint import rebuild_space
+from pydantic import BaseModel, ConfigDict, Field
+
+from nasprune_cli.checkpoint import ModelSpec, rebuild_space
 from nasprune_cli.errors import CheckpointError
-from nasprune_cli.fileio import FORMAT_VERSION, atomic_save, check_kind, check_output, read_torch_file
+from nasprune_cli.fileio import (
+    FORMAT_VERSION,
+    add_checksum,
+    atomic_save,
+    check_kind,
+    check_output,
+    read_torch_file,
+    validate_schema,
+    verify_checksum,
+)
 from nasprune_cli.recipe.load import recipe_to_dict
-from nasprune_cli.recipe.schema import Recipe
+from nasprune_cli.recipe.schema import InputSection, Recipe
 
 if TYPE_CHECKING:
     from torch import nn
@@ -18,6 +29,41 @@ if TYPE_CHECKING:
 
 KIND = "nasprune-space"
 __all__ = ["FORMAT_VERSION", "KIND", "load_space", "restore_space", "save_space"]
+
+
+class _Schema(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class StoredHparam(_Schema):
+    """One hparam of the converted model, as `convert` found it."""
+
+    name: str
+    kind: str
+    choices: Annotated[list[int], Field(min_length=1)]
+    original: int
+    members: list[str]
+
+
+class StoredFrozen(_Schema):
+    """A layer kept whole, and why."""
+
+    name: str
+    reason: str
+
+
+class SpaceFile(_Schema):
+    """A search-space file (`nasprune convert --output`)."""
+
+    kind: str
+    format_version: int
+    model: ModelSpec
+    recipe: dict[str, Any] | None
+    input: InputSection
+    config: dict[str, int]
+    hparams: list[StoredHparam]
+    frozen: list[StoredFrozen]
+    sha256: str | None = None
 
 
 def save_space(
@@ -49,24 +95,30 @@ def save_space(
         ],
         "frozen": [{"name": f.name, "reason": f.reason} for f in space.frozen],
     }
-    atomic_save(data, path)
+    atomic_save(add_checksum(data), path)
     return path
 
 
 def load_space(path: str | Path) -> dict[str, Any]:
-    """Read a search-space file (weights_only) and check its kind and format version."""
+    """Read a search-space file (weights_only) and check its kind, format version, checksum and every field."""
     path = Path(path)
     data = read_torch_file(path, "search-space file")
     check_kind(path, data, KIND, "search-space file")
+    verify_checksum(path, data, "search-space file")
+    validate_schema(SpaceFile, data, path, "search-space file", "use an intact copy or run `nasprune convert` again")
     return data
 
 
-def restore_space(path: str | Path, model: nn.Module | None = None, dummy_input: Any = None) -> SearchSpace:
-    """Rebuild the converted model of a search-space file (None model: built from the stored entry point)."""
+def restore_space(
+    path: str | Path, model: nn.Module | None = None, dummy_input: Any = None, *, trust_entry_point: bool = False
+) -> SearchSpace:
+    """Rebuild the converted model of a search-space file. None model: built from the stored entry point, only with
+    `trust_entry_point=True` (calling what a file names runs code; check it is the model you expect first)."""
     # e.g. to train the converted model for AutoNAS; the hparams must come out as stored, the stored subnet is active
     path = Path(path)
     data = load_space(path)
-    space = rebuild_space(path, data, model, dummy_input)
+    hint = "restore_space(path, model), or restore_space(path, trust_entry_point=True)"
+    space = rebuild_space(path, data, model, dummy_input, trust_entry_point=trust_entry_point, hint=hint)
     stored = {hp["name"]: list(hp["choices"]) for hp in data["hparams"]}
     found = {name: list(hp.choices) for name, hp in space.hparams.items()}
     if stored != found:

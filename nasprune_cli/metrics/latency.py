@@ -29,9 +29,19 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    model_validator,
+)
 from torch import nn
 
 from nasprune_cli.errors import NasPruneError
@@ -43,6 +53,86 @@ LATENCY_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # version 1: width hparams only, no gates
 SAMPLE_RATIOS = (1.0, 0.8, 0.6, 0.4, 0.2)
 LATENCY_UNIT = "milliseconds per forward pass, predicted from a latency table measured on this machine"
+
+
+# ---- what a table file may hold (checked on reading: the file is data anyone can edit) ----------------------
+Time = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Share = Annotated[float, Field(allow_inf_nan=False)]
+Sample = Annotated[list[Time], Field(min_length=2, max_length=2)]
+
+
+def _ascending(samples: list[list[float]]) -> list[list[float]]:
+    if any(b[0] <= a[0] for a, b in zip(samples, samples[1:], strict=False)):
+        raise ValueError("the work fractions must be strictly ascending")
+    return samples
+
+
+Samples = Annotated[list[Sample], Field(min_length=1), AfterValidator(_ascending)]
+
+
+class _TableSchema(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class TableMeta(_TableSchema):
+    """What a table was measured for (`table_meta`)."""
+
+    hparams: dict[str, Annotated[int, Field(ge=1)]]
+    depth_hparams: list[str] = Field(default_factory=list)
+    input_shape: list[list[Annotated[int, Field(ge=0)]]]
+    batch: Annotated[int, Field(ge=1)]
+    threads: Annotated[int, Field(ge=1)]
+    machine: str
+    torch: str
+
+
+class TableLeaf(_TableSchema):
+    """One leaf call's shares and measured times."""
+
+    key: Annotated[str, Field(min_length=1)]
+    weighted: bool
+    coef_in: dict[str, Share]
+    coef_out: dict[str, Share]
+    samples: Samples
+    gates: list[Annotated[tuple[StrictStr, StrictInt], Field(strict=False)]] = Field(default_factory=list)
+
+
+class TableFile(_TableSchema):
+    """A latency table file; hparam names in the leaves must be the table's own."""
+
+    kind: str
+    version: int
+    meta: TableMeta
+    remainder: Samples
+    leaves: list[TableLeaf]
+
+    @model_validator(mode="after")
+    def _known_hparams(self) -> TableFile:
+        names, depth = set(self.meta.hparams), set(self.meta.depth_hparams)
+        if depth - names:
+            raise ValueError(f"meta.depth_hparams: unknown hparam {sorted(depth - names)[0]!r} (not in meta.hparams)")
+        for i, leaf in enumerate(self.leaves):
+            unknown = sorted((set(leaf.coef_in) | set(leaf.coef_out)) - (names - depth))
+            unknown += sorted({h for h, _ in leaf.gates} - depth)
+            if unknown:
+                raise ValueError(
+                    f"leaves[{i}] ({leaf.key}): unknown hparam {unknown[0]!r} (expected a width hparam of meta.hparams "
+                    "in coef_in / coef_out, a depth hparam of meta.depth_hparams in gates)"
+                )
+        return self
+
+
+def _validated_table(data: Any, source: str) -> TableFile:
+    """The table checked against its schema; errors name the file and the field."""
+    try:
+        return TableFile.model_validate(data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"] if "[" not in str(p))
+        field = f"field {loc.lstrip('.')}: " if loc else ""
+        got = "" if error["type"] in ("missing", "value_error") else f" (got {_short(error.get('input'))})"
+        msg = str(error["msg"]).removeprefix("Value error, ")
+        raise NasPruneError(f"{source}: damaged latency table: {field}{msg}{got}; delete it to measure again") from None
 
 
 @dataclass
@@ -118,25 +208,19 @@ class LatencyModel:
                 f"{source}: latency table version {data.get('version')!r}, this nasprune reads version "
                 f"{LATENCY_VERSION}; delete the file to measure again"
             )
-        try:
-            leaves = [
-                LeafTiming(
-                    str(e["key"]),
-                    bool(e["weighted"]),
-                    {str(k): float(v) for k, v in e["coef_in"].items()},
-                    {str(k): float(v) for k, v in e["coef_out"].items()},
-                    [(float(w), float(t)) for w, t in e["samples"]],
-                    [(str(h), int(t)) for h, t in e.get("gates", [])],
-                )
-                for e in data["leaves"]
-            ]
-            remainder = [(float(w), float(t)) for w, t in data["remainder"]]
-            meta = dict(data["meta"])
-            return cls(leaves, remainder, meta)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise NasPruneError(
-                f"{source}: damaged latency table ({type(exc).__name__}: {exc}); delete it to measure again"
-            ) from exc
+        table = _validated_table(data, source)
+        leaves = [
+            LeafTiming(
+                e.key,
+                e.weighted,
+                dict(e.coef_in),
+                dict(e.coef_out),
+                [(w, t) for w, t in e.samples],
+                [(h, t) for h, t in e.gates],
+            )
+            for e in table.leaves
+        ]
+        return cls(leaves, [(w, t) for w, t in table.remainder], dict(data["meta"]))
 
     def check(self, space: Any, batch: int, source: str) -> None:
         """Raise when this table was measured for another space, input shape, batch size or thread count."""

@@ -7,15 +7,18 @@ same result as an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, ClassVar
 
 from nasprune_cli.checkpoint import load_search_state, save_search_state
 from nasprune_cli.constraints import Cost, satisfies
 from nasprune_cli.errors import CheckpointError, SearchError
+from nasprune_cli.fileio import exclusive_lock
 from nasprune_cli.recipe.schema import SearchSettings
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
@@ -74,14 +77,23 @@ class Searcher(ABC):
 
     # ---- the template ------------------------------------------------------------------------------------
     def search(self) -> dict[str, Any]:
-        """Run the whole search (resuming from the checkpoint when it exists) and return the state dict."""
+        """Run the whole search (resuming from the checkpoint when it exists) and return the state dict. The
+        checkpoint is locked for the whole search: a second search on it is refused."""
         self.sanitize()
-        self.state = self.default_state()
-        self.load_checkpoint()
-        self.before_search()
-        self.run_search()
-        self.after_search()
+        with self.checkpoint_lock():
+            self.state = self.default_state()
+            self.load_checkpoint()
+            self.before_search()
+            self.run_search()
+            self.after_search()
         return self.state
+
+    def checkpoint_lock(self) -> AbstractContextManager[Any]:
+        """An exclusive lock on `<checkpoint>.lock` while the search runs (nothing without a checkpoint)."""
+        if self.checkpoint is None:
+            return contextlib.nullcontext()
+        hint = "another search is running on this checkpoint: wait for it to end, or pass another --checkpoint"
+        return exclusive_lock(self.checkpoint, hint)
 
     def sanitize(self) -> None:
         """Check the checkpoint directory and the budgets: fail before any score evaluation when none can be met."""

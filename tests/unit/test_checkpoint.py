@@ -24,7 +24,8 @@ FP = {"model": {"entry_point": "pkg:build"}, "constraints": {"flops": 1.0}}
 
 def test_search_state_round_trip(tmp_path: Path) -> None:
     path = tmp_path / "state.pt"
-    state = {"sensitivity_map": {"h": {8: 0.5}}, "rng": [3, [1, 2], None], "best": None, "history": [{"a": 1.0}]}
+    rng = [3, [*range(624), 624], None]  # the state is checked on reading: a valid random.Random state, subnets
+    state = {"sensitivity_map": {"h": {8: 0.5}}, "rng": rng, "best": None, "history": [{"config": {"h": 8}}]}
     save_search_state(path, state, FP)
     assert load_search_state(path, FP) == state
     assert not list(tmp_path.glob(".*"))  # no temporary file left behind

@@ -30,7 +30,7 @@ def saved_space(tmp_path: Path) -> tuple[Path, dict[str, int], list[tuple[int, .
 def test_restore_space_rebuilds_the_converted_model_from_the_entry_point(tmp_path: Path) -> None:
     path, config, shapes = saved_space(tmp_path)
     assert load_space(path)["input"]["shape"] == SHAPE
-    space = restore_space(path)  # the model comes from the stored entry point
+    space = restore_space(path, trust_entry_point=True)  # the model comes from the stored entry point
     assert isinstance(space.model, Residual)
     assert space.config() == config
     assert {n: hp.choices for n, hp in space.hparams.items()} == {
