@@ -41,7 +41,7 @@ def convert_command(
 
     kwargs = parse_kwargs(model_kwargs)
     loaded = load_recipe(recipe, recipe_overrides(input_shape=input_shape), "command line")
-    check_output(output_path, overwrite)  # fail before the slow part
+    check_output(output_path, overwrite, inputs={"--recipe": recipe})  # fail before the slow part
     net = build_model(model, kwargs)
     space = convert(net, loaded, dummy_input_for(loaded))
     save_space(output_path, space, {"entry_point": model, "kwargs": kwargs}, loaded, overwrite=overwrite)

@@ -19,8 +19,17 @@ ExportModelOpt = Annotated[
     typer.Option(
         "--model",
         "-m",
-        help="Original model builder 'pkg.module:attr'; default: the one stored in the pruned file.",
+        help="Original model builder 'pkg.module:attr' (needed unless --trust-entry-point: nasprune does not call "
+        "what a file names).",
         show_default=False,
+    ),
+]
+TrustEntryPointOpt = Annotated[
+    bool,
+    typer.Option(
+        "--trust-entry-point",
+        help="Build the original model with the builder and kwargs stored in the pruned file (this runs code the "
+        "file names: only for files you trust).",
     ),
 ]
 FormatOpt = Annotated[
@@ -40,6 +49,7 @@ def export_command(
     model_kwargs: ModelKwargsOpt = None,
     fmt: FormatOpt = "state_dict",
     overwrite: OverwriteOpt = False,
+    trust_entry_point: TrustEntryPointOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Rebuild the pruned model from a fresh original model and write it (state_dict, torchscript or onnx)."""
@@ -51,9 +61,15 @@ def export_command(
 
     if fmt not in EXPORT_FORMATS:
         raise CheckpointError(f"--format: unknown format {fmt!r} (expected one of {', '.join(EXPORT_FORMATS)})")
-    check_output(output_path, overwrite)
+    check_output(output_path, overwrite, inputs={"--pruned": pruned})
     data = load_pruned(pruned)
     spec = data["model"]
+    if model is None and not trust_entry_point:
+        raise CheckpointError(
+            f"{pruned}: no --model given, and nasprune does not call the model builder a file names (stored: "
+            f"{spec['entry_point']} with kwargs {spec.get('kwargs') or {}}); pass --model {spec['entry_point']} after "
+            "checking it is the model you expect, or --trust-entry-point"
+        )
     entry_point = model or spec["entry_point"]
     kwargs = parse_kwargs(model_kwargs) if model_kwargs else dict(spec.get("kwargs") or {})
     net = restore(build_model(entry_point, kwargs), pruned)

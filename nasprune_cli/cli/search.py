@@ -193,7 +193,6 @@ def search_command(
 ) -> None:
     """Search the best subnet within --flops / --params / --latency and write the pruned model (--output)."""
     from nasprune_cli.checkpoint import save_pruned
-    from nasprune_cli.fileio import check_output
     from nasprune_cli.inputs import dummy_input_for
     from nasprune_cli.loading import build_model, parse_kwargs
     from nasprune_cli.recipe.load import load_recipe
@@ -206,17 +205,15 @@ def search_command(
     if settings:
         overrides.setdefault("search", {}).update(settings)
     loaded = load_recipe(recipe, overrides, "command line")
-    if output_path is not None:
-        check_output(output_path, overwrite)  # fail before the slow part
-    if loaded.search.checkpoint is not None:
-        check_output(Path(loaded.search.checkpoint), overwrite=True)  # an existing checkpoint is resumed
-
-    seed_everything(loaded.search.seed)  # a builder that initialises randomly builds the same model every run
-    net = build_model(model, kwargs)
     config: dict[str, Any] = {"recipe": loaded, "model_spec": {"entry_point": model, "kwargs": kwargs}}
     wants_latency = loaded.search.constraints.get("latency") is not None
     if wants_latency and loaded.search.latency_table is None and output_path is not None:
         config["latency_table"] = str(output_path.with_name(f"{output_path.stem}.latency.json"))
+    table = config.get("latency_table", loaded.search.latency_table) if wants_latency else None
+    check_files(output_path, loaded.search.checkpoint, table, recipe, overwrite)  # fail before the slow part
+
+    seed_everything(loaded.search.seed)  # a builder that initialises randomly builds the same model every run
+    net = build_model(model, kwargs)
     with _Progress(enabled=sys.stderr.isatty()) as on_progress:
         options = search_options({**config, "on_progress": on_progress})
         result = search(net, None, dummy_input_for(loaded), options)
@@ -235,6 +232,26 @@ def search_command(
         output.info(f"wrote {output_path}")
     elif not json_out:
         output.info("pass --output pruned.pt to save the pruned model")
+
+
+def check_files(output_path: Path | None, checkpoint: Any, table: Any, recipe: Path | None, overwrite: bool) -> None:
+    """Before the search: every file it writes can be written, and none is another file it reads (the output is
+    written at the end; the checkpoint after every step; the latency table when it does not exist yet)."""
+    from nasprune_cli.errors import CheckpointError
+    from nasprune_cli.fileio import check_output
+
+    checkpoint = Path(checkpoint) if checkpoint is not None else None
+    table = Path(table) if table is not None else None
+    if output_path is not None:
+        check_output(
+            output_path, overwrite, inputs={"--checkpoint": checkpoint, "--latency-table": table, "--recipe": recipe}
+        )
+    if checkpoint is not None:  # an existing checkpoint is resumed
+        check_output(checkpoint, overwrite=True, inputs={"--latency-table": table, "--recipe": recipe})
+    if table is not None and table.is_dir():
+        raise CheckpointError(f"{table}: is a directory, expected the latency table's file path")
+    if table is not None and not table.exists():  # an existing table is only read
+        check_output(table, overwrite=False, inputs={"--recipe": recipe})
 
 
 class _Progress:

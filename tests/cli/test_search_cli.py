@@ -127,7 +127,8 @@ def test_demo_search_table_output_and_export(runner: CliRunner, tmp_path: Path) 
     assert_one_error(again, f"{pruned}: already exists (pass --overwrite to replace it)")
 
     onnx = tmp_path / "model.onnx"
-    exported = runner.invoke(app, ["export", "--pruned", str(pruned), "--output", str(onnx), "--format", "onnx"])
+    args = ["export", "--pruned", str(pruned), "--output", str(onnx), "--format", "onnx", "--trust-entry-point"]
+    exported = runner.invoke(app, args)
     assert exported.exit_code == 0, (exported.stdout, exported.stderr)
     assert "max |difference| to torch" in exported.stdout and onnx.is_file()
     sd = tmp_path / "model.sd.pt"
