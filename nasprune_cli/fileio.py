@@ -77,7 +77,11 @@ def temp_file_for(path: Path) -> Path:
 
 def normal_file_mode() -> int:
     """0o666 less the process's umask: the mode open() gives a new file."""
-    umask = os.umask(0o022)  # reading the umask means setting it; set it straight back
+    with contextlib.suppress(OSError, ValueError):  # Linux shows it without changing it
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    umask = os.umask(0o022)  # elsewhere reading the umask means setting it; set it straight back
     os.umask(umask)
     return 0o666 & ~umask
 
