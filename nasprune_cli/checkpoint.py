@@ -28,13 +28,10 @@ from nasprune_cli.fileio import (
     FORMAT_VERSION,
     add_checksum,
     atomic_save,
-    check_kind,
     check_output,
     digest,
-    read_torch_file,
+    read_nasprune_file,
     temp_file_for,
-    validate_schema,
-    verify_checksum,
 )
 from nasprune_cli.inputs import tensors_in
 from nasprune_cli.recipe.schema import InputSection
@@ -140,11 +137,8 @@ def load_search_state(path: str | Path, fingerprint: Mapping[str, Any]) -> dict[
     path = Path(path)
     if not path.exists():
         return None
-    data = read_torch_file(path, "search checkpoint")
-    check_kind(path, data, STATE_KIND, "search checkpoint")
-    validate_schema(
-        SearchStateFile, data, path, "search checkpoint", "delete it (or pass another --checkpoint) to start anew"
-    )
+    hint = "delete it (or pass another --checkpoint) to start anew"
+    data = read_nasprune_file(path, STATE_KIND, "search checkpoint", SearchStateFile, hint, checksum=False)
     if data.get("fingerprint_digest") != digest(fingerprint):
         diff = fingerprint_difference(data.get("fingerprint") or {}, fingerprint) or "fingerprint"
         raise CheckpointError(
@@ -199,11 +193,8 @@ def save_pruned(path: str | Path, result: SearchResult, *, overwrite: bool = Fal
 def load_pruned(path: str | Path) -> dict[str, Any]:
     """Read and check a pruned-model file written by `save_pruned`: kind, checksum, every field."""
     path = Path(path)
-    data = read_torch_file(path, "pruned-model file")
-    check_kind(path, data, PRUNED_KIND, "pruned-model file")
-    verify_checksum(path, data, "pruned-model file")
-    validate_schema(PrunedFile, data, path, "pruned-model file", "use an intact copy or write it again")
-    return data
+    hint = "use an intact copy or write it again"
+    return read_nasprune_file(path, PRUNED_KIND, "pruned-model file", PrunedFile, hint)
 
 
 def restore(

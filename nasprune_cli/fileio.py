@@ -131,6 +131,18 @@ def _first_line(exc: Exception) -> str:
     return lines[0][:120] if lines else "no details"
 
 
+def read_nasprune_file(
+    path: Path, kind: str, what: str, schema: type[BaseModel], hint: str, *, checksum: bool = True
+) -> dict[str, Any]:
+    """Read a file nasprune wrote and check its kind and format version, its checksum and every field it holds."""
+    data = read_torch_file(path, what)
+    check_kind(path, data, kind, what)
+    if checksum:
+        verify_checksum(path, data, what)
+    validate_schema(schema, data, path, what, hint)
+    return data
+
+
 def check_kind(path: Path, data: Any, kind: str, what: str) -> None:
     """Refuse a file of another kind or format version."""
     if not isinstance(data, dict) or data.get("kind") != kind:
@@ -234,7 +246,7 @@ def verify_checksum(path: Path, data: Mapping[str, Any], what: str) -> None:
     if stored is None:
         warnings.warn(
             f"{path}: this {what} has no checksum (written by an older nasprune), so damage to it cannot be detected",
-            stacklevel=3,
+            stacklevel=4,
         )
         return
     if stored != content_sha256({k: v for k, v in data.items() if k != "sha256"}):

@@ -13,11 +13,8 @@ from nasprune_cli.fileio import (
     FORMAT_VERSION,
     add_checksum,
     atomic_save,
-    check_kind,
     check_output,
-    read_torch_file,
-    validate_schema,
-    verify_checksum,
+    read_nasprune_file,
 )
 from nasprune_cli.recipe.load import recipe_to_dict
 from nasprune_cli.recipe.schema import InputSection, Recipe
@@ -102,11 +99,8 @@ def save_space(
 def load_space(path: str | Path) -> dict[str, Any]:
     """Read a search-space file (weights_only) and check its kind, format version, checksum and every field."""
     path = Path(path)
-    data = read_torch_file(path, "search-space file")
-    check_kind(path, data, KIND, "search-space file")
-    verify_checksum(path, data, "search-space file")
-    validate_schema(SpaceFile, data, path, "search-space file", "use an intact copy or run `nasprune convert` again")
-    return data
+    hint = "use an intact copy or run `nasprune convert` again"
+    return read_nasprune_file(path, KIND, "search-space file", SpaceFile, hint)
 
 
 def restore_space(
