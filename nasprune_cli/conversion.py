@@ -30,8 +30,7 @@ def convert(model: nn.Module, recipe: Any = None, dummy_input: Any = None) -> Se
     if dummy_input is None:
         dummy_input = dummy_input_for(recipe)
     resolved = resolve_rules(recipe, model)
-    for pattern in resolved.unused_patterns:
-        warnings.warn(f"recipe rule '{pattern}' matches no layer of the model", stacklevel=2)
+    _warn_unused(resolved.unused_patterns)
     rules = resolved.by_module
     converted = {name for name, rule in rules.items() if rule is not None}
     modules = dict(model.named_modules())
@@ -113,6 +112,16 @@ def _group_choices(
             least = info["head_width"] * getattr(rules[layer], "min_heads", 1)
             result = [c for c in result if c >= least]
     return result or [size]
+
+
+def _warn_unused(patterns: list[str], shown: int = 3) -> None:
+    """One warning for the recipe rules that match no layer (a recipe may have thousands), naming the first few."""
+    if len(patterns) == 1:
+        warnings.warn(f"recipe rule '{patterns[0]}' matches no layer of the model", stacklevel=3)
+    elif patterns:
+        names = ", ".join(f"'{p[:80]}'" for p in patterns[:shown])
+        more = f" and {len(patterns) - shown} more" if len(patterns) > shown else ""
+        warnings.warn(f"{len(patterns)} recipe rules match no layer of the model: {names}{more}", stacklevel=3)
 
 
 def _depth_hparams(trace: Trace, rules: dict, modules: dict[str, nn.Module]) -> dict[str, Hparam]:

@@ -6,12 +6,15 @@ A *dummy input* is a tensor, or a tuple of positional inputs whose last item may
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+from nasprune_cli.errors import NasPruneError
 
 if TYPE_CHECKING:
     from nasprune_cli.recipe.schema import Recipe
@@ -20,12 +23,45 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 DEFAULT_SHAPE = [1, 3, 224, 224]
 RANDOM_BATCH_SIZE = 8  # random calibration batches: BatchNorm needs more than one value per channel
+MAX_INPUT_ELEMENTS = 100_000_000  # 400 MB as float32; the trace and the searches hold many tensors that large
+
+
+def input_size_problem(shapes: list[list[int]], dtype: str = "float32") -> str | None:
+    """Why a dummy input of these shapes is too large to allocate (every dimension counted), or None when it fits."""
+    elements = sum(math.prod(s) for s in shapes)
+    if elements <= MAX_INPUT_ELEMENTS:
+        return None
+    itemsize = torch.empty((), dtype=DTYPES.get(dtype, torch.float32)).element_size()
+    shown = " + ".join("x".join(str(d) if d < 10**12 else _sci(d) for d in s) for s in shapes)
+    return (
+        f"{shown} is {_sci(elements)} elements ({_bytes(elements * itemsize)} as {dtype}), more than the "
+        f"{MAX_INPUT_ELEMENTS:,} a dummy input may have; pass a smaller shape (e.g. 1,3,224,224): one sample is enough "
+        "to trace and count FLOPs"
+    )
+
+
+def _sci(value: int) -> str:
+    """An int as 1.23e+45 (also one beyond a float's range)."""
+    try:
+        return f"{float(value):.3g}"
+    except OverflowError:
+        return f"about 1e+{int(value.bit_length() * 0.30103)}"
+
+
+def _bytes(count: int) -> str:
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20)):
+        if count >= scale:
+            return f"{_sci(count // scale) if count >= 1000 * scale else f'{count / scale:.3g}'} {unit}"
+    return f"{count} bytes"
 
 
 def make_dummy_input(shape: list[int] | list[list[int]], dtype: str = "float32", seed: int = 0) -> Any:
     """A deterministic dummy input: randn (seeded) for float dtypes, zeros for int64; a tuple for several shapes."""
     gen = torch.Generator().manual_seed(seed)
     shapes = shape if shape and isinstance(shape[0], (list, tuple)) else [shape]
+    problem = input_size_problem([list(s) for s in shapes], dtype)  # type: ignore[arg-type]
+    if problem is not None:
+        raise NasPruneError(f"dummy input: {problem}")
     tensors = []
     for s in shapes:
         if DTYPES[dtype].is_floating_point:

@@ -83,6 +83,8 @@ def parse_input_shape(text: str) -> list[int] | list[list[int]]:
             f"--input-shape: expected comma-separated positive integers such as 1,3,224,224 "
             f"(';' between several inputs) (got {text!r})"
         )
+    if any(len(d.strip()) > 30 for p in parts for d in p.split(",")):
+        raise NasPruneError(f"--input-shape: a dimension has more than 30 digits (got {text[:60]!r}...)")
     shapes = [[int(d) for d in p.split(",")] for p in parts]
     if any(d <= 0 for s in shapes for d in s):
         raise NasPruneError(f"--input-shape: every dimension must be positive (got {text!r})")

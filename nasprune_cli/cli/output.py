@@ -6,20 +6,57 @@ import dataclasses
 import json
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from functools import wraps
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 _UNITS = ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K"))
+_KEPT_STDOUT: list[IO[str]] = []  # the real stdout while `stdout_kept` sends sys.stdout to stderr
+
+
+@contextmanager
+def stdout_kept() -> Iterator[None]:
+    """Inside the block, sys.stdout is stderr (so user code that prints cannot break the tables or the JSON) and
+    nasprune's own output still goes to the real stdout."""
+    real = sys.stdout
+    _KEPT_STDOUT.append(real)
+    sys.stdout = sys.stderr
+    try:
+        yield
+    finally:
+        sys.stdout = real
+        _KEPT_STDOUT.pop()
+
+
+def keeping_stdout(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`fn` run inside `stdout_kept` (a command's callback: its --help and usage errors are printed before it)."""
+    if getattr(fn, "__stdout_kept__", False):
+        return fn
+
+    @wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with stdout_kept():
+            return fn(*args, **kwargs)
+
+    run.__stdout_kept__ = True  # type: ignore[attr-defined]
+    return run
+
+
+def stdout() -> IO[str]:
+    """nasprune's stdout: the real one, also while user code's prints are sent to stderr."""
+    return _KEPT_STDOUT[-1] if _KEPT_STDOUT else sys.stdout
 
 
 def console() -> Console:
-    """A console on the current stdout (wide when it is not a terminal, so tables are not squeezed)."""
-    return Console(file=sys.stdout, width=None if sys.stdout.isatty() else 160, soft_wrap=False)
+    """A console on nasprune's stdout (wide when it is not a terminal, so tables are not squeezed)."""
+    out = stdout()
+    return Console(file=out, width=None if out.isatty() else 160, soft_wrap=False)
 
 
 def print_table(table: Table) -> None:
@@ -29,12 +66,12 @@ def print_table(table: Table) -> None:
 
 def print_text(text: str) -> None:
     """Print one line of plain text (no markup) on stdout."""
-    typer.echo(text)
+    typer.echo(text, file=stdout())
 
 
 def print_json(obj: Any) -> None:
     """Print an object as plain JSON on stdout (no markup, full numbers)."""
-    typer.echo(json.dumps(obj, indent=2, default=_jsonable))
+    typer.echo(json.dumps(obj, indent=2, default=_jsonable), file=stdout())
 
 
 def error(message: str) -> None:

@@ -10,10 +10,12 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from nasprune_cli.errors import RecipeError
+from nasprune_cli.loading import BoundedLoader, YamlLimitError, load_yaml, short_repr
 from nasprune_cli.recipe.schema import MODULE_TYPES, InputSection, Recipe, SearchSettings, rule_fields
 
 _SECTIONS: dict[str, type[BaseModel]] = {"search": SearchSettings, "input": InputSection}
 _MAX_VALUE_CHARS = 80
+MAX_RECIPE_BYTES = 8 * 1024 * 1024  # a recipe is a few KB; 10,000 rules are under 1 MB
 
 
 def load_recipe(
@@ -96,11 +98,26 @@ def _read_yaml(path: Path, source: str) -> Any:
     if path.is_dir():
         raise RecipeError(f"{source}: is a directory, expected a YAML file")
     try:
-        text = path.read_text(encoding="utf-8")
+        size = path.stat().st_size
+        if size > MAX_RECIPE_BYTES:
+            raise RecipeError(
+                f"{source}: file is {size / 2**20:.1f} MiB, a recipe may be at most {MAX_RECIPE_BYTES // 2**20} MiB; "
+                "is it the right file?"
+            )
+        with path.open(encoding="utf-8") as file:
+            text = file.read(MAX_RECIPE_BYTES + 1)  # a file that grows (a FIFO, /dev/zero) is still read bounded
     except (OSError, UnicodeDecodeError) as exc:
         raise RecipeError(f"{source}: cannot read: {exc}") from None
+    if len(text) > MAX_RECIPE_BYTES:
+        raise RecipeError(
+            f"{source}: more than {MAX_RECIPE_BYTES // 2**20} MiB, a recipe is a few KB; is it the right file?"
+        )
     try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        return load_yaml(text, _UniqueKeyLoader)
+    except YamlLimitError as exc:
+        mark = exc.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        raise RecipeError(f"{source}: {where}refused: {exc.problem}") from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
@@ -110,10 +127,12 @@ def _read_yaml(path: Path, source: str) -> Any:
         raise RecipeError(f"{source}: {where}invalid YAML: {problem}{hint}") from None
     except yaml.YAMLError as exc:
         raise RecipeError(f"{source}: invalid YAML: {exc}") from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        raise RecipeError(f"{source}: invalid value: {short_repr(str(exc), 200)}") from None
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate keys (rule order matters, a silent overwrite would hide a rule)."""
+class _UniqueKeyLoader(BoundedLoader):
+    """Bounded SafeLoader that rejects duplicate keys (rule order matters, a silent overwrite would hide a rule)."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
@@ -205,5 +224,4 @@ def _key_path(loc: tuple[Any, ...]) -> str:
 
 
 def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= _MAX_VALUE_CHARS else text[: _MAX_VALUE_CHARS - 3] + "..."
+    return short_repr(value, _MAX_VALUE_CHARS)

@@ -25,6 +25,7 @@ from torchvision.models.swin_transformer import ShiftedWindowAttention
 
 from nasprune_cli.constraints import CONSTRAINT_NAMES, parse_constraint
 from nasprune_cli.errors import NasPruneError
+from nasprune_cli.inputs import input_size_problem
 
 MODULE_TYPES: dict[str, type[nn.Module]] = {
     "nn.Conv1d": nn.Conv1d,
@@ -65,6 +66,14 @@ def _check_ratio(value: float) -> float:
 def _check_kernel(value: int) -> int:
     if value <= 0 or value % 2 == 0:
         raise PydanticCustomError("kernel_odd", "must be an odd positive integer")
+    return value
+
+
+def _check_seed(value: int) -> int:
+    if not -(2**63) <= value < 2**64:
+        raise PydanticCustomError(
+            "seed_range", "must fit torch's random generator: an integer from -2**63 to 2**64 - 1, e.g. 0 or 1234"
+        )
     return value
 
 
@@ -274,7 +283,7 @@ class SearchSettings(BaseModel):
     data: str | None = None  # "pkg.module:fn", fn() -> iterable of batches (BN recalibration, default score)
     collect: str | None = None  # "pkg.module:fn", fn(batch) -> model inputs; default: batch[0] of a tuple / list batch
     max_batches: int = Field(8, ge=1)  # batches of `data` used per evaluation
-    seed: int = 0
+    seed: Annotated[int, AfterValidator(_check_seed)] = 0
     fill: bool = True  # binary: grow hparams greedily after the threshold search
     descent: bool = True  # binary: also score the cost-aware descent subnet, keep the better
     sensitivity: SensitivityMode = "budget"  # binary: budget (monotone drops, probe what the budget reaches) | full
@@ -331,9 +340,17 @@ class SearchSettings(BaseModel):
 
 
 def _check_shape(value: Any) -> list[int] | list[list[int]]:
-    """A shape is a non-empty list of positive ints; several inputs are a non-empty list of shapes."""
-    if isinstance(value, list) and value and all(isinstance(s, list) for s in value):
-        return [_check_shape(s) for s in value]  # type: ignore[misc]
+    """A shape is a non-empty list of positive ints; several inputs are a non-empty list of shapes; all of them
+    together small enough to allocate."""
+    several = isinstance(value, list) and value and all(isinstance(s, list) for s in value)
+    shapes = [_check_dims(s) for s in value] if several else [_check_dims(value)]
+    problem = input_size_problem(shapes)
+    if problem is not None:
+        raise PydanticCustomError("shape_size", problem)
+    return shapes if several else shapes[0]  # type: ignore[return-value]
+
+
+def _check_dims(value: Any) -> list[int]:
     if not (isinstance(value, list) and value and all(type(d) is int and d > 0 for d in value)):
         raise PydanticCustomError(
             "shape", "expected a list of positive integers such as [1, 3, 224, 224], or a list of such lists"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,6 +21,7 @@ from nasprune_cli.space import SearchSpace
 def finish(prepared: Prepared, options: SearchOptions, state: dict[str, Any]) -> SearchResult:
     """Export the best subnet (refitted when the settings and the data allow it) and check its cost with fvcore."""
     space, best = prepared.space, state["best"]
+    _warn_if_unpruned(space, prepared.bounds, best["config"])
     pruned, reconstruction = _export(prepared, options, best)
     measured = _verified_cost(pruned, prepared, best["config"])
     original = space.original_cost
@@ -40,6 +42,22 @@ def finish(prepared: Prepared, options: SearchOptions, state: dict[str, Any]) ->
         recipe=prepared.recipe,
         input=prepared.input_spec,
         state=state,
+    )
+
+
+def _warn_if_unpruned(space: SearchSpace, bounds: Mapping[str, float], config: Mapping[str, int]) -> None:
+    """Warn when the result is the original model because every budget is at or above the original's figure."""
+    original = space.original_cost
+    if dict(config) != space.max() or any(bound < original.get(name) for name, bound in bounds.items()):
+        return
+    parts = ", ".join(
+        f"{name} <= {bound:.4g}, original {original.get(name):.4g} ({bound / max(original.get(name), 1e-12):.0%})"
+        for name, bound in bounds.items()
+    )
+    warnings.warn(
+        f"the budget is at or above the original model ({parts}), so nothing was pruned: the result is the original "
+        "model; lower the budget (e.g. --flops 60%) to prune it",
+        stacklevel=3,
     )
 
 
