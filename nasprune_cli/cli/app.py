@@ -124,7 +124,6 @@ _register_commands()
 
 def main() -> None:
     """Console-script entry point: run the app (the boundary lives in GuardedGroup.invoke)."""
-    _put_cwd_last()
     try:
         app()
     except NasPruneError as exc:  # raised outside a command (e.g. while registering): same one-line format
@@ -135,10 +134,3 @@ def main() -> None:
     except KeyboardInterrupt:  # Ctrl-C outside a command (while parsing the command line)
         output.error("interrupted")
         sys.exit(130)
-
-
-def _put_cwd_last() -> None:
-    """`python -m nasprune_cli` puts the working directory first on sys.path: move it last, so that a file there
-    named like a dependency (fvcore.py, tabulate.py) does not shadow it; the user's modules stay importable."""
-    if sys.path and sys.path[0] in ("", os.getcwd()):
-        sys.path.append(sys.path.pop(0))

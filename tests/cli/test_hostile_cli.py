@@ -117,6 +117,7 @@ def assert_one_error(result: object, *fragments: str, code: int = 1) -> str:
 SHADOWS = {
     "fvcore.py": "open('SHADOWED_fvcore', 'w').close()\n",
     "tabulate.py": "open('SHADOWED_tabulate', 'w').close()\n",
+    "yaml.py": "open('SHADOWED_yaml', 'w').close()\n",  # the recipe loader's YAML
 }
 
 
@@ -132,7 +133,7 @@ def _shadow_dir(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("how", ["console_script", "python_m"])
 def test_cwd_files_do_not_shadow_dependencies(tmp_path: Path, how: str) -> None:
-    """An fvcore.py / tabulate.py in the working directory never runs; `--model mymodule:build` from there works."""
+    """A fvcore.py / tabulate.py / yaml.py in the working directory never runs; `--model mymodule:build` works."""
     work = _shadow_dir(tmp_path)
     if how == "console_script":  # like the installed `nasprune`: sys.path[0] is the script's directory
         script = tmp_path / "bin" / "nasprune"
