@@ -1,0 +1,143 @@
+"""Hostile models and user code (issue 16): bad data, exiting user functions, data-dependent control flow, shared
+parameters and non-tensor outputs. The tracer freezes what it cannot prove safe; the search stops with a named
+error instead of writing a wrong model."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from collections.abc import Iterator
+
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+from nasprune_cli import search
+from nasprune_cli.cli.app import app
+from nasprune_cli.errors import SearchError
+from nasprune_cli.metrics.score import Evaluator, load_batches
+from tests.toys import Chain
+
+SHAPE = (2, 3, 16, 16)
+
+
+@pytest.fixture(autouse=True)
+def _threads(one_thread: None) -> Iterator[None]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no --data: the random-batches warning
+        yield
+
+
+def good_batches(n: int = 2) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(0)
+    return [(torch.randn(4, 3, 16, 16, generator=gen), torch.zeros(4)) for _ in range(n)]
+
+
+def small_search(data: object = None, **config: object) -> object:
+    torch.manual_seed(0)
+    settings = {"searcher": "random", "iterations": 2, "reconstruct": False, **config}
+    if data is not None:
+        settings["data"] = data
+    return search(Chain(), {"flops": "80%"}, torch.randn(*SHAPE), settings)
+
+
+# ---- case 3: non-finite data, outputs and scores ----------------------------------------------------------------
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_non_finite_batch_names_the_data_and_the_batch(value: float) -> None:
+    batches = good_batches(3)
+    batches[1][0][0, 0, 0, 0] = value
+    kind = "nan" if value != value else "inf"
+    with pytest.raises(SearchError, match=rf"data 'pkg:data': batch 1 holds 1 non-finite value\(s\) \({kind}\)"):
+        load_batches(lambda: iter(batches), 8, "pkg:data")
+
+
+def test_a_search_on_nan_data_stops_instead_of_writing_nan_statistics() -> None:
+    batches = good_batches(2)
+    batches[1][0][0, 0, 0, 0] = float("nan")
+    with pytest.raises(SearchError, match=r"data 'list': batch 1 holds .*\(nan\)"):
+        small_search(batches)
+
+
+class NanAfterBN(nn.Module):
+    """Finite data, non-finite outputs: log of a negative number."""
+
+    def __init__(self, bn: bool) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8) if bn else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log(self.bn(self.conv(x)) - 1e6)
+
+
+def test_non_finite_outputs_stop_recalibration_and_the_default_score() -> None:
+    with pytest.raises(SearchError, match=r"BatchNorm recalibration: the model's output on data batch 0 holds"):
+        Evaluator(NanAfterBN(bn=True), good_batches()).prepare()
+    with pytest.raises(SearchError, match=r"default score: the original model's output on data batch 0 holds"):
+        Evaluator(NanAfterBN(bn=False), good_batches()).prepare()
+
+
+def test_a_nan_score_stops_the_search() -> None:
+    with pytest.raises(SearchError, match=r"score function '.*nan_score' returned nan"):
+        small_search(good_batches(), score=nan_score)
+
+
+def nan_score(model: nn.Module) -> float:
+    return float("nan")
+
+
+# ---- case 6: sys.exit() and Ctrl-C inside user code -------------------------------------------------------------
+def exit_score(model: nn.Module) -> float:
+    sys.exit(3)
+
+
+def exit_collect(batch: object) -> torch.Tensor:
+    sys.exit(0)
+
+
+def exit_data() -> list:
+    sys.exit()
+
+
+def exit_while_iterating() -> Iterator[torch.Tensor]:
+    yield torch.randn(4, 3, 16, 16)
+    sys.exit("no more data")
+
+
+def interrupted_score(model: nn.Module) -> float:
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"score": exit_score}, r"score function '.*exit_score' called sys.exit\(3\)"),
+        ({"collect": exit_collect}, r"collect function '.*exit_collect' called sys.exit\(0\)"),
+        ({"data": exit_data}, r"data function '.*exit_data' called sys.exit\(\)"),
+        ({"data": exit_while_iterating}, r"data '.*exit_while_iterating' \(iterating its batches\) called sys.exit"),
+    ],
+)
+def test_sys_exit_in_user_code_is_a_search_error_naming_the_function(config: dict, message: str) -> None:
+    config = {"data": good_batches(), **config}
+    with pytest.raises(SearchError, match=message):
+        small_search(**config)
+
+
+def test_ctrl_c_in_user_code_still_stops_the_search() -> None:
+    with pytest.raises(KeyboardInterrupt):
+        small_search(good_batches(), score=interrupted_score)
+
+    def interrupted_collect(batch: object) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Evaluator(Chain(), good_batches(), collect=interrupted_collect).prepare()
+
+
+def test_cli_reports_a_user_sys_exit_as_one_error_line() -> None:
+    args = ["search", "--model", "tests.toys:Chain", "--input-shape", "2,3,16,16", "--flops", "80%"]
+    args += ["--score", "tests.unit.test_hostile_models:exit_score", "--searcher", "random", "--iterations", "2"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1, result.output
+    assert "Error: score function 'tests.unit.test_hostile_models:exit_score' called sys.exit(3)" in result.output
