@@ -88,6 +88,7 @@ def trace_model(model: nn.Module, dummy_input: Any, depth_sequentials: Iterable[
                     f"running the model on the dummy input failed: {type(exc).__name__}: {exc} "
                     "(check --input-shape / the recipe's input section)"
                 ) from exc
+        check_output(model, output)
         for t in tensors_in(output):
             ctx.freeze(ctx.labels_of(t), "model output (the channels of the model's outputs are never pruned)")
     finally:
@@ -102,6 +103,41 @@ def trace_model(model: nn.Module, dummy_input: Any, depth_sequentials: Iterable[
         sequentials=ctx.sequentials,
         layer_info=ctx.layer_info,
     )
+
+
+def check_output(model: nn.Module, output: Any) -> None:
+    """A TraceError unless the output is a tensor, or tuples / lists / dicts of tensors (None items allowed)."""
+    problem = _non_tensor(output, "output")
+    if problem is None and not tensors_in(output):
+        problem = f"output {_describe(output)} (no tensor in it)"
+    if problem is not None:
+        raise TraceError(
+            f"model {type(model).__name__} returned {problem}; nasprune needs its outputs as tensors (or tuples / "
+            "lists / dicts of tensors) to follow the channels and count the FLOPs: return the tensors, and compute "
+            "anything else from them outside the model"
+        )
+
+
+def _non_tensor(obj: Any, path: str) -> str | None:
+    """Where a nested output holds something other than a tensor (None: nowhere)."""
+    if isinstance(obj, torch.Tensor):
+        return None
+    items: list[tuple[str, Any]] = []
+    if isinstance(obj, (tuple, list)):
+        items = [(f"{path}[{i}]", item) for i, item in enumerate(obj)]
+    elif isinstance(obj, dict):
+        items = [(f"{path}[{key!r}]", item) for key, item in obj.items()]
+    elif path == "output" or obj is not None:
+        return f"{path} {_describe(obj)}"
+    for item_path, item in items:
+        problem = _non_tensor(item, item_path)
+        if problem is not None:
+            return problem
+    return None
+
+
+def _describe(obj: Any) -> str:
+    return f"{type(obj).__name__} {str(obj)[:40]!r}" if obj is not None else "None"
 
 
 def _add_layer_hooks(ctx: TraceContext, model: nn.Module, handles: list[RemovableHandle]) -> None:

@@ -141,3 +141,49 @@ def test_cli_reports_a_user_sys_exit_as_one_error_line() -> None:
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 1, result.output
     assert "Error: score function 'tests.unit.test_hostile_models:exit_score' called sys.exit(3)" in result.output
+
+
+# ---- case 9: outputs that are not tensors -----------------------------------------------------------------------
+class Returns(nn.Module):
+    def __init__(self, what: str) -> None:
+        super().__init__()
+        self.what = what
+        self.conv = nn.Conv2d(3, 64, 3, padding=1)
+        self.fc = nn.Linear(64, 4)
+
+    def forward(self, x: torch.Tensor) -> object:
+        y = self.fc(self.conv(x).mean((2, 3)))
+        return {
+            "string": "done",
+            "tuple_with_string": (y, "label"),
+            "dict_with_int": {"logits": y, "count": 3},
+            "none": None,
+            "tuple_with_none": (y, None),  # allowed: an absent auxiliary output
+        }[self.what]
+
+
+@pytest.mark.parametrize(
+    ("what", "found"),
+    [
+        ("string", "output str 'done'"),
+        ("tuple_with_string", r"output\[1\] str 'label'"),
+        ("dict_with_int", r"output\['count'\] int '3'"),
+        ("none", "output None"),
+    ],
+)
+def test_a_model_returning_a_non_tensor_is_a_trace_error(what: str, found: str) -> None:
+    from nasprune_cli import convert, profile
+    from nasprune_cli.errors import TraceError
+    from nasprune_cli.recipe.load import recipe_from_dict
+
+    with pytest.raises(TraceError, match=rf"model Returns returned {found}; nasprune needs its outputs as tensors"):
+        convert(Returns(what), None, torch.randn(*SHAPE))
+    with pytest.raises(TraceError, match="model Returns returned"):
+        profile(Returns(what), recipe_from_dict({}), torch.randn(*SHAPE))
+
+
+def test_a_tuple_output_with_none_items_is_accepted() -> None:
+    from nasprune_cli import convert
+
+    space = convert(Returns("tuple_with_none"), None, torch.randn(*SHAPE))
+    assert "conv.out_channels" in space.hparams
