@@ -292,3 +292,23 @@ TOYS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "convnext": (TinyConvNeXt, (2, 3, 16, 16)),
     "grouped_uniform": (GroupedUniform, (2, 3, 16, 16)),
 }
+
+
+class TiedConvs(nn.Module):
+    """Two convs holding one weight Parameter (weight tying between distinct layers, not one layer called twice)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = cbr(3, 64)
+        self.a = nn.Conv2d(64, 64, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(64)
+        self.b = nn.Conv2d(64, 64, 3, padding=1)
+        self.b.weight = self.a.weight
+        self.mid = cbr(64, 96)
+        self.fc = nn.Linear(96, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = F.relu(self.bn(self.a(x)))
+        x = F.relu(self.b(x))
+        return self.fc(self.mid(x).mean((2, 3)))

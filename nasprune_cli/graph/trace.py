@@ -89,6 +89,7 @@ def trace_model(model: nn.Module, dummy_input: Any, depth_sequentials: Iterable[
                     "(check --input-shape / the recipe's input section)"
                 ) from exc
         check_output(model, output)
+        _freeze_shared_parameters(ctx, model)
         for t in tensors_in(output):
             ctx.freeze(ctx.labels_of(t), "model output (the channels of the model's outputs are never pruned)")
     finally:
@@ -103,6 +104,25 @@ def trace_model(model: nn.Module, dummy_input: Any, depth_sequentials: Iterable[
         sequentials=ctx.sequentials,
         layer_info=ctx.layer_info,
     )
+
+
+def _freeze_shared_parameters(ctx: TraceContext, model: nn.Module) -> None:
+    """Freeze every traced layer holding a parameter that another module holds too: slicing one of them would untie
+    the copies (a module called twice is one layer, not a shared parameter)."""
+    owners: dict[int, list[str]] = {}
+    for module_name, module in model.named_modules():
+        for param_name, param in module.named_parameters(recurse=False):
+            owners.setdefault(id(param), []).append(f"{module_name}.{param_name}" if module_name else param_name)
+    shared = {full: names for names in owners.values() if len(names) > 1 for full in names}
+    if not shared:
+        return
+    for (module, _side), record in ctx.sides.items():
+        for full, names in shared.items():
+            layer, _, param_name = full.rpartition(".")
+            if layer == module:
+                other = next(n for n in names if n != full).rpartition(".")[0] or "the model"
+                ctx.freeze(record.vec, f"layer {module} shares its {param_name} with {other} (kept tied: not pruned)")
+                break
 
 
 def check_output(model: nn.Module, output: Any) -> None:

@@ -187,3 +187,28 @@ def test_a_tuple_output_with_none_items_is_accepted() -> None:
 
     space = convert(Returns("tuple_with_none"), None, torch.randn(*SHAPE))
     assert "conv.out_channels" in space.hparams
+
+
+# ---- case 8: parameters shared between layers -------------------------------------------------------------------
+def test_layers_sharing_a_weight_are_frozen_and_stay_tied_in_the_export() -> None:
+    import random
+
+    from nasprune_cli import convert
+    from tests.toys import TiedConvs
+
+    torch.manual_seed(0)
+    model = TiedConvs().eval()
+    x = torch.randn(*SHAPE)
+    space = convert(model, None, x)
+    frozen = {f.name: f.reason for f in space.frozen}
+    assert "a" in frozen and "b" in frozen, frozen
+    assert "shares its weight with" in frozen["a"] and "shares its weight with" in frozen["b"]
+    assert "mid.0.out_channels" in space.hparams  # the rest of the model is still searched
+    rng = random.Random(0)
+    for config in (space.min(), space.max(), *(space.sample(rng) for _ in range(3))):
+        space.select(config)
+        exported = space.export().eval()
+        with torch.no_grad():
+            assert torch.allclose(exported(x), model(x), atol=1e-5)
+        assert exported.a.weight is exported.b.weight  # one tensor, as in the original model
+        assert exported.a.weight.shape == model.a.weight.shape
