@@ -15,6 +15,7 @@ from torch.overrides import TorchFunctionMode, resolve_name
 from torch.utils.hooks import RemovableHandle
 
 from nasprune_cli.errors import TraceError
+from nasprune_cli.graph.branches import follow_values, freeze_branching_modules, module_returned
 from nasprune_cli.graph.context import SequentialCall, Trace, TraceContext
 from nasprune_cli.graph.layers import ATOMIC_TYPES, PARAM_SIDES, handle_layer
 from nasprune_cli.graph.ops import TABLE, unknown
@@ -62,7 +63,9 @@ class _LabelMode(TorchFunctionMode):
         if name is None:
             name = _canonical(func)
             self._names[func] = name
-        has_labels = any(ctx.labels_of(t) is not None for t in tensors_in((args, kwargs)))
+        tensors = tensors_in((args, kwargs))
+        follow_values(ctx, name, args, tensors, out)
+        has_labels = any(ctx.labels_of(t) is not None for t in tensors)
         if name not in _WATCH_AWARE or not has_labels:  # a channel count passed to a torch function is used by it
             use_all(watched_ints((args, kwargs)))
         if not has_labels:
@@ -80,6 +83,7 @@ def trace_model(model: nn.Module, dummy_input: Any, depth_sequentials: Iterable[
     try:
         _add_layer_hooks(ctx, model, handles)
         _add_sequential_hooks(ctx, model, set(depth_sequentials), handles)
+        ctx.mark_from_input(dummy_input)
         with eval_mode(model), torch.no_grad(), _LabelMode(ctx):
             try:
                 output = call_model(model, dummy_input)
@@ -89,6 +93,7 @@ def trace_model(model: nn.Module, dummy_input: Any, depth_sequentials: Iterable[
                     "(check --input-shape / the recipe's input section)"
                 ) from exc
         check_output(model, output)
+        freeze_branching_modules(ctx)
         _freeze_shared_parameters(ctx, model)
         for t in tensors_in(output):
             ctx.freeze(ctx.labels_of(t), "model output (the channels of the model's outputs are never pruned)")
@@ -166,11 +171,18 @@ def _add_layer_hooks(ctx: TraceContext, model: nn.Module, handles: list[Removabl
     def pre(module: nn.Module, args: tuple, kwargs: dict) -> None:
         name = ctx.names.get(id(module), "")
         ctx.stack.append(name)
+        ctx.call_inputs.append(tensors_in((args, kwargs)))
         if type(module) in ATOMIC_TYPES:
             ctx.suspended += 1
 
     def post(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
         name = ctx.stack.pop() if ctx.stack else ""
+        inputs = ctx.call_inputs.pop() if ctx.call_inputs else []
+        if type(module) not in ATOMIC_TYPES:
+            if not ctx.suspended:
+                module_returned(ctx, name, output)
+        elif ctx.suspended == 1 and any(ctx.from_input(t) for t in inputs):  # the ops inside it are not followed
+            ctx.mark_from_input(output)
         if type(module) in ATOMIC_TYPES:
             if ctx.suspended == 1:  # our own tensor calls below must not be traced: stay suspended
                 ctx.stack.append(name)

@@ -212,3 +212,70 @@ def test_layers_sharing_a_weight_are_frozen_and_stay_tied_in_the_export() -> Non
             assert torch.allclose(exported(x), model(x), atol=1e-5)
         assert exported.a.weight is exported.b.weight  # one tensor, as in the original model
         assert exported.a.weight.shape == model.a.weight.shape
+
+
+# ---- case 4: data-dependent control flow ------------------------------------------------------------------------
+@pytest.mark.parametrize(("read", "op"), [("bool", "__bool__"), ("item", "item")])
+def test_a_branch_on_input_values_freezes_the_module_that_reads_them(read: str, op: str) -> None:
+    import random
+
+    from nasprune_cli import convert
+    from tests.toys import DataDependent
+
+    torch.manual_seed(0)
+    model = DataDependent(read).eval()
+    x = torch.rand(*SHAPE) + 0.1  # the dummy input takes branch `a`
+    other = -x  # ... and this one branch `b`, which the trace never ran
+    space = convert(model, None, x)
+    frozen = {f.name: f.reason for f in space.frozen}
+    assert "gate.a.0" in frozen, frozen
+    reason = frozen["gate.a.0"]
+    assert "data-dependent control flow: module 'gate' (Gate)" in reason and f"'{op}'" in reason
+    assert not any(name.startswith("gate.") for name in space.hparams)
+    assert "mid.0.out_channels" in space.hparams  # the layers after the gate are still searched
+    rng = random.Random(0)
+    for config in (space.min(), space.sample(rng), space.sample(rng)):
+        space.select(config)
+        exported = space.export().eval()
+        with torch.no_grad():
+            for inputs in (x, other):
+                torch.testing.assert_close(exported(inputs), space.model(inputs), rtol=1e-4, atol=1e-5)
+
+
+class NormalizesItsInput(nn.Module):
+    """Reads the input's maximum into Python in a module without channels: nothing to freeze, a warning."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from tests.toys import Chain
+
+        self.norm = Scale()
+        self.net = Chain()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.norm(x))
+
+
+class Scale(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        top = x.abs().max().item()
+        return x / top if top > 1 else x
+
+
+def test_a_value_read_without_prunable_channels_warns() -> None:
+    from nasprune_cli import convert
+
+    with pytest.warns(UserWarning, match=r"module 'norm' \(Scale\) turns a tensor computed from the input .*'item'"):
+        space = convert(NormalizesItsInput(), None, torch.randn(*SHAPE))
+    assert "net.body.0.0.out_channels" in space.hparams
+
+
+def test_values_read_from_parameters_buffers_and_shapes_are_not_control_flow() -> None:
+    from nasprune_cli import convert
+    from tests.toys import ValueReadsWithoutInput
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        space = convert(ValueReadsWithoutInput(), None, torch.randn(*SHAPE))
+    assert [f.name for f in space.frozen] == ["fc"]
+    assert {"body.0.0.out_channels", "body.1.0.out_channels"} <= set(space.hparams)
