@@ -69,12 +69,10 @@ def follow_values(ctx: TraceContext, name: str, args: tuple, tensors: Sequence[t
 def record_read(ctx: TraceContext, op: str, tensors: Sequence[torch.Tensor]) -> None:
     """The innermost running module read an input-dependent value: freeze what the read and its inputs touch."""
     module = ctx.stack[-1] if ctx.stack else ""
-    first = module not in ctx.value_reads
     ctx.value_reads.setdefault(module, op)
     reason = branch_reason(ctx, module)
-    touched = any([ctx.freeze(ctx.labels_of(t), reason, overriding=True) for t in tensors])
-    if first and ctx.call_inputs:
-        touched = any([ctx.freeze(ctx.labels_of(t), reason, overriding=True) for t in ctx.call_inputs[-1]]) or touched
+    inputs = ctx.call_inputs[-1] if ctx.call_inputs else []
+    touched = any([ctx.freeze(ctx.labels_of(t), reason, overriding=True) for t in [*tensors, *inputs]])
     if touched:
         ctx.value_read_touched.add(module)
 
