@@ -39,11 +39,11 @@ def convert(model: nn.Module, recipe: Any = None, dummy_input: Any = None) -> Se
     converted -= {n for n in converted if any(n.startswith(f"{a}.") for a in attention)}
     depth_seqs = [n for n in converted if isinstance(modules[n], nn.Sequential)]
 
+    trace = trace_model(model, dummy_input, depth_seqs)  # first: its errors (e.g. a non-tensor output) are clearer
     original_flops = fvcore_flops(model, dummy_input, by_module=bool(depth_seqs))
     original = Cost(
         float(original_flops[""] if isinstance(original_flops, dict) else original_flops), float(count_params(model))
     )
-    trace = trace_model(model, dummy_input, depth_seqs)
     depth_hparams = _depth_hparams(trace, rules, modules)
     # a Sequential subclass (a stage of blocks) is converted only when it has something to skip
     with_depth = {hp.members[0].rpartition(".")[0] for hp in depth_hparams.values()}

@@ -186,7 +186,28 @@ class SearchSpace:
                 continue
             parent_name, _, attr = name.rpartition(".")
             setattr(model.get_submodule(parent_name), attr, plain)
+        _tie_shared(self.model, model)
         return model
+
+
+def _tie_shared(source: nn.Module, exported: nn.Module) -> None:
+    """Parameters that layers of `source` share are shared in `exported` too (export() copies each layer's tensors).
+
+    The tracer freezes layers sharing a parameter, so the copies are equal: the first one is given to every layer."""
+    owners: dict[int, list[tuple[str, str]]] = {}
+    for module_name, module in source.named_modules():
+        for param_name, param in module.named_parameters(recurse=False):
+            owners.setdefault(id(param), []).append((module_name, param_name))
+    for names in owners.values():
+        if len(names) < 2:
+            continue
+        copies = [exported.get_submodule(m)._parameters.get(p) for m, p in names]
+        first = copies[0]
+        if first is None or any(c is None or c.shape != first.shape or not torch.equal(c, first) for c in copies):
+            continue  # sliced apart: cannot happen, the tracer freezes every layer that shares a parameter
+        for (module_name, param_name), copy_ in zip(names, copies, strict=True):
+            if copy_ is not first:
+                setattr(exported.get_submodule(module_name), param_name, first)
 
 
 def _group_order(group: ChannelGroup, importance: torch.Tensor) -> torch.Tensor:

@@ -292,3 +292,69 @@ TOYS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "convnext": (TinyConvNeXt, (2, 3, 16, 16)),
     "grouped_uniform": (GroupedUniform, (2, 3, 16, 16)),
 }
+
+
+class TiedConvs(nn.Module):
+    """Two convs holding one weight Parameter (weight tying between distinct layers, not one layer called twice)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = cbr(3, 64)
+        self.a = nn.Conv2d(64, 64, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(64)
+        self.b = nn.Conv2d(64, 64, 3, padding=1)
+        self.b.weight = self.a.weight
+        self.mid = cbr(64, 96)
+        self.fc = nn.Linear(96, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = F.relu(self.bn(self.a(x)))
+        x = F.relu(self.b(x))
+        return self.fc(self.mid(x).mean((2, 3)))
+
+
+class Gate(nn.Module):
+    """Picks one of two paths by the sign of its input's mean: data-dependent control flow."""
+
+    def __init__(self, cin: int, cout: int, read: str = "bool") -> None:
+        super().__init__()
+        self.read = read
+        self.a = cbr(cin, cout)
+        self.b = nn.Sequential(cbr(cin, cout // 2), cbr(cout // 2, cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        positive = x.mean() > 0 if self.read == "bool" else x.mean().item() > 0
+        return self.a(x) if positive else self.b(x)
+
+
+class DataDependent(nn.Module):
+    """A gate on the model input, then a prunable tail."""
+
+    def __init__(self, read: str = "bool") -> None:
+        super().__init__()
+        self.gate = Gate(3, 64, read)
+        self.mid = cbr(64, 96)
+        self.fc = nn.Linear(96, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.mid(self.gate(x)).mean((2, 3)))
+
+
+class ValueReadsWithoutInput(nn.Module):
+    """Reads Python values only from a parameter, a buffer and the input's shape: no data-dependent control flow."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(1))
+        self.register_buffer("enabled", torch.ones(1))
+        self.body = nn.Sequential(cbr(3, 64), cbr(64, 96))
+        self.fc = nn.Linear(96, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        offset = x.new_ones(1).int().item() - int(torch.zeros_like(x).sum())  # 1: values of the input's shape only
+        x = self.body(x)
+        if self.enabled.sum() > 0 and self.scale.item() > 0:
+            x = x * float(self.scale)
+        size = int(torch.tensor(x.shape[-1]) // 2) + offset - 1
+        return self.fc(F.adaptive_avg_pool2d(x, size).mean((2, 3)))

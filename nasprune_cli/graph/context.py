@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from nasprune_cli.graph.labels import ChannelBook, ChannelLabels
+from nasprune_cli.inputs import tensors_in
 
 # one call of a Sequential's child: (child name, input shape, input labels, output shape, output labels)
 ChildCall = tuple[str, tuple[int, ...], ChannelLabels | None, tuple[int, ...], ChannelLabels | None]
@@ -63,7 +64,12 @@ class TraceContext:
         self.book = ChannelBook()
         self._labels: dict[int, tuple[torch.Tensor, ChannelLabels | None]] = {}
         self.names = {id(m): n for n, m in model.named_modules()}
+        self.kinds = {n: type(m).__name__ for n, m in model.named_modules()}
         self.stack: list[str] = []
+        self.call_inputs: list[list[torch.Tensor]] = []  # the tensor inputs of each module on the stack
+        self._from_input: dict[int, torch.Tensor] = {}  # tensors whose values depend on the model's input
+        self.value_reads: dict[str, str] = {}  # module -> the first op that read an input-dependent value in it
+        self.value_read_touched: set[str] = set()  # modules of value_reads whose freeze held a channel id
         self.suspended = 0
         self.current_func: Callable | None = None
         self.sides: dict[tuple[str, str], SideRecord] = {}
@@ -91,6 +97,15 @@ class TraceContext:
         self.add_side(module, name, vec)
         if first:
             self.params.append(CostTerm(float(t.numel() / vec.numel()), [vec]))
+
+    def mark_from_input(self, obj: Any) -> None:
+        """Record that the tensors in `obj` (nested) hold values computed from the model's input."""
+        for t in tensors_in(obj):
+            self._from_input[id(t)] = t
+
+    def from_input(self, t: torch.Tensor) -> bool:
+        """Whether a tensor's values were computed from the model's input (not only from parameters or shapes)."""
+        return self._from_input.get(id(t)) is t
 
     def where(self) -> str:
         """The innermost module being run, for messages."""
@@ -123,9 +138,9 @@ class TraceContext:
                 if isinstance(o, torch.Tensor):
                     self.set_labels(o, lab if lab is not None and o.dim() > lab.dim else None)
 
-    def freeze(self, lab: ChannelLabels | torch.Tensor | None, reason: str) -> None:
-        """Freeze the channel ids in a label set."""
-        self.book.freeze(lab, reason)
+    def freeze(self, lab: ChannelLabels | torch.Tensor | None, reason: str, overriding: bool = False) -> bool:
+        """Freeze the channel ids in a label set; returns whether it held any."""
+        return self.book.freeze(lab, reason, overriding)
 
     def add_side(self, module: str, side: str, vec: torch.Tensor) -> torch.Tensor:
         """Record the labels a layer side sees; a second call of a shared layer is united with the first."""

@@ -45,14 +45,20 @@ class ChannelBook(UnionFind):
         base = self.add(size)
         return torch.arange(base, base + size, dtype=torch.long)
 
-    def freeze(self, vec: torch.Tensor | ChannelLabels | None, reason: str) -> None:
-        """Freeze every id in a label vector, keeping the first reason given for each."""
+    def freeze(self, vec: torch.Tensor | ChannelLabels | None, reason: str, overriding: bool = False) -> bool:
+        """Freeze every id in a label vector, keeping the first reason given for each (`overriding`: this reason
+        replaces earlier ones, for a cause that explains more than they do). Returns whether it held any id."""
         if vec is None:
-            return
+            return False
         if isinstance(vec, ChannelLabels):
             vec = vec.vec
-        for i in torch.unique(vec[vec >= 0]).tolist():
-            self.frozen.setdefault(i, reason)
+        ids = torch.unique(vec[vec >= 0]).tolist()
+        for i in ids:
+            if overriding:
+                self.frozen[i] = reason
+            else:
+                self.frozen.setdefault(i, reason)
+        return bool(ids)
 
     def pair(self, a: torch.Tensor, b: torch.Tensor, reason: str) -> torch.Tensor:
         """Unite two label vectors position by position; an id paired with FIXED is frozen. Returns the merge."""

@@ -15,6 +15,7 @@ from torch.overrides import TorchFunctionMode, resolve_name
 from torch.utils.hooks import RemovableHandle
 
 from nasprune_cli.errors import TraceError
+from nasprune_cli.graph.branches import follow_values, freeze_branching_modules, module_returned
 from nasprune_cli.graph.context import SequentialCall, Trace, TraceContext
 from nasprune_cli.graph.layers import ATOMIC_TYPES, PARAM_SIDES, handle_layer
 from nasprune_cli.graph.ops import TABLE, unknown
@@ -62,7 +63,9 @@ class _LabelMode(TorchFunctionMode):
         if name is None:
             name = _canonical(func)
             self._names[func] = name
-        has_labels = any(ctx.labels_of(t) is not None for t in tensors_in((args, kwargs)))
+        tensors = tensors_in((args, kwargs))
+        follow_values(ctx, name, args, tensors, out)
+        has_labels = any(ctx.labels_of(t) is not None for t in tensors)
         if name not in _WATCH_AWARE or not has_labels:  # a channel count passed to a torch function is used by it
             use_all(watched_ints((args, kwargs)))
         if not has_labels:
@@ -80,6 +83,7 @@ def trace_model(model: nn.Module, dummy_input: Any, depth_sequentials: Iterable[
     try:
         _add_layer_hooks(ctx, model, handles)
         _add_sequential_hooks(ctx, model, set(depth_sequentials), handles)
+        ctx.mark_from_input(dummy_input)
         with eval_mode(model), torch.no_grad(), _LabelMode(ctx):
             try:
                 output = call_model(model, dummy_input)
@@ -88,6 +92,9 @@ def trace_model(model: nn.Module, dummy_input: Any, depth_sequentials: Iterable[
                     f"running the model on the dummy input failed: {type(exc).__name__}: {exc} "
                     "(check --input-shape / the recipe's input section)"
                 ) from exc
+        check_output(model, output)
+        freeze_branching_modules(ctx)
+        _freeze_shared_parameters(ctx, model)
         for t in tensors_in(output):
             ctx.freeze(ctx.labels_of(t), "model output (the channels of the model's outputs are never pruned)")
     finally:
@@ -104,17 +111,78 @@ def trace_model(model: nn.Module, dummy_input: Any, depth_sequentials: Iterable[
     )
 
 
+def _freeze_shared_parameters(ctx: TraceContext, model: nn.Module) -> None:
+    """Freeze every traced layer holding a parameter that another module holds too: slicing one of them would untie
+    the copies (a module called twice is one layer, not a shared parameter)."""
+    owners: dict[int, list[str]] = {}
+    for module_name, module in model.named_modules():
+        for param_name, param in module.named_parameters(recurse=False):
+            owners.setdefault(id(param), []).append(f"{module_name}.{param_name}" if module_name else param_name)
+    shared = {full: names for names in owners.values() if len(names) > 1 for full in names}
+    if not shared:
+        return
+    for (module, _side), record in ctx.sides.items():
+        for full, names in shared.items():
+            layer, _, param_name = full.rpartition(".")
+            if layer == module:
+                other = next(n for n in names if n != full).rpartition(".")[0] or "the model"
+                ctx.freeze(record.vec, f"layer {module} shares its {param_name} with {other} (kept tied: not pruned)")
+                break
+
+
+def check_output(model: nn.Module, output: Any) -> None:
+    """A TraceError unless the output is a tensor, or tuples / lists / dicts of tensors (None items allowed)."""
+    problem = _non_tensor(output, "output")
+    if problem is None and not tensors_in(output):
+        problem = f"output {_describe(output)} (no tensor in it)"
+    if problem is not None:
+        raise TraceError(
+            f"model {type(model).__name__} returned {problem}; nasprune needs its outputs as tensors (or tuples / "
+            "lists / dicts of tensors) to follow the channels and count the FLOPs: return the tensors, and compute "
+            "anything else from them outside the model"
+        )
+
+
+def _non_tensor(obj: Any, path: str) -> str | None:
+    """Where a nested output holds something other than a tensor (None: nowhere)."""
+    if isinstance(obj, torch.Tensor):
+        return None
+    items: list[tuple[str, Any]] = []
+    if isinstance(obj, (tuple, list)):
+        items = [(f"{path}[{i}]", item) for i, item in enumerate(obj)]
+    elif isinstance(obj, dict):
+        items = [(f"{path}[{key!r}]", item) for key, item in obj.items()]
+    elif path == "output" or obj is not None:
+        return f"{path} {_describe(obj)}"
+    for item_path, item in items:
+        problem = _non_tensor(item, item_path)
+        if problem is not None:
+            return problem
+    return None
+
+
+def _describe(obj: Any) -> str:
+    return f"{type(obj).__name__} {str(obj)[:40]!r}" if obj is not None else "None"
+
+
 def _add_layer_hooks(ctx: TraceContext, model: nn.Module, handles: list[RemovableHandle]) -> None:
     """Hook every module: keep the stack of running modules, and run each convertible layer as one atomic op."""
 
     def pre(module: nn.Module, args: tuple, kwargs: dict) -> None:
         name = ctx.names.get(id(module), "")
         ctx.stack.append(name)
+        ctx.call_inputs.append(tensors_in((args, kwargs)))
         if type(module) in ATOMIC_TYPES:
             ctx.suspended += 1
 
     def post(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
         name = ctx.stack.pop() if ctx.stack else ""
+        inputs = ctx.call_inputs.pop() if ctx.call_inputs else []
+        if type(module) not in ATOMIC_TYPES:
+            if not ctx.suspended:
+                module_returned(ctx, name, output)
+        elif ctx.suspended == 1 and any(ctx.from_input(t) for t in inputs):  # the ops inside it are not followed
+            ctx.mark_from_input(output)
         if type(module) in ATOMIC_TYPES:
             if ctx.suspended == 1:  # our own tensor calls below must not be traced: stay suspended
                 ctx.stack.append(name)

@@ -49,7 +49,7 @@ def recalibrate_bn(model: nn.Module, batches: Sequence[Any], collect: Collect = 
     """Recompute BatchNorm running statistics on the batches (cumulative average from a reset).
 
     The result depends only on the weights, the active subnet and the batches. Every module's training flag and
-    every norm layer's momentum are put back afterwards.
+    every norm layer's momentum are put back afterwards. A non-finite output or statistic is a SearchError.
     """
     norms = norm_layers(model)
     if not norms:
@@ -62,11 +62,42 @@ def recalibrate_bn(model: nn.Module, batches: Sequence[Any], collect: Collect = 
                 m.momentum = None  # cumulative moving average: every batch weighs the same
                 m.train()
             with torch.no_grad():
-                for batch in batches:
-                    call_model(model, collect(batch))
+                for i, batch in enumerate(batches):
+                    out = call_model(model, collect(batch))
+                    check_finite(out, f"BatchNorm recalibration: the model's output on data batch {i}")
     finally:
         for m, momentum in momenta.items():
             m.momentum = momentum
+    _check_statistics(model, norms)
+
+
+def _check_statistics(model: nn.Module, norms: Sequence[nn.modules.batchnorm._NormBase]) -> None:
+    names = {id(m): n for n, m in model.named_modules()}
+    for m in norms:
+        for stat in ("running_mean", "running_var"):
+            check_finite(getattr(m, stat), f"BatchNorm recalibration: {stat} of layer '{names.get(id(m), '?')}'")
+
+
+def check_finite(obj: Any, what: str) -> None:
+    """A SearchError naming `what` when a floating-point tensor in `obj` (nested) holds nan or inf."""
+    for t in tensors_in(obj):
+        if not (t.is_floating_point() or t.is_complex()):
+            continue
+        finite = torch.isfinite(t)
+        if bool(finite.all()):
+            continue
+        kind = "nan" if bool(torch.isnan(t).any()) else "inf"
+        count = int(finite.numel() - finite.sum())
+        raise SearchError(
+            f"{what} holds {count} non-finite value(s) ({kind}) in a tensor of shape {list(t.shape)}; nasprune "
+            "would compute NaN statistics and scores from it: clean the data (or fix the model) and run again"
+        )
+
+
+def _exit_error(what: str, exc: SystemExit) -> SearchError:
+    """The error a user function's sys.exit() becomes: a search never ends because user code asked to exit."""
+    code = "" if exc.code is None else repr(exc.code)
+    return SearchError(f"{what} called sys.exit({code}); it must return a value or raise an exception instead")
 
 
 def _float_tensors(obj: Any) -> list[torch.Tensor]:
@@ -106,6 +137,8 @@ def load_batches(data: Any, max_batches: int, name: str) -> list[Any]:
     if callable(data) and not isinstance(data, Iterable):
         try:
             source = data()
+        except SystemExit as exc:
+            raise _exit_error(f"data function '{name}'", exc) from exc
         except Exception as exc:  # noqa: BLE001 - the user's function can fail in any way
             raise SearchError(f"data function '{name}' raised {type(exc).__name__}: {exc}") from exc
     if not isinstance(source, Iterable) or isinstance(source, (str, bytes, torch.Tensor)):
@@ -115,9 +148,14 @@ def load_batches(data: Any, max_batches: int, name: str) -> list[Any]:
     batches = []
     try:
         for batch in source:
+            check_finite(batch, f"data '{name}': batch {len(batches)}")
             batches.append(batch)
             if len(batches) >= max_batches:
                 break
+    except SearchError:
+        raise
+    except SystemExit as exc:
+        raise _exit_error(f"data '{name}' (iterating its batches)", exc) from exc
     except Exception as exc:  # noqa: BLE001
         raise SearchError(f"data '{name}': iterating the batches raised {type(exc).__name__}: {exc}") from exc
     if not batches:
@@ -153,12 +191,18 @@ class Evaluator:
         """The model inputs of a batch (the collect function, its errors named)."""
         try:
             return self.collect(batch)
+        except SystemExit as exc:
+            raise _exit_error(f"collect function '{self.collect_name}'", exc) from exc
         except Exception as exc:  # noqa: BLE001
             raise SearchError(f"collect function '{self.collect_name}' raised {type(exc).__name__}: {exc}") from exc
 
-    def _outputs(self) -> list[Any]:
+    def _outputs(self, whose: str) -> list[Any]:
+        outputs = []
         with eval_mode(self.model), torch.no_grad():
-            return [self._run(self.inputs(b)) for b in self.batches]
+            for i, batch in enumerate(self.batches):
+                outputs.append(self._run(self.inputs(batch)))
+                check_finite(outputs[-1], f"default score: {whose} output on data batch {i}")
+        return outputs
 
     def _run(self, inputs: Any) -> Any:
         try:
@@ -177,7 +221,7 @@ class Evaluator:
         """
         if self.score_fn is None and self.reference is None:
             self.recalibrate()
-            self.reference = self._outputs()
+            self.reference = self._outputs("the original model's")
 
     def original_score(self) -> float | None:
         """The original model's score when it is known without a run: 1.0 for the default score after prepare()."""
@@ -201,12 +245,14 @@ class Evaluator:
         if self.score_fn is None:
             if self.reference is None:
                 raise SearchError("default score: Evaluator.prepare() must run on the original model first")
-            return output_agreement(self._outputs(), self.reference)
+            return output_agreement(self._outputs("the subnet's"), self.reference)
         try:
             with eval_mode(self.model), torch.no_grad():
                 value = self.score_fn(self.model)
         except SearchError:
             raise
+        except SystemExit as exc:
+            raise _exit_error(f"score function '{self.score_name}'", exc) from exc
         except Exception as exc:  # noqa: BLE001 - the user's score function can fail in any way
             raise SearchError(f"score function '{self.score_name}' raised {type(exc).__name__}: {exc}") from exc
         return check_score(value, self.score_name)
