@@ -6,11 +6,13 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import torch
 from torch import nn
 
 from nasprune_cli.constraints import Cost, parse_constraints
+from nasprune_cli.graph.trace import check_model_output
 from nasprune_cli.hparams import Hparam
-from nasprune_cli.inputs import dummy_input_for
+from nasprune_cli.inputs import call_model, dummy_input_for, eval_mode
 from nasprune_cli.metrics.flops import FLOPS_UNIT, count_params, fvcore_flops
 from nasprune_cli.space import FrozenLayer, SearchSpace
 
@@ -82,6 +84,8 @@ def profile(
     else:
         if dummy_input is None:
             dummy_input = dummy_input_for(None)
+        with eval_mode(model), torch.no_grad():  # outputs that are not tensors cannot be counted: say so first
+            check_model_output(model, call_model(model, dummy_input))
         original = Cost(float(fvcore_flops(model, dummy_input)), float(count_params(model)))
         costs = {"min": original, "centroid": original, "max": original}
         extra = {"converted": False, "size": 1, "num_hparams": 0}

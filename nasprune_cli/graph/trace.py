@@ -92,7 +92,7 @@ def trace_model(model: nn.Module, dummy_input: Any, depth_sequentials: Iterable[
                     f"running the model on the dummy input failed: {type(exc).__name__}: {exc} "
                     "(check --input-shape / the recipe's input section)"
                 ) from exc
-        check_output(model, output)
+        check_model_output(model, output)
         freeze_branching_modules(ctx)
         _freeze_shared_parameters(ctx, model)
         for t in tensors_in(output):
@@ -130,7 +130,7 @@ def _freeze_shared_parameters(ctx: TraceContext, model: nn.Module) -> None:
                 break
 
 
-def check_output(model: nn.Module, output: Any) -> None:
+def check_model_output(model: nn.Module, output: Any) -> None:
     """A TraceError unless the output is a tensor, or tuples / lists / dicts of tensors (None items allowed)."""
     problem = _non_tensor(output, "output")
     if problem is None and not tensors_in(output):

@@ -180,6 +180,8 @@ def test_a_model_returning_a_non_tensor_is_a_trace_error(what: str, found: str) 
         convert(Returns(what), None, torch.randn(*SHAPE))
     with pytest.raises(TraceError, match="model Returns returned"):
         profile(Returns(what), recipe_from_dict({}), torch.randn(*SHAPE))
+    with pytest.raises(TraceError, match=rf"model Returns returned {found}"):  # the plain model, without a recipe
+        profile(Returns(what), None, torch.randn(*SHAPE))
 
 
 def test_a_tuple_output_with_none_items_is_accepted() -> None:
