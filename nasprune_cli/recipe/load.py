@@ -2,38 +2,51 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
 from nasprune_cli.errors import RecipeError
-from nasprune_cli.loading import BoundedLoader, YamlLimitError, load_yaml, short_repr
-from nasprune_cli.recipe.schema import MODULE_TYPES, InputSection, Recipe, SearchSettings, rule_fields
+from nasprune_cli.loading import short_repr
+from nasprune_cli.recipe.compose import Layer, apply_set, file_layers, holds, merge, nested, set_layer
+from nasprune_cli.recipe.files import MAX_RECIPE_BYTES, recipe_file
+from nasprune_cli.recipe.schema import MODULE_TYPES, InputSection, Recipe, SearchSettings, default_keys, rule_fields
+
+__all__ = ["MAX_RECIPE_BYTES", "format_error", "load_recipe", "recipe_from_dict", "recipe_to_dict", "search_settings"]
 
 _SECTIONS: dict[str, type[BaseModel]] = {"search": SearchSettings, "input": InputSection}
 _MAX_VALUE_CHARS = 80
-MAX_RECIPE_BYTES = 8 * 1024 * 1024  # a recipe is a few KB; 10,000 rules are under 1 MB
 
 
 def load_recipe(
-    path: str | Path | None, overrides: Mapping[str, Any] | None = None, overrides_source: str = "overrides"
+    path: str | Path | None,
+    overrides: Mapping[str, Any] | None = None,
+    overrides_source: str = "overrides",
+    *,
+    sets: Sequence[str] = (),
 ) -> Recipe:
-    """Read and validate a recipe file; `overrides` (nested mappings) are merged over it; None path = defaults.
+    """Read and validate a recipe: the recipes it `extends` (the farthest first), the file, each `--set KEY=VALUE`
+    of `sets`, then `overrides` (nested mappings); each deep-merged over the last. None path = defaults; a path that
+    does not exist but names a shipped recipe (`fastnas`) reads that one.
 
-    An error in a value that came from `overrides` names `overrides_source` (e.g. "command line") instead of the file.
+    An error names the layer that gave the wrong value: the file (or the extended file), `--set KEY=VALUE`, or
+    `overrides_source` (e.g. "command line") for `overrides`.
     """
     source = str(path) if path is not None else "recipe"
-    data: Any = {} if path is None else _read_yaml(Path(path), source)
-    if data is None:  # an empty file is an empty recipe
-        data = {}
-    if not isinstance(data, Mapping):
-        raise RecipeError(f"{source}: expected a mapping of recipe sections at the top level (got {_show(data)})")
+    layers = file_layers(recipe_file(path), source) if path is not None else []
+    data: dict[str, Any] = {}
+    for layer in layers:
+        data = merge(data, layer.data)
+    for text in sets:
+        loc, value = set_layer(text)
+        data = apply_set(data, loc, value, f"--set {text}")
+        layers.append(Layer(f"--set {text}", nested(loc, value)))
     if overrides:
-        data = _merge(data, overrides)
-    return _validate(data, source, overrides or {}, overrides_source)
+        data = merge(data, overrides)
+        layers.append(Layer(overrides_source, overrides))
+    return _validate(data, source, layers)
 
 
 def search_settings(
@@ -45,17 +58,20 @@ def search_settings(
     return _validate({"search": data}, source).search
 
 
-def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
-    """A JSON-able dict of a recipe (rules in their normalized pattern form), for checkpoints."""
-    data = recipe.model_dump(mode="json", exclude={"rules"})
-    if recipe.rules is None:
+def recipe_to_dict(recipe: Recipe, *, effective_rules: bool = False) -> dict[str, Any]:
+    """A JSON-able dict of a recipe (rules in their normalized pattern form, `defaults` applied to them), for
+    checkpoints and `nasprune recipe show`. `effective_rules`: also write the mode's rules when there is no `rules`
+    section (they are written anyway when `defaults` changes them)."""
+    data = recipe.model_dump(mode="json", exclude={"rules", "defaults"})
+    rules = recipe.rules_table() if effective_rules or (recipe.rules is None and recipe.defaults) else recipe.rules
+    if rules is None:
         data["rules"] = None
     else:
         data["rules"] = {
             type_name: None
             if patterns is None
             else {pattern: None if rule is None else rule.model_dump(mode="json") for pattern, rule in patterns.items()}
-            for type_name, patterns in recipe.rules.items()
+            for type_name, patterns in rules.items()
         }
     return data
 
@@ -67,93 +83,16 @@ def recipe_from_dict(data: Mapping[str, Any], source: str = "recipe") -> Recipe:
     return _validate(data, source)
 
 
-def _validate(
-    data: Mapping[str, Any],
-    source: str,
-    overrides: Mapping[str, Any] | None = None,
-    overrides_source: str = "overrides",
-) -> Recipe:
+def _validate(data: Mapping[str, Any], source: str, layers: Sequence[Layer] = ()) -> Recipe:
+    """A Recipe from merged data; an error names the last layer that gave the value at its key path (else `source`)."""
     try:
         return Recipe.model_validate(dict(data))
     except ValidationError as exc:
         errors = exc.errors()
         more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
-        where = overrides_source if _overridden(overrides or {}, tuple(errors[0]["loc"])) else source
+        loc = tuple(errors[0]["loc"])
+        where = next((layer.source for layer in reversed(layers) if holds(layer.data, loc)), source)
         raise RecipeError(f"{where}: {format_error(errors[0], data)}{more}") from None
-
-
-def _overridden(overrides: Mapping[str, Any], loc: tuple[Any, ...]) -> bool:
-    """Whether the value at a key path was given in the overrides."""
-    node: Any = overrides
-    for part in loc:
-        if not isinstance(node, Mapping) or part not in node:
-            return False
-        node = node[part]
-    return bool(loc)
-
-
-def _read_yaml(path: Path, source: str) -> Any:
-    if not path.exists():
-        raise RecipeError(f"{source}: file not found")
-    if path.is_dir():
-        raise RecipeError(f"{source}: is a directory, expected a YAML file")
-    try:
-        size = path.stat().st_size
-        if size > MAX_RECIPE_BYTES:
-            raise RecipeError(
-                f"{source}: file is {size / 2**20:.1f} MiB, a recipe may be at most {MAX_RECIPE_BYTES // 2**20} MiB; "
-                "is it the right file?"
-            )
-        with path.open(encoding="utf-8") as file:
-            text = file.read(MAX_RECIPE_BYTES + 1)  # a file that grows (a FIFO, /dev/zero) is still read bounded
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RecipeError(f"{source}: cannot read: {exc}") from None
-    if len(text) > MAX_RECIPE_BYTES:
-        raise RecipeError(
-            f"{source}: more than {MAX_RECIPE_BYTES // 2**20} MiB, a recipe is a few KB; is it the right file?"
-        )
-    try:
-        return load_yaml(text, _UniqueKeyLoader)
-    except YamlLimitError as exc:
-        mark = exc.problem_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        raise RecipeError(f"{source}: {where}refused: {exc.problem}") from None
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        problem = exc.problem or exc.context or "syntax error"
-        alias = any("alias" in (text or "") for text in (exc.problem, exc.context))
-        hint = " (quote glob patterns such as '*' and 'features.*')" if alias else ""
-        raise RecipeError(f"{source}: {where}invalid YAML: {problem}{hint}") from None
-    except yaml.YAMLError as exc:
-        raise RecipeError(f"{source}: invalid YAML: {exc}") from None
-    except ValueError as exc:  # e.g. an integer of more than 4300 digits
-        raise RecipeError(f"{source}: invalid value: {short_repr(str(exc), 200)}") from None
-
-
-class _UniqueKeyLoader(BoundedLoader):
-    """Bounded SafeLoader that rejects duplicate keys (rule order matters, a silent overwrite would hide a rule)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if not isinstance(key, (str, int, float, bool)):
-                continue
-            if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-def _merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in overrides.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
 def format_error(error: Mapping[str, Any], data: Mapping[str, Any] | None = None) -> str:
@@ -206,11 +145,13 @@ def _describe(kind: str, loc: tuple[Any, ...], ctx: Mapping[str, Any], msg: str)
 
 
 def _expected_keys(parent: tuple[Any, ...]) -> list[str]:
+    if parent == ("defaults",):
+        return default_keys()
     if parent and parent[0] == "rules" and len(parent) >= 2 and parent[1] in MODULE_TYPES:
         return rule_fields(parent[1])
     if len(parent) == 1 and parent[0] in _SECTIONS:
         return sorted(_SECTIONS[parent[0]].model_fields)
-    return sorted(Recipe.model_fields)
+    return sorted([*Recipe.model_fields, "extends"])  # `extends` is read (and removed) before validation
 
 
 def _key_path(loc: tuple[Any, ...]) -> str:

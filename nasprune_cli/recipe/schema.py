@@ -195,16 +195,59 @@ def is_unnested(type_name: str, value: Mapping[Any, Any]) -> bool:
     return not all(v is None or isinstance(v, Mapping) for v in value.values())
 
 
-def default_rules(mode: str) -> RulesTable:
-    """The rules used when a recipe has no `rules` section: defaults for every type the mode converts."""
+# `defaults:` keys that span rule types: `divisor` sets channel_divisor and feature_divisor, `ratio` channels_ratio
+# and features_ratio; every other key is a rule field and applies to the rule types that have it.
+DEFAULT_ALIASES: dict[str, tuple[str, ...]] = {
+    "divisor": ("channel_divisor", "feature_divisor"),
+    "ratio": ("channels_ratio", "features_ratio"),
+}
+
+
+def default_keys() -> list[str]:
+    """The keys a recipe's `defaults` section takes: every rule field and the aliases, sorted."""
+    return sorted({f for model in RULE_MODELS.values() for f in model.model_fields} | set(DEFAULT_ALIASES))
+
+
+def type_defaults(type_name: str, defaults: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The `defaults` that apply to one module type's rules (a field named itself wins over an alias)."""
+    fields = RULE_MODELS[type_name].model_fields
+    expanded = {f: v for key, v in (defaults or {}).items() for f in DEFAULT_ALIASES.get(key, ())}
+    expanded.update({key: v for key, v in (defaults or {}).items() if key not in DEFAULT_ALIASES})
+    return {f: v for f, v in expanded.items() if f in fields}
+
+
+def _check_defaults(value: dict[str, Any]) -> dict[str, Any]:
+    """Every key is taken by some rule type and its value is valid there (checked by that rule's model)."""
+    errors: list[InitErrorDetails] = []
+    for key, item in value.items():
+        models = [m for f in DEFAULT_ALIASES.get(key, (key,)) for m in RULE_MODELS.values() if f in m.model_fields]
+        if not models:
+            errors.append(_error("extra_forbidden", "unknown key", (key,), item))
+            continue
+        field = next(f for f in DEFAULT_ALIASES.get(key, (key,)) if f in models[0].model_fields)
+        try:
+            models[0].model_validate({field: item})
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            errors.append(_error(err["type"], err["msg"], (key, *tuple(err["loc"])[1:]), err["input"], err.get("ctx")))
+    if errors:
+        raise ValidationError.from_exception_data("defaults", errors)
+    return value
+
+
+def default_rules(mode: str, defaults: Mapping[str, Any] | None = None) -> RulesTable:
+    """The rules used when a recipe has no `rules` section: every type the mode converts, with the recipe's
+    `defaults` over the rule defaults."""
     types = AUTONAS_TYPES if mode == "autonas" else FASTNAS_TYPES
-    return {name: {"*": RULE_MODELS[name]()} for name in types}
+    return {name: {"*": RULE_MODELS[name].model_validate(type_defaults(name, defaults))} for name in types}
 
 
-def _validate_rules(value: Any, handler: Any) -> RulesTable | None:
-    """Normalize and validate the `rules` section; errors keep their full key path."""
+def _validate_rules(value: Any, handler: Any, info: ValidationInfo) -> RulesTable | None:
+    """Normalize and validate the `rules` section, the recipe's `defaults` filling the fields a rule does not set;
+    errors keep their full key path."""
     if value is None:
         return None
+    defaults = info.data.get("defaults") or {}
     if not isinstance(value, Mapping):
         return handler(value)  # pydantic reports "expected a mapping"
     table: RulesTable = {}
@@ -235,6 +278,10 @@ def _validate_rules(value: Any, handler: Any) -> RulesTable | None:
                 msg = "expected a mapping of rule fields, or null"
                 errors.append(_error("rule_config_type", msg, loc, config))
                 continue
+            fill = type_defaults(type_name, defaults)
+            if fill:
+                given = config.model_dump(exclude_unset=True) if isinstance(config, _Rule) else config
+                config = {**fill, **given}
             try:
                 table[type_name][pattern] = RULE_MODELS[type_name].model_validate(config)
             except ValidationError as exc:
@@ -368,13 +415,15 @@ class InputSection(BaseModel):
 
 
 class Recipe(BaseModel):
-    """A whole recipe file: mode, layer rules, search and input sections."""
+    """A whole recipe file: mode, rule defaults, layer rules, search and input sections."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
     version: Literal[1] = 1
     mode: Literal["fastnas", "autonas"] = "fastnas"
     description: str = ""
+    # fields every rule takes unless it sets them itself (before `rules`: its validator reads them)
+    defaults: Annotated[dict[str, Any], AfterValidator(_check_defaults)] = Field(default_factory=dict)
     rules: Annotated[RulesTable | None, WrapValidator(_validate_rules)] = None
     search: SearchSettings = Field(default_factory=SearchSettings)
     input: InputSection = Field(default_factory=InputSection)
@@ -385,4 +434,4 @@ class Recipe(BaseModel):
 
     def rules_table(self) -> RulesTable:
         """The effective rules: the `rules` section, or the mode's defaults when it is absent."""
-        return default_rules(self.mode) if self.rules is None else self.rules
+        return default_rules(self.mode, self.defaults) if self.rules is None else self.rules

@@ -104,7 +104,11 @@ BAD_RECIPES = [
     ("rules:\n  nn.Conv2d:\n    'a*': [0.5]\n    'b*': {}\n", "x.yaml: rules.nn.Conv2d.a*: unknown key"),
     ("mode: turbo\n", "x.yaml: mode: expected one of 'fastnas', 'autonas' (got 'turbo')"),
     ("version: 2\n", "x.yaml: version: expected one of 1 (got 2)"),
-    ("rulez: {}\n", "x.yaml: rulez: unknown key (expected one of description, input, mode, rules, search, version)"),
+    (
+        "rulez: {}\n",
+        "x.yaml: rulez: unknown key "
+        "(expected one of defaults, description, extends, input, mode, rules, search, version)",
+    ),
     (
         "search: {constraints: {flops: 160%}}\n",
         "x.yaml: search.constraints.flops: percentage must be in (0%, 100%] (got '160%')",
