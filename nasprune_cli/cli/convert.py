@@ -15,6 +15,7 @@ from nasprune_cli.cli.options import (
     OutputOpt,
     OverwriteOpt,
     RecipeOpt,
+    SetOpt,
     recipe_overrides,
 )
 
@@ -27,6 +28,7 @@ def convert_command(
     output_path: OutputOpt,
     model_kwargs: ModelKwargsOpt = None,
     recipe: RecipeOpt = None,
+    sets: SetOpt = None,
     input_shape: InputShapeOpt = None,
     overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
@@ -40,7 +42,7 @@ def convert_command(
     from nasprune_cli.space_file import save_space
 
     kwargs = parse_kwargs(model_kwargs)
-    loaded = load_recipe(recipe, recipe_overrides(input_shape=input_shape), "command line")
+    loaded = load_recipe(recipe, recipe_overrides(input_shape=input_shape), "command line", sets=sets or ())
     check_output(output_path, overwrite, inputs={"--recipe": recipe})  # fail before the slow part
     net = build_model(model, kwargs)
     space = convert(net, loaded, dummy_input_for(loaded))

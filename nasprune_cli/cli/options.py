@@ -29,7 +29,22 @@ ModelKwargsOpt = Annotated[
 RecipeOpt = Annotated[
     Path | None,
     typer.Option(
-        "--recipe", "-r", help="Recipe YAML file (layer rules, search and input settings).", show_default=False
+        "--recipe",
+        "-r",
+        help="Recipe YAML file (layer rules, search and input settings), or the name of a shipped recipe: fastnas, "
+        "autonas, demo.",
+        show_default=False,
+    ),
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        metavar="KEY=VALUE",
+        help="Set a recipe key (repeatable), after the recipe file and before the other flags: a dotted key and a "
+        "YAML value, e.g. --set search.fill=false, --set defaults.divisor=8, "
+        "--set 'rules.nn.Conv2d.*.channel_divisor=8' (quote keys with glob patterns).",
+        show_default=False,
     ),
 ]
 InputShapeOpt = Annotated[

@@ -15,6 +15,7 @@ from nasprune_cli.cli.options import (
     ModelOpt,
     ParamsOpt,
     RecipeOpt,
+    SetOpt,
     recipe_overrides,
 )
 
@@ -36,6 +37,7 @@ def profile_command(
     model: ModelOpt,
     model_kwargs: ModelKwargsOpt = None,
     recipe: RecipeOpt = None,
+    sets: SetOpt = None,
     flops: FlopsOpt = None,
     params: ParamsOpt = None,
     input_shape: InputShapeOpt = None,
@@ -51,14 +53,15 @@ def profile_command(
 
     kwargs = parse_kwargs(model_kwargs)
     overrides = recipe_overrides(input_shape=input_shape, flops=flops, params=params)
-    # without --recipe the plain model is profiled; the budgets are still validated like a recipe's
-    loaded = load_recipe(recipe, overrides, "command line")
+    # without --recipe (or --set) the plain model is profiled; the budgets are still validated like a recipe's
+    loaded = load_recipe(recipe, overrides, "command line", sets=sets or ())
+    space_recipe = loaded if recipe is not None or sets else None
     net = build_model(model, kwargs)
     if explain is not None:
-        return explain_layer(net, loaded if recipe is not None else None, dummy_input_for(loaded), explain, json_out)
+        return explain_layer(net, space_recipe, dummy_input_for(loaded), explain, json_out)
     report = profile(
         net,
-        recipe=loaded if recipe is not None else None,
+        recipe=space_recipe,
         dummy_input=dummy_input_for(loaded),
         constraints=dict(loaded.search.constraints),
     )

@@ -20,6 +20,7 @@ from nasprune_cli.cli.options import (
     ParamsOpt,
     RecipeOpt,
     SeedOpt,
+    SetOpt,
     recipe_overrides,
     setting_flags,
 )
@@ -165,6 +166,7 @@ def search_command(
     model: ModelOpt,
     model_kwargs: ModelKwargsOpt = None,
     recipe: RecipeOpt = None,
+    sets: SetOpt = None,
     flops: FlopsOpt = None,
     params: ParamsOpt = None,
     latency: LatencyOpt = None,
@@ -204,7 +206,7 @@ def search_command(
     settings = setting_flags(ctx.params)  # every flag named like a field of the recipe's search section
     if settings:
         overrides.setdefault("search", {}).update(settings)
-    loaded = load_recipe(recipe, overrides, "command line")
+    loaded = load_recipe(recipe, overrides, "command line", sets=sets or ())
     config: dict[str, Any] = {"recipe": loaded, "model_spec": {"entry_point": model, "kwargs": kwargs}}
     wants_latency = loaded.search.constraints.get("latency") is not None
     if wants_latency and loaded.search.latency_table is None and output_path is not None:
