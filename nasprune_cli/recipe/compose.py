@@ -110,21 +110,30 @@ def set_layer(text: str) -> tuple[tuple[str, ...], Any]:
         raise RecipeError(f"{source}: {key}: empty part in the key (two dots, or a dot at an end)")
     if parts[0] == "extends":
         raise RecipeError(f"{source}: extends: cannot be set with --set; write `extends:` in a recipe file")
-    loc = _rules_key(parts, source) if parts[0] == "rules" and len(parts) > 1 else tuple(parts)
-    return loc, parse_yaml(value, f"{source}: {key}", ValueLoader)
+    parsed = parse_yaml(value, f"{source}: {key}", ValueLoader)
+    loc = _rules_key(parts, source, parsed) if parts[0] == "rules" and len(parts) > 1 else tuple(parts)
+    return loc, parsed
 
 
-def _rules_key(parts: list[str], source: str) -> tuple[str, ...]:
+def _rules_key(parts: list[str], source: str, value: Any) -> tuple[str, ...]:
     """rules.<type>[.<pattern>][.<field>]: the type is the longest known name, the field the last part when it is one
-    of the type's rule fields (the pattern is then "*" when not given)."""
+    of the type's rule fields (the pattern is then "*" when not given); a pattern takes a config or null, so a last
+    part given any other value is a misspelt field."""
     for end in range(len(parts), 1, -1):
         type_name = ".".join(parts[1:end])
         if type_name in MODULE_TYPES:
             rest = parts[end:]
+            fields = RULE_MODELS[type_name].model_fields
             if not rest:
                 return ("rules", type_name)
-            if rest[-1] in RULE_MODELS[type_name].model_fields:
+            if rest[-1] in fields:
                 return ("rules", type_name, ".".join(rest[:-1]) or "*", rest[-1])
+            if value is not None and not isinstance(value, Mapping):
+                expected = ", ".join(sorted(fields))
+                raise RecipeError(
+                    f"{source}: {'.'.join(parts)}: unknown key {rest[-1]!r} (expected one of {expected}, after an "
+                    f"optional glob pattern: rules.{type_name}[.<pattern>].<field>)"
+                )
             return ("rules", type_name, ".".join(rest))
     raise RecipeError(
         f"{source}: {'.'.join(parts)}: unknown module type (expected rules.<type>[.<pattern>][.<field>] with a type "
