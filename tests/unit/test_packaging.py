@@ -45,3 +45,12 @@ def test_installed_console_script_runs() -> None:
     proc = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert all(command in proc.stdout for command in ("convert", "profile", "search", "export"))
+
+
+def test_the_shipped_recipes_are_package_data() -> None:
+    """An installed nasprune (a wheel, not this checkout) finds `extends: fastnas` and `--recipe fastnas`."""
+    package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    shipped = sorted(p.name for p in (ROOT / "nasprune_cli" / "recipe" / "shipped").glob("*.yaml"))
+    assert package_data["nasprune_cli.recipe"] == ["shipped/*.yaml"]
+    assert {"fastnas.yaml", "autonas.yaml", "demo.yaml"} <= set(shipped)
+    assert sorted(p.name for p in (ROOT / "recipes").glob("*.yaml")) == shipped  # the top-level folder links there
