@@ -460,9 +460,9 @@ def test_export_errors(runner: CliRunner, tmp_path: Path) -> None:
 def test_progress_bars_follow_the_sensitivity_map_and_the_search() -> None:
     from nasprune_cli.cli.search import _Progress
 
-    with _Progress(enabled=False) as update:
-        assert update is None  # not a terminal: no bars, the library gets no callback
-    progress = _Progress(enabled=True)
+    with _Progress("off") as update:
+        assert update is None  # --quiet: no bars, no lines, the library gets no callback
+    progress = _Progress("bars")
     with progress as update:
         update("sensitivity", 0, 20)
         update("sensitivity", 20, 20)
