@@ -35,8 +35,9 @@ ScoreOpt = Annotated[
     str | None,
     typer.Option(
         "--score",
-        help="Score function 'pkg.module:fn', fn(model) -> float, higher is better. Default: the recipe's, else "
-        "output agreement (R^2) with the original model.",
+        help="top1 / top5 (accuracy, %) or loss (cross-entropy) on the labelled --data batches, or a score function "
+        "'pkg.module:fn', fn(model) -> float, higher is better unless it says otherwise (see the README). Default: the "
+        "recipe's, else output agreement (R^2) with the original model.",
         show_default=False,
     ),
 ]
@@ -44,8 +45,10 @@ DataOpt = Annotated[
     str | None,
     typer.Option(
         "--data",
-        help="Data function 'pkg.module:fn' returning an iterable of batches (BN recalibration, default score). "
-        "Default: the recipe's, else random inputs (with a warning).",
+        help="imagefolder:DIR (a folder of images, one subfolder per class), tensors:FILE (.pt / .npz with inputs "
+        "and labels), options after '?' (e.g. imagefolder:val?batch=32), or a data function 'pkg.module:fn' "
+        "returning an iterable of batches. Used for BN recalibration and scoring. Default: the recipe's, else random "
+        "inputs (with a warning).",
         show_default=False,
     ),
 ]
@@ -155,6 +158,14 @@ LatencyBatchOpt = Annotated[
     int | None,
     typer.Option("--latency-batch", help="--latency: batch size to measure at (default 1).", show_default=False),
 ]
+QuietOpt = Annotated[
+    bool,
+    typer.Option(
+        "--quiet",
+        "-q",
+        help="No progress on stderr: neither the bars (on a terminal) nor the progress lines (in logs, under nohup).",
+    ),
+]
 SearchOutputOpt = Annotated[
     Path | None,
     typer.Option("--output", "-o", help="Pruned-model file to write (e.g. pruned.pt).", show_default=False),
@@ -192,11 +203,13 @@ def search_command(
     output_path: SearchOutputOpt = None,
     overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Search the best subnet within --flops / --params / --latency and write the pruned model (--output)."""
     from nasprune_cli.checkpoint import save_pruned
     from nasprune_cli.inputs import dummy_input_for
     from nasprune_cli.loading import build_model, parse_kwargs
+    from nasprune_cli.metrics.score import score_info
     from nasprune_cli.recipe.load import load_recipe
     from nasprune_cli.searching import search, search_options
     from nasprune_cli.searching.prepare import seed_everything
@@ -216,8 +229,10 @@ def search_command(
 
     seed_everything(loaded.search.seed)  # a builder that initialises randomly builds the same model every run
     net = build_model(model, kwargs)
-    with _Progress(enabled=sys.stderr.isatty()) as on_progress:
+    progress = _Progress("off" if quiet else "bars" if sys.stderr.isatty() else "lines")
+    with progress as on_progress:
         options = search_options({**config, "on_progress": on_progress})
+        progress.info = score_info(options.score.value, options.score.name)
         result = search(net, None, dummy_input_for(loaded), options)
     if output_path is not None:
         save_pruned(output_path, result, overwrite=overwrite)
@@ -257,39 +272,91 @@ def check_files(output_path: Path | None, checkpoint: Any, table: Any, recipe: P
 
 
 class _Progress:
-    """Rich progress bars on stderr, one per stage, fed by the library's on_progress(stage, done, total)."""
+    """Progress on stderr, fed by the library's on_progress(stage, done, total) and its on_score(value).
+
+    mode "bars": rich progress bars, one per stage (a terminal); "lines": a line when a stage starts and ends, and one
+    every INTERVAL_S seconds with the steps done / total, the time elapsed and an estimate of the time left (logs,
+    nohup); "off": nothing (--quiet)."""
 
     LABELS = {"sensitivity": "sensitivity map", "search": "search", "reconstruct": "refit weights"}
+    UNITS = {"reconstruct": "layers", "latency table": "measurements"}  # else "evaluations"
+    INTERVAL_S = 5.0
 
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
         self.bar: Any = None
         self.tasks: dict[str, Any] = {}
+        self.started: dict[str, float] = {}
+        self.last_line = 0.0
+        self.scores: list[float] = []  # the first (the original model's, in a fresh run) and the latest score
+        self.info: Any = None  # the score's ScoreInfo, set once the options are known
 
-    def __enter__(self) -> Any:
-        if not self.enabled:
+    def __enter__(self) -> _Progress | None:
+        if self.mode == "off":
             return None
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        if self.mode == "bars":
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        self.bar = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=Console(stderr=True),
-        )
-        self.bar.start()
-        return self.update
+            self.bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("{task.fields[score]}"),
+                console=Console(stderr=True),
+            )
+            self.bar.start()
+        return self
 
-    def update(self, stage: str, done: int, total: int) -> None:
-        if stage not in self.tasks:
-            self.tasks[stage] = self.bar.add_task(self.LABELS.get(stage, stage), total=total)
-        self.bar.update(self.tasks[stage], completed=done, total=total)
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        import time
+
+        now = time.monotonic()
+        label = self.LABELS.get(stage, stage)
+        if self.bar is not None:
+            if stage not in self.tasks:
+                self.tasks[stage] = self.bar.add_task(label, total=total, score="")
+            self.bar.update(self.tasks[stage], completed=done, total=total, score=self.score_text())
+            return
+        unit = self.UNITS.get(stage, "evaluations")
+        if stage not in self.started:
+            self.started[stage] = self.last_line = now
+            output.info(f"{label}: started, {total} {unit}")
+        elapsed = now - self.started[stage]
+        if done >= total:
+            self.started.pop(stage)  # a later pass of the same stage starts again
+            self.last_line = now
+            output.info(f"{label}: done, {done}/{total} {unit} in {_clock(elapsed)}{self.score_text(', ')}")
+        elif done > 0 and now - self.last_line >= self.INTERVAL_S:
+            self.last_line = now
+            left = elapsed / done * (total - done)
+            output.info(
+                f"{label}: {done}/{total} {unit}, {_clock(elapsed)} elapsed, about {_clock(left)} left"
+                f"{self.score_text(', ')}"
+            )
+
+    def on_score(self, value: float) -> None:
+        """A measured score (the library calls it after every evaluation)."""
+        self.scores = [self.scores[0], value] if self.scores else [value]
+
+    def score_text(self, prefix: str = "") -> str:
+        """e.g. 'val accuracy 99.20% -> 98.90%': the first score and the latest one."""
+        if self.info is None or not self.scores:
+            return ""
+        values = " -> ".join(self.info.format(v) for v in self.scores)
+        return f"{prefix}{self.info.label} {values}"
 
     def __exit__(self, *exc: Any) -> None:
         if self.bar is not None:
             self.bar.stop()
+
+
+def _clock(seconds: float) -> str:
+    """0:07, 3:25, 1:02:03."""
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
 def _latency_note(info: dict[str, Any]) -> str:
@@ -302,21 +369,19 @@ def _latency_note(info: dict[str, Any]) -> str:
     return f"latency predicted from the table {info['table']} ({where})"
 
 
-def _score(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"
-
-
 def _ratio(new: float | None, old: float | None) -> str:
     if new is None or old is None or old == 0:
         return "-"
     return f"{new / old:.1%}"
 
 
-def _reconstruction_line(info: dict[str, Any]) -> str:
+def _reconstruction_line(info: dict[str, Any], percent: bool = False) -> str:
     """One line on the least-squares refit of the kept weights: what it did to the score, or why it did not run."""
+    from nasprune_cli.metrics.score import format_score
+
     if "score_after" not in info or not info.get("layers"):
         return f"weights not refitted: {info.get('reason', 'off')}"
-    scores = f"score {info['score_before']:.4f} -> {info['score_after']:.4f}"
+    scores = f"score {format_score(info['score_before'], percent)} -> {format_score(info['score_after'], percent)}"
     if not info["applied"]:
         return f"weights not refitted: the refit lowered the {scores}; the searched weights are kept"
     return (
@@ -328,8 +393,10 @@ def _reconstruction_line(info: dict[str, Any]) -> str:
 def print_summary(summary: dict[str, Any]) -> None:
     """Original vs pruned FLOPs, params and score, the per-layer channels and the subnet config."""
     from nasprune_cli.cli.profile import FLOPS_NOTE
+    from nasprune_cli.metrics.score import format_score
 
     metrics = summary["metrics"]
+    percent = bool(metrics.get("score_percent"))
     orig, pruned = metrics["original"], metrics["pruned"]
     rows = [
         (name, output.human(orig[key]), output.human(pruned[key]), _ratio(pruned[key], orig[key]))
@@ -346,7 +413,8 @@ def print_summary(summary: dict[str, Any]) -> None:
             )
         )
         orig = {**orig, "latency": lat["original"]}
-    rows.append(("score", _score(orig["score"]), _score(pruned["score"]), _ratio(pruned["score"], orig["score"])))
+    scores = (format_score(orig["score"], percent), format_score(pruned["score"], percent))
+    rows.append((metrics.get("score_measures", "score"), *scores, _ratio(pruned["score"], orig["score"])))
     output.print_table(output.table("Search result", ["", "original", "pruned", "pruned / original"], rows))
     output.print_text(f"{summary['searcher']} searcher, {metrics['evaluations']} score evaluations")
     limits = ", ".join(
@@ -354,8 +422,10 @@ def print_summary(summary: dict[str, Any]) -> None:
         for name, bound in summary["constraints"].items()
     )
     output.print_text(f"constraints: {limits}")
-    output.print_text(f"score: {metrics['score_name']} (higher is better)")
-    output.print_text(_reconstruction_line(summary.get("reconstruction") or {}))
+    direction = "higher is better" if metrics.get("score_higher_is_better", True) else "lower is better"
+    label = metrics.get("score_label", metrics["score_name"])
+    output.print_text(f"score: {label}, {direction} ({metrics['score_name']})")
+    output.print_text(_reconstruction_line(summary.get("reconstruction") or {}, percent))
     output.print_text(FLOPS_NOTE)
     layers = summary["layers"]
     if layers:

@@ -12,6 +12,10 @@ is unbounded below. Why this measure:
 it needs no labels and no knowledge of the task (logits, regression values and feature maps alike), it is
 continuous (top-1 agreement is a step function: many subnets tie and the FastNAS sensitivity map loses its
 ranking), and, unlike cosine similarity, it also penalises outputs whose scale drifts.
+
+A score function may say what it measures (`score_info`): attributes `name` (e.g. "val accuracy"; default its
+`__name__`), `higher_is_better` (default True; when False the searchers maximise the negative and every reported
+value is as measured) and `percent` (True: the value is a fraction shown as a percent, 0.992 -> 99.20%).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -31,6 +36,67 @@ Collect = Callable[[Any], Any]
 ScoreFn = Callable[[nn.Module], float]
 
 DEFAULT_SCORE_NAME = "output agreement (R^2 against the original model's outputs)"
+DEFAULT_SCORE_LABEL = "output agreement (R^2)"
+
+
+def format_score(value: float | None, percent: bool = False) -> str:
+    """A score for people: '-' when unknown, '99.20%' for a percent score (a fraction), else 4 decimals."""
+    if value is None:
+        return "-"
+    return f"{100 * value:.2f}%" if percent else f"{value:.4f}"
+
+
+@dataclass(frozen=True)
+class ScoreInfo:
+    """What a score measures: its label, its direction and how to show it; `source` is the function's spec."""
+
+    label: str  # e.g. "val accuracy"
+    source: str  # "pkg.module:fn", a built-in name ("top1") or DEFAULT_SCORE_NAME
+    higher_is_better: bool = True
+    percent: bool = False  # the value is a fraction, shown as a percent
+
+    @property
+    def direction(self) -> str:
+        """'higher is better' or 'lower is better'."""
+        return "higher is better" if self.higher_is_better else "lower is better"
+
+    def objective(self, value: float) -> float:
+        """The value the searchers maximise: the measured value, negated when lower is better."""
+        return value if self.higher_is_better else -value
+
+    def measured(self, objective: float | None) -> float | None:
+        """The measured value of an objective (the inverse of `objective`)."""
+        return None if objective is None else self.objective(objective)
+
+    def format(self, value: float | None) -> str:
+        """A measured value for people (see format_score)."""
+        return format_score(value, self.percent)
+
+
+def score_info(fn: Any, source: str) -> ScoreInfo:
+    """The ScoreInfo of a score function (None: the default score) from its attributes; a SearchError when one
+    has the wrong type."""
+    if fn is None:
+        return ScoreInfo(DEFAULT_SCORE_LABEL, DEFAULT_SCORE_NAME)
+    label = getattr(fn, "name", None)
+    if label is None:
+        label = getattr(fn, "__name__", None)
+        label = source if label in (None, "<lambda>") else label
+    expected = {"name": (label, str), "higher_is_better": (getattr(fn, "higher_is_better", True), bool)}
+    expected["percent"] = (getattr(fn, "percent", False), bool)
+    for attr, (value, kind) in expected.items():
+        if not isinstance(value, kind) or (kind is str and not value.strip()):
+            wanted = "a non-empty string" if kind is str else "a bool"
+            raise SearchError(
+                f"score function '{source}': attribute '{attr}' must be {wanted} "
+                f"(got {type(value).__name__} {str(value)[:40]!r}); see the named-score protocol in the README"
+            )
+    return ScoreInfo(
+        label=str(label).strip(),
+        source=source,
+        higher_is_better=expected["higher_is_better"][0],
+        percent=expected["percent"][0],
+    )
 
 
 def default_collect(batch: Any) -> Any:
@@ -178,14 +244,22 @@ class Evaluator:
         score_fn: ScoreFn | None = None,
         score_name: str | None = None,
         collect_name: str | None = None,
+        on_score: Callable[[float], None] | None = None,
     ) -> None:
         self.model = model
         self.batches = list(batches)
         self.collect = collect or default_collect
         self.collect_name = collect_name or ("default (first element of a tuple batch)" if collect is None else "?")
-        self.score_fn = score_fn
-        self.score_name = score_name or (DEFAULT_SCORE_NAME if score_fn is None else callable_name(score_fn))
+        self.on_score = on_score  # gets every measured score (a progress display)
         self.reference: list[Any] | None = None
+        self._given_name = score_name
+        self.set_score(score_fn)
+
+    def set_score(self, score_fn: ScoreFn | None) -> None:
+        """Score with `score_fn` (None: the default score); its name and ScoreInfo follow."""
+        self.score_fn = score_fn
+        self.score_name = self._given_name or (DEFAULT_SCORE_NAME if score_fn is None else callable_name(score_fn))
+        self.info = score_info(score_fn, self.score_name)
 
     def inputs(self, batch: Any) -> Any:
         """The model inputs of a batch (the collect function, its errors named)."""
@@ -222,6 +296,8 @@ class Evaluator:
         if self.score_fn is None and self.reference is None:
             self.recalibrate()
             self.reference = self._outputs("the original model's")
+            if self.on_score is not None:
+                self.on_score(1.0)
 
     def original_score(self) -> float | None:
         """The original model's score when it is known without a run: 1.0 for the default score after prepare()."""
@@ -240,7 +316,15 @@ class Evaluator:
             ) from exc
 
     def __call__(self) -> float:
-        """Recalibrate BN, then score the active subnet (a finite float, higher is better)."""
+        """Recalibrate BN, then score the active subnet: a finite float the searchers maximise (the measured value,
+        negated when the score's lower is better; `info.measured` turns it back)."""
+        value = self.measure()
+        if self.on_score is not None:
+            self.on_score(value)
+        return self.info.objective(value)
+
+    def measure(self) -> float:
+        """Recalibrate BN, then the score of the active subnet as the score function measures it."""
         self.recalibrate()
         if self.score_fn is None:
             if self.reference is None:
@@ -255,10 +339,10 @@ class Evaluator:
             raise _exit_error(f"score function '{self.score_name}'", exc) from exc
         except Exception as exc:  # noqa: BLE001 - the user's score function can fail in any way
             raise SearchError(f"score function '{self.score_name}' raised {type(exc).__name__}: {exc}") from exc
-        return check_score(value, self.score_name)
+        return check_score(value, self.score_name, self.info.direction)
 
 
-def check_score(value: Any, name: str) -> float:
+def check_score(value: Any, name: str, direction: str = "higher is better") -> float:
     """A score as a finite float, or a SearchError naming the function."""
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         value = value.item()
@@ -267,9 +351,9 @@ def check_score(value: Any, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise SearchError(
             f"score function '{name}' returned {type(value).__name__} {str(value)[:40]!r}, expected a float "
-            "(higher is better)"
+            f"({direction})"
         )
     value = float(value)
     if not math.isfinite(value):
-        raise SearchError(f"score function '{name}' returned {value}, expected a finite float (higher is better)")
+        raise SearchError(f"score function '{name}' returned {value}, expected a finite float ({direction})")
     return value

@@ -25,13 +25,14 @@ def finish(prepared: Prepared, options: SearchOptions, state: dict[str, Any]) ->
     pruned, reconstruction = _export(prepared, options, best)
     measured = _verified_cost(pruned, prepared, best["config"])
     original = space.original_cost
-    score = best["score"] if reconstruction.score is None else reconstruction.score
+    info = prepared.evaluator.info  # the state holds what the searchers maximise; the result, measured values
+    score = info.measured(best["score"]) if reconstruction.score is None else reconstruction.score
     return SearchResult(
         model=pruned,
         config=dict(best["config"]),
         searcher=str(options.settings.searcher),
         score_name=prepared.evaluator.score_name,
-        original=Figures(original.flops, original.params, state["original_score"], original.latency),
+        original=Figures(original.flops, original.params, info.measured(state["original_score"]), original.latency),
         pruned=Figures(measured.flops, measured.params, score, measured.latency),
         evaluations=state["evaluations"],
         constraints=dict(prepared.bounds),
@@ -42,6 +43,7 @@ def finish(prepared: Prepared, options: SearchOptions, state: dict[str, Any]) ->
         recipe=prepared.recipe,
         input=prepared.input_spec,
         state=state,
+        score_info=info,
     )
 
 
@@ -74,7 +76,8 @@ def _export(prepared: Prepared, options: SearchOptions, best: Mapping[str, Any])
 def reconstructed_export(
     space: SearchSpace, evaluator: Evaluator, best: Mapping[str, Any], on_progress: Any = None
 ) -> tuple[nn.Module, Reconstruction]:
-    """Export the best subnet with its weights refitted on the data, unless that lowers its score."""
+    """Export the best subnet with its weights refitted on the data, unless that lowers its score (the scores in the
+    Reconstruction are measured values; `best["score"]` and the evaluator's are what the searchers maximise)."""
     from nasprune_cli.searching.reconstruct import reconstructed
 
     before = float(best["score"])
@@ -86,6 +89,7 @@ def reconstructed_export(
         pruned = space.export()  # the weights and statistics the search found, put back on leaving the block
     errors = [(report.error_before[n], report.error_after[n]) for n in report.layers]
     reason = "refitted"
+    measured = evaluator.info.measured
     if not report.layers:
         reason = "no layer needed or passed a refit (see skipped)"
     elif not applied:
@@ -93,9 +97,9 @@ def reconstructed_export(
     return pruned, Reconstruction(
         applied=applied,
         reason=reason,
-        score=after if applied else before,
-        score_before=before,
-        score_after=after,
+        score=measured(after if applied else before),
+        score_before=measured(before),
+        score_after=measured(after),
         layers=len(report.layers),
         skipped=dict(report.skipped),
         mean_error_before=sum(e[0] for e in errors) / max(len(errors), 1),

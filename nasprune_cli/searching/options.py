@@ -12,7 +12,7 @@ from nasprune_cli.errors import LoadError, SearchError
 from nasprune_cli.metrics.score import DEFAULT_SCORE_NAME, callable_name
 from nasprune_cli.recipe.schema import Recipe, SearchSettings
 
-Progress = Callable[[str, int, int], None]  # (stage, done, total)
+Progress = Callable[[str, int, int], None]  # (stage, done, total); an `on_score(value)` method on it gets every score
 
 # modelopt's names for the same settings are accepted too
 ALIASES = {
@@ -41,8 +41,8 @@ class SearchOptions:
 
     recipe: Recipe | None
     settings: SearchSettings  # resolved: searcher and candidate_size are set
-    score: Entry  # value None: the default label-free score
-    data: Entry  # value None: random batches shaped like the dummy input
+    score: Entry  # value None: the default label-free score; a LabelScore (top1 / top5 / loss) is bound to the data
+    data: Entry  # value None: random batches shaped like the dummy input; a DataSource: imagefolder / tensors
     collect: Entry  # value None: the default (first element of a tuple / list batch)
     model_spec: dict[str, Any] | None = None  # {"entry_point", "kwargs"}; None: the model's class
     on_progress: Progress | None = None
@@ -114,8 +114,16 @@ def _function(value: Any, what: str) -> Entry:
     if value is None:
         return Entry(None, DEFAULT_SCORE_NAME if what == "score" else "default")
     if isinstance(value, str):
+        from nasprune_cli.builtin import LABEL_SCORES, label_score
         from nasprune_cli.loading import load_entry_point
 
+        builtin = label_score(value) if what == "score" else None
+        if builtin is not None:
+            return Entry(builtin, value)
+        if what == "score" and ":" not in value:
+            raise LoadError(
+                f"score '{value}': expected a built-in score ({', '.join(LABEL_SCORES)}) or 'pkg.module:fn'"
+            )
         fn = load_entry_point(value, what)
         if not callable(fn):
             raise LoadError(f"{what} '{value}' is not callable (got {type(fn).__name__}); expected a function")
@@ -130,9 +138,13 @@ def _data(value: Any) -> Entry:
     if value is None:
         return Entry(None, "random")
     if isinstance(value, str):
+        from nasprune_cli.builtin import data_source
         from nasprune_cli.loading import load_entry_point
 
-        return Entry(load_entry_point(value, "data"), value)
+        source = data_source(value)
+        if source is None and ":" not in value:
+            raise LoadError(f"data '{value}': expected imagefolder:DIR, tensors:FILE or 'pkg.module:fn'")
+        return Entry(source if source is not None else load_entry_point(value, "data"), value)
     return Entry(value, callable_name(value) if callable(value) else type(value).__name__)
 
 

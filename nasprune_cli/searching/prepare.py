@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from nasprune_cli.builtin import DataSource, LabelScore
 from nasprune_cli.constraints import parse_constraints
 from nasprune_cli.errors import SearchError
 from nasprune_cli.fileio import digest
@@ -130,12 +131,19 @@ def _evaluator(space: SearchSpace, dummy_input: Any, options: SearchOptions) -> 
         if collect is None:  # a random batch is the model's whole input (a tuple: all its positional inputs)
             collect = inputs_as_given
     else:
-        batches = load_batches(options.data.value, settings.max_batches, options.data.name)
+        data = options.data.value
+        if isinstance(data, DataSource):  # imagefolder:DIR / tensors:FILE, made for the dummy input's shape
+            data = data.batches(dummy_input)
+        batches = load_batches(data, settings.max_batches, options.data.name)
     seed_everything(settings.seed)
     space.sort_parameters(settings.importance)
     space.select(space.max())
-    score = options.score
-    evaluator = Evaluator(space.model, batches, collect, score.value, score.name, options.collect.name)
+    score_fn = options.score.value
+    on_score = getattr(options.on_progress, "on_score", None)
+    evaluator = Evaluator(space.model, batches, collect, None, options.score.name, options.collect.name, on_score)
+    if isinstance(score_fn, LabelScore):  # top1 / top5 / loss on the same batches
+        score_fn = score_fn.bind(evaluator.batches, evaluator.inputs, has_data=options.data.value is not None)
+    evaluator.set_score(score_fn)
     evaluator.prepare()
     return evaluator
 

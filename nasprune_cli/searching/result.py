@@ -9,6 +9,7 @@ from typing import Any
 from torch import nn
 
 from nasprune_cli.metrics.flops import FLOPS_UNIT
+from nasprune_cli.metrics.score import ScoreInfo
 
 
 @dataclass(frozen=True)
@@ -84,11 +85,25 @@ class SearchResult:
     recipe: dict[str, Any] | None
     input: dict[str, Any]  # {"shape", "dtype"} of the dummy input
     state: dict[str, Any]  # the searcher's state (history, sensitivity map, ...), as in its checkpoint
+    score_info: ScoreInfo | None = None  # what the score measures; None: named by score_name only, higher is better
+
+    def score_label(self) -> str:
+        """What the score measures and its values, e.g. 'val accuracy 99.20% -> 98.90%'."""
+        info = self._info()
+        return f"{info.label} {info.format(self.original.score)} -> {info.format(self.pruned.score)}"
+
+    def _info(self) -> ScoreInfo:
+        return self.score_info if self.score_info is not None else ScoreInfo(self.score_name, self.score_name)
 
     def metrics(self) -> dict[str, Any]:
         """The original and pruned figures, their ratios and the number of score evaluations, as plain values."""
+        info = self._info()
         metrics: dict[str, Any] = {
-            "score_name": self.score_name,
+            "score_name": self.score_name,  # the score function ('pkg.module:fn', a built-in name) or the default's
+            "score_label": self.score_label(),
+            "score_measures": info.label,
+            "score_higher_is_better": info.higher_is_better,
+            "score_percent": info.percent,
             "original": {"flops": self.original.flops, "params": self.original.params, "score": self.original.score},
             "pruned": {"flops": self.pruned.flops, "params": self.pruned.params, "score": self.pruned.score},
             "flops_ratio": self.pruned.flops / max(self.original.flops, 1.0),

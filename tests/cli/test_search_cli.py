@@ -118,7 +118,8 @@ def test_demo_search_table_output_and_export(runner: CliRunner, tmp_path: Path) 
     assert "Search result" in out and "FLOPs" in out and "params" in out and "score" in out
     assert "binary searcher" in out and "score evaluations" in out
     assert "Layers" in out and "layer2.conv1" in out
-    assert "score: nasprune_cli.demo:score (higher is better)" in out
+    assert "score: validation accuracy (held-out digits) " in out
+    assert "%, higher is better (nasprune_cli.demo:score)" in out
     assert "weights refitted on the data:" in out and "mean output error" in out
     assert f"wrote {pruned}" in result.stderr
     assert pruned.is_file()
@@ -459,9 +460,9 @@ def test_export_errors(runner: CliRunner, tmp_path: Path) -> None:
 def test_progress_bars_follow_the_sensitivity_map_and_the_search() -> None:
     from nasprune_cli.cli.search import _Progress
 
-    with _Progress(enabled=False) as update:
-        assert update is None  # not a terminal: no bars, the library gets no callback
-    progress = _Progress(enabled=True)
+    with _Progress("off") as update:
+        assert update is None  # --quiet: no bars, no lines, the library gets no callback
+    progress = _Progress("bars")
     with progress as update:
         update("sensitivity", 0, 20)
         update("sensitivity", 20, 20)
