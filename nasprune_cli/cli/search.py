@@ -341,11 +341,12 @@ class _Progress:
         self.scores = [self.scores[0], value] if self.scores else [value]
 
     def score_text(self, prefix: str = "") -> str:
-        """e.g. 'val accuracy 99.20% -> 98.90%': the first score and the latest one."""
+        """e.g. 'val accuracy: last subnet 98.90% (first 99.20%)': the latest score, and the first one (the
+        original model's, in a fresh run) to compare it with."""
         if self.info is None or not self.scores:
             return ""
-        values = " -> ".join(self.info.format(v) for v in self.scores)
-        return f"{prefix}{self.info.label} {values}"
+        text = f"{prefix}{self.info.label}: last subnet {self.info.format(self.scores[-1])}"
+        return text + (f" (first {self.info.format(self.scores[0])})" if len(self.scores) > 1 else "")
 
     def __exit__(self, *exc: Any) -> None:
         if self.bar is not None:

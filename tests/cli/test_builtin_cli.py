@@ -120,7 +120,8 @@ def test_progress_lines_every_interval(monkeypatch: pytest.MonkeyPatch, capsys: 
     lines = capsys.readouterr().err.splitlines()
     assert lines[0] == "sensitivity map: started, 3 evaluations"
     assert lines[1].startswith("sensitivity map: 1/3 evaluations, 0:00 elapsed, about 0:00 left")
-    assert lines[1].endswith(", val accuracy 99.00%") and lines[2].endswith("99.00% -> 98.00%")
+    assert lines[1].endswith(", val accuracy: last subnet 99.00%")
+    assert lines[2].endswith(", val accuracy: last subnet 98.00% (first 99.00%)")
     assert lines[3].startswith("sensitivity map: done, 3/3 evaluations in 0:00") and len(lines) == 4
     monkeypatch.setattr(search_cli._Progress, "INTERVAL_S", 3600.0)
     with search_cli._Progress("lines") as report:
@@ -139,7 +140,7 @@ def test_progress_lines_without_a_terminal_and_quiet(helpers: Path, images: Path
     assert result.exit_code == 0, result.stderr
     lines = result.stderr.splitlines()
     assert "sensitivity map: started, " in result.stderr and "refit weights: started, " in result.stderr
-    assert any(line.startswith("search: done, ") and "top-1 accuracy " in line for line in lines)
+    assert any(line.startswith("search: done, ") and "top-1 accuracy: last subnet " in line for line in lines)
     json.loads(result.stdout)  # stdout holds only the JSON
 
     quiet = CliRunner().invoke(app, [*args, "--quiet"])
