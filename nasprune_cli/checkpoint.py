@@ -105,8 +105,8 @@ class SearchStateFile(_Schema):
     state: SearchStateSchema
 
 
-class PrunedFile(_Schema):
-    """A pruned-model file (`--output pruned.pt`)."""
+class StoredModel(_Schema):
+    """What every file about one model holds: its kind, the model it was made from, the recipe, the input, a subnet."""
 
     kind: str
     format_version: int
@@ -114,6 +114,11 @@ class PrunedFile(_Schema):
     recipe: dict[str, Any] | None
     input: InputSection
     config: dict[str, int]
+
+
+class PrunedFile(StoredModel):
+    """A pruned-model file (`--output pruned.pt`)."""
+
     state_dict: dict[str, torch.Tensor]
     metrics: dict[str, Any] = Field(default_factory=dict)
     sha256: str | None = None

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from nasprune_cli.checkpoint import ModelSpec, rebuild_space
+from nasprune_cli.checkpoint import StoredModel, rebuild_space
 from nasprune_cli.errors import CheckpointError
 from nasprune_cli.fileio import (
     FORMAT_VERSION,
@@ -17,7 +17,7 @@ from nasprune_cli.fileio import (
     read_nasprune_file,
 )
 from nasprune_cli.recipe.load import recipe_to_dict
-from nasprune_cli.recipe.schema import InputSection, Recipe
+from nasprune_cli.recipe.schema import Recipe
 
 if TYPE_CHECKING:
     from torch import nn
@@ -49,15 +49,9 @@ class StoredFrozen(_Schema):
     reason: str
 
 
-class SpaceFile(_Schema):
+class SpaceFile(StoredModel):
     """A search-space file (`nasprune convert --output`)."""
 
-    kind: str
-    format_version: int
-    model: ModelSpec
-    recipe: dict[str, Any] | None
-    input: InputSection
-    config: dict[str, int]
     hparams: list[StoredHparam]
     frozen: list[StoredFrozen]
     sha256: str | None = None

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -86,8 +88,9 @@ def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path: Path) -> No
         atomic_save({}, tmp_path / "nope" / "x.pt")
 
 
-def a_result(model: nn.Module) -> SearchResult:
-    return SearchResult(
+def a_result(model: nn.Module, **changes: Any) -> SearchResult:
+    """A search result around `model`, with made-up figures; `changes` replace fields (config, model_spec, ...)."""
+    result = SearchResult(
         model=model,
         config={"h": 2},
         searcher="binary",
@@ -104,6 +107,7 @@ def a_result(model: nn.Module) -> SearchResult:
         input={"shape": [1, 4], "dtype": "float32"},
         state={},
     )
+    return dataclasses.replace(result, **changes)
 
 
 def test_pruned_file_round_trip_and_overwrite(tmp_path: Path) -> None:

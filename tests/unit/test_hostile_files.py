@@ -31,9 +31,9 @@ from nasprune_cli.errors import CheckpointError, NasPruneError
 from nasprune_cli.fileio import atomic_save, atomic_write, check_output, exclusive_lock
 from nasprune_cli.metrics import latency as lat
 from nasprune_cli.recipe.load import recipe_from_dict, recipe_to_dict
-from nasprune_cli.searching.result import Figures, Reconstruction, SearchResult
 from nasprune_cli.space_file import load_space, restore_space, save_space
 from tests.toys import Residual
+from tests.unit.test_checkpoint import a_result
 
 SHAPE = [2, 3, 16, 16]
 RULES = {"nn.Conv2d": {"channel_divisor": 16}, "nn.BatchNorm2d": {}, "nn.Linear": {}}
@@ -75,22 +75,12 @@ def real_pruned(path: Path) -> Path:
     space = convert(Residual(), RECIPE, torch.randn(SHAPE))
     config = space.min()
     space.select(config)
-    result = SearchResult(
-        model=space.export(),
+    result = a_result(
+        space.export(),
         config=config,
-        searcher="binary",
-        score_name="acc",
-        original=Figures(8.0, 10.0, 1.0),
-        pruned=Figures(4.0, 6.0, 0.9),
-        evaluations=3,
-        constraints={"flops": 4.0},
-        layers=[],
-        reconstruction=Reconstruction(False, "off"),
-        latency=None,
         model_spec={"entry_point": "tests.toys:Residual", "kwargs": {}},
         recipe=recipe_to_dict(RECIPE),
         input={"shape": SHAPE, "dtype": "float32"},
-        state={},
     )
     return save_pruned(path, result)
 
