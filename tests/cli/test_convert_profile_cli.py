@@ -14,6 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from nasprune_cli.cli.app import app
+from tests.cli.checks import assert_one_error
 
 ROOT = Path(__file__).resolve().parents[2]
 FASTNAS = str(ROOT / "recipes" / "fastnas.yaml")
@@ -55,11 +56,6 @@ BAD_RECIPES = {
 
 
 @pytest.fixture()
-def runner() -> CliRunner:
-    return CliRunner()
-
-
-@pytest.fixture()
 def tiny(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A directory with an importable `np_cli_models` module (tiny conv net), on sys.path."""
     (tmp_path / "np_cli_models.py").write_text(textwrap.dedent(TINY))
@@ -71,20 +67,6 @@ def write_recipe(tmp_path: Path, text: str, name: str = "r.yaml") -> Path:
     path = tmp_path / name
     path.write_text(text)
     return path
-
-
-def error_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.startswith("Error: ")]
-
-
-def assert_one_error(result: object, *fragments: str) -> str:
-    assert result.exit_code == 1, (result.stdout, result.stderr)
-    assert "Traceback" not in result.output
-    lines = error_lines(result.stderr)
-    assert len(lines) == 1, result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0]
-    return lines[0]
 
 
 # ---- errors -----------------------------------------------------------------------------------------------------
@@ -155,7 +137,7 @@ def test_unexpected_exception_is_one_line_unless_debug(
     monkeypatch.setattr("nasprune_cli.loading.build_model", explode)
     args = ["profile", "--model", "np_cli_models:build", "--input-shape", "1,3,8,8"]
     result = runner.invoke(app, args)
-    assert_one_error(result, "Error: unexpected RuntimeError: boom (set NASPRUNE_DEBUG=1 for the traceback)")
+    assert_one_error(result, "Error: unexpected RuntimeError: boom (set NASPRUNE_DEBUG=1 for the traceback)", bug=True)
     debug = runner.invoke(app, args, env={"NASPRUNE_DEBUG": "1"})
     assert isinstance(debug.exception, RuntimeError)  # re-raised: the console script prints the traceback
 

@@ -19,6 +19,7 @@ from nasprune_cli.cli.app import app
 from nasprune_cli.errors import LoadError, RecipeError
 from nasprune_cli.loading import load_entry_point, parse_kwargs
 from nasprune_cli.recipe.load import load_recipe
+from tests.cli.checks import assert_one_error, warning_lines
 
 ROOT = Path(__file__).resolve().parents[2]
 SHAPE = ["--input-shape", "1,3,8,8"]
@@ -82,35 +83,11 @@ FLOW_BOMB = (
 
 
 @pytest.fixture()
-def runner() -> CliRunner:
-    return CliRunner()
-
-
-@pytest.fixture()
 def models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A directory with an importable `np_hostile` module, on sys.path."""
     (tmp_path / "np_hostile.py").write_text(textwrap.dedent(MODELS))
     monkeypatch.syspath_prepend(str(tmp_path))
     return tmp_path
-
-
-def error_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.startswith("Error: ")]
-
-
-def warning_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.startswith("Warning: ")]
-
-
-def assert_one_error(result: object, *fragments: str, code: int = 1) -> str:
-    assert result.exit_code == code, (result.stdout, result.stderr)
-    assert "Traceback" not in result.output
-    assert "unexpected" not in result.stderr
-    lines = error_lines(result.stderr)
-    assert len(lines) == 1, result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
 
 
 # ---- 2: files in the working directory do not shadow the tool's dependencies -----------------------------------

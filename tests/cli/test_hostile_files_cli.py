@@ -10,24 +10,10 @@ from typer.testing import CliRunner
 
 from nasprune_cli.cli.app import app
 from nasprune_cli.fileio import exclusive_lock
+from tests.cli.checks import assert_one_error
 from tests.unit.test_hostile_files import exploit, flip_weight_bytes, real_pruned, write_raw
 
 NO_MODEL = ["--model", "no_such_module_here:build"]  # loading it would fail: an error about a file comes first
-
-
-def assert_one_error(result: object, *fragments: str) -> str:
-    assert result.exit_code == 1, (result.stdout, result.stderr)
-    assert "Traceback" not in result.output and "unexpected" not in result.output
-    lines = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
-    assert len(lines) == 1, result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
-
-
-@pytest.fixture()
-def runner() -> CliRunner:
-    return CliRunner()
 
 
 # ---- case 1 ----------------------------------------------------------------------------------------------------

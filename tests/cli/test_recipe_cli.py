@@ -26,11 +26,6 @@ def build() -> nn.Module:
 
 
 @pytest.fixture()
-def runner() -> CliRunner:
-    return CliRunner()
-
-
-@pytest.fixture()
 def tiny(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "np_recipe_models.py").write_text(textwrap.dedent(TINY))
     monkeypatch.syspath_prepend(str(tmp_path))

@@ -17,6 +17,7 @@ import torch
 from typer.testing import CliRunner
 
 from nasprune_cli.cli.app import app
+from tests.cli.checks import assert_one_error
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_RECIPE = str(ROOT / "recipes" / "demo.yaml")
@@ -82,25 +83,10 @@ def trained_demo() -> Iterator[None]:
 
 
 @pytest.fixture()
-def runner() -> CliRunner:
-    return CliRunner()
-
-
-@pytest.fixture()
 def helpers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "np_search_helpers.py").write_text(textwrap.dedent(HELPERS))
     monkeypatch.syspath_prepend(str(tmp_path))
     return tmp_path
-
-
-def assert_one_error(result: object, *fragments: str) -> str:
-    assert result.exit_code == 1, (result.stdout, result.stderr)
-    assert "Traceback" not in result.output
-    lines = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
-    assert len(lines) == 1, result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
 
 
 def run_json(runner: CliRunner, *args: str) -> dict:
