@@ -6,7 +6,8 @@ and the model builder a file names is called only when the caller says so (`trus
 
 Pruned-model file (`--output pruned.pt`):
     {kind: "nasprune-pruned", format_version, model: {entry_point, kwargs}, recipe, input: {shape, dtype},
-     config (the subnet), state_dict (of the exported plain model), metrics, sha256 (of all the rest)}
+     config (the subnet), state_dict (of the exported plain model), metrics, report (optional: what
+     `nasprune report` draws), sha256 (of all the rest)}
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from nasprune_cli.fileio import (
 )
 from nasprune_cli.inputs import tensors_in
 from nasprune_cli.recipe.schema import InputSection
+from nasprune_cli.report import report_data
 
 if TYPE_CHECKING:
     from nasprune_cli.searching.result import SearchResult
@@ -121,6 +123,7 @@ class PrunedFile(StoredModel):
 
     state_dict: dict[str, torch.Tensor]
     metrics: dict[str, Any] = Field(default_factory=dict)
+    report: dict[str, Any] | None = None  # what `nasprune report` draws (nasprune_cli.report.report_data); optional
     sha256: str | None = None
 
 
@@ -191,6 +194,7 @@ def save_pruned(path: str | Path, result: SearchResult, *, overwrite: bool = Fal
         "config": dict(result.config),
         "state_dict": {k: v.detach().cpu().clone() for k, v in result.model.state_dict().items()},
         "metrics": result.metrics(),
+        "report": report_data(result.state, result.summary()["layers"], result.config, result.searcher),
     }
     return atomic_save(add_checksum(data), path)
 

@@ -166,6 +166,15 @@ QuietOpt = Annotated[
         help="No progress on stderr: neither the bars (on a terminal) nor the progress lines (in logs, under nohup).",
     ),
 ]
+ReportOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--report",
+        help="Also write a self-contained HTML report (sensitivity curves or scored candidates, kept widths, FLOPs and "
+        "params before / after) to this path, e.g. report.html. Needs matplotlib: pip install 'nasprune[report]'.",
+        show_default=False,
+    ),
+]
 SearchOutputOpt = Annotated[
     Path | None,
     typer.Option("--output", "-o", help="Pruned-model file to write (e.g. pruned.pt).", show_default=False),
@@ -204,6 +213,7 @@ def search_command(
     overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
+    report: ReportOpt = None,
 ) -> None:
     """Search the best subnet within --flops / --params / --latency and write the pruned model (--output)."""
     from nasprune_cli.checkpoint import save_pruned
@@ -226,6 +236,8 @@ def search_command(
         config["latency_table"] = str(output_path.with_name(f"{output_path.stem}.latency.json"))
     table = config.get("latency_table", loaded.search.latency_table) if wants_latency else None
     check_files(output_path, loaded.search.checkpoint, table, recipe, overwrite)  # fail before the slow part
+    if report is not None:
+        check_report(report, overwrite, output_path, recipe)
 
     seed_everything(loaded.search.seed)  # a builder that initialises randomly builds the same model every run
     net = build_model(model, kwargs)
@@ -238,6 +250,10 @@ def search_command(
         save_pruned(output_path, result, overwrite=overwrite)
 
     summary = result.summary()
+    if report is not None:
+        from nasprune_cli.report import report_data, write_report
+
+        write_report(report, summary, report_data(result.state, summary["layers"], result.config, result.searcher))
     if json_out:
         output.print_json({**summary, "output": str(output_path) if output_path is not None else None})
     else:
@@ -245,6 +261,8 @@ def search_command(
     latency_info = summary.get("latency")
     if latency_info is not None:
         output.info(_latency_note(latency_info))
+    if report is not None:
+        output.info(f"wrote {report}")
     if output_path is not None:
         output.info(f"wrote {output_path}")
     elif not json_out:
@@ -269,6 +287,15 @@ def check_files(output_path: Path | None, checkpoint: Any, table: Any, recipe: P
         raise CheckpointError(f"{table}: is a directory, expected the latency table's file path")
     if table is not None and not table.exists():  # an existing table is only read
         check_output(table, overwrite=False, inputs={"--recipe": recipe})
+
+
+def check_report(report: Path, overwrite: bool, output_path: Path | None, recipe: Path | None) -> None:
+    """Before the search: matplotlib is installed and the report's path can be written."""
+    from nasprune_cli.fileio import check_output
+    from nasprune_cli.report import require_matplotlib
+
+    require_matplotlib()
+    check_output(report, overwrite, inputs={"--output": output_path, "--recipe": recipe})
 
 
 class _Progress:
