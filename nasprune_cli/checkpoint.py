@@ -118,12 +118,41 @@ class StoredModel(_Schema):
     config: dict[str, int]
 
 
+class StoredLayerRow(_Schema):
+    """One row of a search summary's `layers`."""
+
+    layer: str
+    hparam: str
+    kind: str
+    original: int
+    kept: int
+
+
+class StoredCandidate(_Schema):
+    """One scored subnet of an evolve / random search, as the report draws it."""
+
+    score: float | None
+    flops: float | None
+    params: float | None
+    chosen: bool
+
+
+class StoredReport(_Schema):
+    """What `nasprune report` draws (nasprune_cli.report.report_data)."""
+
+    searcher: str
+    layers: list[StoredLayerRow] = Field(default_factory=list)
+    sensitivity: dict[str, dict[str, float]] | None = None  # hparam -> {kept width: score}
+    original_score: float | None = None
+    history: list[StoredCandidate] | None = None
+
+
 class PrunedFile(StoredModel):
     """A pruned-model file (`--output pruned.pt`)."""
 
     state_dict: dict[str, torch.Tensor]
     metrics: dict[str, Any] = Field(default_factory=dict)
-    report: dict[str, Any] | None = None  # what `nasprune report` draws (nasprune_cli.report.report_data); optional
+    report: StoredReport | None = None  # optional: files written before reports were stored have none
     sha256: str | None = None
 
 

@@ -176,28 +176,32 @@ def headline_rows(summary: Mapping[str, Any]) -> list[tuple[str, str, Any]]:
     """(name, key, value) of the headline numbers, taken from the summary `--json` prints."""
     metrics = summary.get("metrics") or {}
     orig, pruned = metrics.get("original") or {}, metrics.get("pruned") or {}
+    measures = metrics.get("score_measures") or "score"  # a named score says what it measures
     return [
         ("original FLOPs", "original_flops", orig.get("flops")),
         ("pruned FLOPs", "pruned_flops", pruned.get("flops")),
         ("original params", "original_params", orig.get("params")),
         ("pruned params", "pruned_params", pruned.get("params")),
-        ("original score", "original_score", orig.get("score")),
-        ("pruned score", "pruned_score", pruned.get("score")),
+        (f"original {measures}", "original_score", orig.get("score")),
+        (f"pruned {measures}", "pruned_score", pruned.get("score")),
         ("searcher", "searcher", summary.get("searcher")),
         ("evaluations", "evaluations", metrics.get("evaluations")),
     ]
 
 
-def _show(value: Any) -> str:
+def _show(value: Any, percent: bool = False) -> str:
+    if isinstance(value, float) and percent:
+        return f"{value:.2%}"
     if isinstance(value, float):
         return f"{value:,.4g}" if abs(value) < 1e4 else f"{value:,.0f}"
     return "missing" if value is None else str(value)
 
 
 def _table(summary: Mapping[str, Any]) -> str:
+    percent = bool((summary.get("metrics") or {}).get("score_percent"))
     rows = "".join(
-        f'<tr><th>{name}</th><td data-key="{key}" data-value="{html.escape(repr(value))}">{html.escape(_show(value))}'
-        "</td></tr>"
+        f'<tr><th>{html.escape(name)}</th><td data-key="{key}" data-value="{html.escape(repr(value))}">'
+        f"{html.escape(_show(value, percent and key.endswith('_score')))}</td></tr>"
         for name, key, value in headline_rows(summary)
     )
     return f"<table>{rows}</table>"

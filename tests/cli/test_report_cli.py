@@ -56,6 +56,9 @@ def test_search_report_is_one_self_contained_page_with_the_json_numbers(demo_run
     assert float(numbers["pruned_score"]) == metrics["pruned"]["score"]
     assert int(numbers["evaluations"]) == metrics["evaluations"]
     assert numbers["searcher"] == "&#x27;binary&#x27;"
+    # the demo's named score: what it measures, as a percent
+    pruned_row = f"<th>pruned {metrics['score_measures']}</th>"
+    assert pruned_row in page and f">{metrics['pruned']['score']:.2%}</td>" in page
 
 
 def test_report_command_redraws_the_page_from_the_pruned_file(runner: CliRunner, demo_run: tuple[Path, dict]) -> None:

@@ -241,6 +241,8 @@ def test_a_hand_edited_search_checkpoint_is_refused(tmp_path: Path, key: str, va
         (lambda d: d["state_dict"].update(w=[1.0, 2.0]), r"field state_dict\.w"),
         (lambda d: d["model"].update(entry_point=5), r"field model\.entry_point"),
         (lambda d: d.update(extra=1), r"field extra: extra inputs are not permitted"),
+        (lambda d: d.update(report={"searcher": "binary", "layers": "abc"}), r"field report\.layers"),
+        (lambda d: d.update(report={"searcher": "binary", "sensitivity": {"h": {"8": "x"}}}), r"field report\.sensit"),
     ],
 )
 def test_a_hand_edited_pruned_file_is_refused(tmp_path: Path, edit, message: str) -> None:  # noqa: ANN001
