@@ -12,7 +12,6 @@ Pruned-model file (`--output pruned.pt`):
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import warnings
@@ -35,6 +34,7 @@ from nasprune_cli.fileio import (
     temp_file_for,
 )
 from nasprune_cli.inputs import tensors_in
+from nasprune_cli.loading import short_json
 from nasprune_cli.recipe.schema import InputSection
 from nasprune_cli.report import report_data
 
@@ -196,15 +196,10 @@ def fingerprint_difference(stored: Mapping[str, Any], current: Mapping[str, Any]
             if isinstance(a, Mapping) and isinstance(b, Mapping):
                 inner = fingerprint_difference(a, b)
                 return f"{key}.{inner}" if inner else key
-            was = _short(a) if key in stored else "absent"
-            now = _short(b) if key in current else "absent"
+            was = short_json(a) if key in stored else "absent"
+            now = short_json(b) if key in current else "absent"
             return f"{key} ({was} in the checkpoint vs {now} now)"
     return ""
-
-
-def _short(value: Any) -> str:
-    text = json.dumps(value, default=str)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 # ---- pruned model ------------------------------------------------------------------------------------------
@@ -292,8 +287,8 @@ def rebuild_space(
         if not trust_entry_point:
             raise CheckpointError(
                 f"{path}: no model given, and nasprune does not call the model builder a file names "
-                f"({entry_point!r} with kwargs {_short(kwargs)}): calling it would run code chosen by whoever wrote "
-                f"the file; check it is the model you expect, then pass a fresh instance: {hint}"
+                f"({entry_point!r} with kwargs {short_json(kwargs)}): calling it would run code chosen by whoever "
+                f"wrote the file; check it is the model you expect, then pass a fresh instance: {hint}"
             )
         model = build_model(entry_point, kwargs)
     if not isinstance(model, nn.Module):

@@ -22,7 +22,8 @@ from typing import Any, BinaryIO
 import torch
 from pydantic import BaseModel, ValidationError
 
-from nasprune_cli.errors import CheckpointError
+from nasprune_cli.errors import CheckpointError, NasPruneError
+from nasprune_cli.loading import short_repr
 
 try:
     import fcntl
@@ -194,17 +195,30 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def validate_schema(schema: type[BaseModel], data: Any, path: Path, what: str, hint: str) -> None:
-    """Check what a file holds against a pydantic schema; the error names the file and the first bad field."""
+def validate_schema(
+    schema: type[BaseModel],
+    data: Any,
+    path: Path | str,
+    what: str,
+    hint: str,
+    *,
+    error: type[NasPruneError] = CheckpointError,
+    problem: str = "invalid",
+    show: Callable[[Any], str] | None = None,
+) -> Any:
+    """What a file holds, checked against a pydantic schema (the validated model); the error names the file and the
+    first bad field, and shows the bad value with `show` (default: a short repr; a JSON file passes short_json)."""
     try:
-        schema.model_validate(data)
+        return schema.model_validate(data)
     except ValidationError as exc:
         errors = exc.errors()
         first = errors[0]
-        field = _field_path(first["loc"]) or "(top level)"
+        field = _field_path(first["loc"])
+        where = f"field {field}: " if field else ""
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        got = "" if first["type"] == "missing" else f" (got {_show(first.get('input'))})"
-        raise CheckpointError(f"{path}: invalid {what}: field {field}: {_message(first)}{got}{more}; {hint}") from None
+        shown = first["type"] != "missing" and (field or first["type"] != "value_error")  # not the whole file again
+        got = f" (got {(show or _show)(first.get('input'))})" if shown else ""
+        raise error(f"{path}: {problem} {what}: {where}{_message(first)}{got}{more}; {hint}") from None
 
 
 def _field_path(loc: tuple[Any, ...]) -> str:
@@ -229,8 +243,7 @@ def _message(error: Mapping[str, Any]) -> str:
 def _show(value: Any) -> str:
     if isinstance(value, torch.Tensor):
         return f"a tensor of shape {list(value.shape)}"
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return short_repr(value, 60)
 
 
 def add_checksum(data: Mapping[str, Any]) -> dict[str, Any]:

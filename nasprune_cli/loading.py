@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import json
 import os
 import re
 import reprlib
@@ -267,6 +268,11 @@ def short_repr(value: Any, limit: int = _SHORT_CHARS) -> str:
     except Exception:  # noqa: BLE001 - a user object whose __repr__ fails
         text = f"<{type(value).__name__}>"
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def short_json(value: Any, limit: int = 60) -> str:
+    """A value as JSON for a message (a stored or expected setting), cut to `limit` characters."""
+    return short_str(json.dumps(value, default=str), limit)
 
 
 def short_str(text: str, limit: int = _SHORT_CHARS) -> str:

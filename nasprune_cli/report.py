@@ -17,6 +17,7 @@ from typing import Any
 
 from nasprune_cli.errors import NasPruneError
 from nasprune_cli.fileio import atomic_write
+from nasprune_cli.metrics.score import format_score
 
 INSTALL_HINT = "pip install 'nasprune[report]'"
 
@@ -191,7 +192,7 @@ def headline_rows(summary: Mapping[str, Any]) -> list[tuple[str, str, Any]]:
 
 def _show(value: Any, percent: bool = False) -> str:
     if isinstance(value, float) and percent:
-        return f"{value:.2%}"
+        return format_score(value, percent=True)
     if isinstance(value, float):
         return f"{value:,.4g}" if abs(value) < 1e4 else f"{value:,.0f}"
     return "missing" if value is None else str(value)

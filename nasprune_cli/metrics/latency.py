@@ -39,14 +39,15 @@ from pydantic import (
     Field,
     StrictInt,
     StrictStr,
-    ValidationError,
     model_validator,
 )
 from torch import nn
 
 from nasprune_cli.errors import NasPruneError
+from nasprune_cli.fileio import validate_schema
 from nasprune_cli.hparams import depth_gates
 from nasprune_cli.inputs import batched_input, call_model, input_tensors
+from nasprune_cli.loading import short_json
 
 LATENCY_KIND = "nasprune-latency-table"
 LATENCY_VERSION = 2
@@ -124,15 +125,10 @@ class TableFile(_TableSchema):
 
 def _validated_table(data: Any, source: str) -> TableFile:
     """The table checked against its schema; errors name the file and the field."""
-    try:
-        return TableFile.model_validate(data)
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"] if "[" not in str(p))
-        field = f"field {loc.lstrip('.')}: " if loc else ""
-        got = "" if error["type"] in ("missing", "value_error") else f" (got {_short(error.get('input'))})"
-        msg = str(error["msg"]).removeprefix("Value error, ")
-        raise NasPruneError(f"{source}: damaged latency table: {field}{msg}{got}; delete it to measure again") from None
+    hint = "delete it to measure again"
+    return validate_schema(
+        TableFile, data, source, "latency table", hint, error=NasPruneError, problem="damaged", show=short_json
+    )
 
 
 @dataclass
@@ -229,7 +225,7 @@ class LatencyModel:
             if self.meta.get(key) != expected[key]:
                 raise NasPruneError(
                     f"{source}: the latency table was measured for another {key.replace('_', ' ')} "
-                    f"({_short(self.meta.get(key))} in the table vs {_short(expected[key])} now); pass another "
+                    f"({short_json(self.meta.get(key))} in the table vs {short_json(expected[key])} now); pass another "
                     "--latency-table path to measure a new one, or delete this file"
                 )
 
@@ -575,8 +571,3 @@ def _merge(samples: list[tuple[float, float]]) -> list[tuple[float, float]]:
     for i in range(len(merged) - 2, -1, -1):  # a smaller work fraction never takes longer than a larger one
         merged[i] = (merged[i][0], min(merged[i][1], merged[i + 1][1]))
     return merged
-
-
-def _short(value: Any) -> str:
-    text = json.dumps(value, default=str)
-    return text if len(text) <= 60 else text[:57] + "..."
