@@ -137,6 +137,13 @@ class StoredCandidate(_Schema):
     chosen: bool
 
 
+class StoredStage(_Schema):
+    """FLOPs and params of one stage, [before, after] (nasprune_cli.metrics.stages)."""
+
+    flops: list[Finite] = Field(min_length=2, max_length=2)
+    params: list[Finite] = Field(min_length=2, max_length=2)
+
+
 class StoredReport(_Schema):
     """What `nasprune report` draws (nasprune_cli.report.report_data)."""
 
@@ -145,6 +152,7 @@ class StoredReport(_Schema):
     sensitivity: dict[str, dict[str, float]] | None = None  # hparam -> {kept width: score}
     original_score: float | None = None
     history: list[StoredCandidate] | None = None
+    stages: dict[str, StoredStage] | None = None  # stage -> FLOPs and params [before, after]
 
 
 class PrunedFile(StoredModel):
@@ -218,7 +226,9 @@ def save_pruned(path: str | Path, result: SearchResult, *, overwrite: bool = Fal
         "config": dict(result.config),
         "state_dict": {k: v.detach().cpu().clone() for k, v in result.model.state_dict().items()},
         "metrics": result.metrics(),
-        "report": report_data(result.state, result.summary()["layers"], result.config, result.searcher),
+        "report": report_data(
+            result.state, result.summary()["layers"], result.config, result.searcher, getattr(result, "stages", None)
+        ),
     }
     return atomic_save(add_checksum(data), path)
 

@@ -19,6 +19,7 @@ from nasprune_cli.graph.trace import Trace, trace_model
 from nasprune_cli.hparams import Hparam, depth_gates
 from nasprune_cli.inputs import dummy_input_for
 from nasprune_cli.metrics.flops import CostModel, count_params, fvcore_flops
+from nasprune_cli.metrics.stages import stage_costs, stage_names
 from nasprune_cli.recipe.patterns import resolve_rules, width_choices
 from nasprune_cli.space import FrozenLayer, SearchSpace
 
@@ -40,10 +41,9 @@ def convert(model: nn.Module, recipe: Any = None, dummy_input: Any = None) -> Se
     depth_seqs = [n for n in converted if isinstance(modules[n], nn.Sequential)]
 
     trace = trace_model(model, dummy_input, depth_seqs)  # first: its errors (e.g. a non-tensor output) are clearer
-    original_flops = fvcore_flops(model, dummy_input, by_module=bool(depth_seqs))
-    original = Cost(
-        float(original_flops[""] if isinstance(original_flops, dict) else original_flops), float(count_params(model))
-    )
+    original_flops = fvcore_flops(model, dummy_input, by_module=True)  # one fvcore pass: the total is [""]
+    original = Cost(float(original_flops[""]), float(count_params(model)))
+    stages = stage_costs(model, original_flops, stage_names(model))
     depth_hparams = _depth_hparams(trace, rules, modules)
     # a Sequential subclass (a stage of blocks) is converted only when it has something to skip
     with_depth = {hp.members[0].rpartition(".")[0] for hp in depth_hparams.values()}
@@ -76,7 +76,9 @@ def convert(model: nn.Module, recipe: Any = None, dummy_input: Any = None) -> Se
         FrozenLayer(src, g.frozen_reason) for g in grouping.groups if g.frozen_reason is not None for src in g.sources
     ]
     sides = {key: rec.vec for key, rec in trace.sides.items()}
-    return SearchSpace(model, dummy_input, hparams, frozen, grouping, group_hparams, sides, cost_model, original)
+    return SearchSpace(
+        model, dummy_input, hparams, frozen, grouping, group_hparams, sides, cost_model, original, stages=stages
+    )
 
 
 def _freeze_unconverted(grouping: Grouping, converted: set[str], modules: dict[str, nn.Module]) -> None:

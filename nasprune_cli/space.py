@@ -44,6 +44,8 @@ class SearchSpace:
         sides: dict[tuple[str, str], torch.Tensor],
         cost_model: CostModel,
         original_cost: Cost,
+        *,
+        stages: dict[str, dict[str, float]] | None = None,
     ) -> None:
         self.model = model
         self.dummy_input = dummy_input
@@ -51,6 +53,7 @@ class SearchSpace:
         self.frozen = frozen
         self.grouping = grouping
         self.original_cost = original_cost
+        self.original_stages = stages or {}  # stage -> {"flops", "params"} of the original (metrics/stages.py)
         self._group_hparams = group_hparams  # width hparam name -> group index
         self._sides = sides  # (module, side) -> labels
         self._cost_model = cost_model

@@ -253,7 +253,8 @@ def search_command(
     if report is not None:
         from nasprune_cli.report import report_data, write_report
 
-        write_report(report, summary, report_data(result.state, summary["layers"], result.config, result.searcher))
+        data = report_data(result.state, summary["layers"], result.config, result.searcher, result.stages)
+        write_report(report, summary, data)
     if json_out:
         output.print_json({**summary, "output": str(output_path) if output_path is not None else None})
     else:
