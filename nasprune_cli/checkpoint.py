@@ -277,7 +277,7 @@ def rebuild_space(
     stored entry point when `trust_entry_point`, else refused (`hint`: how to pass a model). Shared by
     pruned-model and search-space files."""
     from nasprune_cli.conversion import convert
-    from nasprune_cli.inputs import make_dummy_input
+    from nasprune_cli.inputs import dummy_input_from_spec
     from nasprune_cli.loading import build_model
     from nasprune_cli.recipe.load import recipe_from_dict
 
@@ -295,7 +295,7 @@ def rebuild_space(
         raise CheckpointError(f"restore: expected a fresh nn.Module to rebuild from (got {type(model).__name__})")
     recipe = recipe_from_dict(data["recipe"], f"{path}: recipe") if data["recipe"] is not None else None
     if dummy_input is None:
-        dummy_input = make_dummy_input(list(data["input"]["shape"]), data["input"].get("dtype", "float32"))
+        dummy_input = dummy_input_from_spec(data["input"], model)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # unused recipe patterns were reported when the file was written

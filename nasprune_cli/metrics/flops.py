@@ -18,7 +18,7 @@ from torch import nn
 
 from nasprune_cli.constraints import Cost
 from nasprune_cli.errors import TraceError
-from nasprune_cli.inputs import eval_mode, input_tensors
+from nasprune_cli.inputs import eval_mode, input_tensors, tensors_in
 
 FLOPS_UNIT = "fvcore FLOPs: one per multiply-add, on the dummy input, eval mode"
 
@@ -27,11 +27,46 @@ def _as_tuple(dummy_input: Any) -> tuple:
     """fvcore wants a tuple of positional inputs."""
     if isinstance(dummy_input, tuple):
         if dummy_input and isinstance(dummy_input[-1], dict):
-            if dummy_input[-1]:
-                raise TraceError("fvcore cannot count FLOPs with keyword inputs; pass positional inputs only")
             return dummy_input[:-1]
         return dummy_input
     return (dummy_input,)
+
+
+class _Keywords(nn.Module):
+    """fvcore traces positional tensors only: this wrapper takes the keyword tensors positionally after the model's
+    positional inputs, passes the other keyword values as they are, and returns the output's tensors as a tuple
+    (a ModelOutput is a dict the jit tracer does not take)."""
+
+    def __init__(self, model: nn.Module, positional: int, keywords: dict[str, Any]) -> None:
+        super().__init__()
+        self.model = model
+        self.positional = positional
+        self.tensor_keys = [k for k, v in keywords.items() if isinstance(v, torch.Tensor)]
+        self.constants = {k: v for k, v in keywords.items() if not isinstance(v, torch.Tensor)}
+
+    def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The model on its positional and keyword inputs; its output's tensors in order."""
+        named = dict(zip(self.tensor_keys, args[self.positional :], strict=True))
+        return tuple(tensors_in(self.model(*args[: self.positional], **named, **self.constants)))
+
+
+def _counted(model: nn.Module, dummy_input: Any) -> tuple[nn.Module, tuple, str]:
+    """(module, positional inputs, prefix of its module names) that fvcore counts for a model and dummy input."""
+    named = dummy_input[-1] if isinstance(dummy_input, tuple) and dummy_input and isinstance(dummy_input[-1], dict) else {}
+    if not named and not isinstance(model, _HF_OUTPUT_TYPES()):
+        return model, _as_tuple(dummy_input), ""
+    positional = _as_tuple(dummy_input)
+    wrapper = _Keywords(model, len(positional), named)
+    tensors = tuple(v for v in named.values() if isinstance(v, torch.Tensor))
+    return wrapper, (*positional, *tensors), "model."
+
+
+def _HF_OUTPUT_TYPES() -> tuple[type, ...]:  # noqa: N802 - a lazy constant
+    """Model classes that return a ModelOutput (transformers' PreTrainedModel, only when transformers is loaded)."""
+    import sys
+
+    module = sys.modules.get("transformers")
+    return (module.PreTrainedModel,) if module is not None else ()
 
 
 def fvcore_flops(model: nn.Module, dummy_input: Any, by_module: bool = False) -> float | dict[str, float]:
@@ -43,10 +78,14 @@ def fvcore_flops(model: nn.Module, dummy_input: Any, by_module: bool = False) ->
     logging.getLogger("fvcore").setLevel(logging.ERROR)
     try:
         with eval_mode(model), torch.no_grad():
-            analysis = FlopCountAnalysis(model, _as_tuple(dummy_input))
+            counted, args, prefix = _counted(model, dummy_input)
+            analysis = FlopCountAnalysis(counted, args)
             analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
             if by_module:
-                return {k: float(v) for k, v in analysis.by_module().items()}
+                by_name = {k: float(v) for k, v in analysis.by_module().items()}
+                if prefix:  # the wrapper's names: "" and "model" are the model, "model.x" is x
+                    by_name = {k[len(prefix) :]: v for k, v in by_name.items() if k.startswith(prefix)} | {"": by_name[""]}
+                return by_name
             return float(analysis.total())
     except Exception as exc:  # noqa: BLE001 - fvcore's jit trace fails in many ways; report one line
         raise TraceError(

@@ -406,12 +406,17 @@ def _check_dims(value: Any) -> list[int]:
 
 
 class InputSection(BaseModel):
-    """The dummy input: one shape (or a list of shapes for several positional inputs) and a dtype."""
+    """The dummy input: one shape (or a list of shapes for several positional inputs), a dtype, the bound of token
+    ids and keyword inputs."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
     shape: Annotated[Any, BeforeValidator(_check_shape)] = Field(default_factory=lambda: [1, 3, 224, 224])
     dtype: Literal["float32", "float16", "bfloat16", "int64"] = "float32"
+    # int64 inputs are token ids drawn in [0, high); default: the model's config.vocab_size, else all zeros
+    high: Annotated[int, Field(gt=0)] | None = None
+    # keyword inputs shaped like the first input, e.g. {attention_mask: ones}
+    keywords: dict[str, Literal["ones", "zeros"]] = Field(default_factory=dict)
 
 
 class Recipe(BaseModel):
