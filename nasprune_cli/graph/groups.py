@@ -112,7 +112,7 @@ def apply_block_constraints(trace: Trace, grouping: Grouping) -> None:
     record these constraints on the groups (or freeze a group whose constraints disagree)."""
     for name, info in trace.layer_info.items():
         if info.get("head_width"):
-            record = trace.sides.get((name, "features"))
+            record = trace.sides.get((name, info.get("head_side", "features")))
             if record is not None:
                 _constrain_units(grouping, name, info["head_width"], record.vec)
             continue
