@@ -183,6 +183,33 @@ def call_model(model: nn.Module, inputs: Any) -> Any:
     return model(inputs)
 
 
+class PositionalModel(nn.Module):
+    """A model called with positional tensors only, as the jit tracer (fvcore, TorchScript, ONNX) calls it: its
+    positional inputs, then its keyword tensors in order; other keyword values are bound; the output's tensors are
+    returned as a tuple (a transformers ModelOutput is a dict the tracer does not take)."""
+
+    def __init__(self, model: nn.Module, positional: int, keywords: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.model = model
+        self.positional = positional
+        self.tensor_keys = [k for k, v in keywords.items() if isinstance(v, torch.Tensor)]
+        self.constants = {k: v for k, v in keywords.items() if not isinstance(v, torch.Tensor)}
+
+    def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The model on its positional and keyword inputs; its output's tensors in order."""
+        named = dict(zip(self.tensor_keys, args[self.positional :], strict=True))
+        return tuple(tensors_in(self.model(*args[: self.positional], **named, **self.constants)))
+
+
+def positional_model(model: nn.Module, dummy_input: Any) -> tuple[PositionalModel, tuple[torch.Tensor, ...]]:
+    """The model wrapped to take the dummy input's tensors positionally, and those tensors."""
+    items = dummy_input if isinstance(dummy_input, tuple) else (dummy_input,)
+    named = items[-1] if items and isinstance(items[-1], dict) else {}
+    positional = tuple(items[:-1] if named or (items and isinstance(items[-1], dict)) else items)
+    tensors = tuple(v for v in named.values() if isinstance(v, torch.Tensor))
+    return PositionalModel(model, len(positional), named), (*positional, *tensors)
+
+
 def inputs_as_given(batch: Any) -> Any:
     """A batch that already is the model's inputs (random batches shaped like the dummy input)."""
     return batch

@@ -18,7 +18,7 @@ from torch import nn
 
 from nasprune_cli.constraints import Cost
 from nasprune_cli.errors import TraceError
-from nasprune_cli.inputs import eval_mode, input_tensors, tensors_in
+from nasprune_cli.inputs import eval_mode, input_tensors, positional_model
 
 FLOPS_UNIT = "fvcore FLOPs: one per multiply-add, on the dummy input, eval mode"
 
@@ -32,33 +32,13 @@ def _as_tuple(dummy_input: Any) -> tuple:
     return (dummy_input,)
 
 
-class _Keywords(nn.Module):
-    """fvcore traces positional tensors only: this wrapper takes the keyword tensors positionally after the model's
-    positional inputs, passes the other keyword values as they are, and returns the output's tensors as a tuple
-    (a ModelOutput is a dict the jit tracer does not take)."""
-
-    def __init__(self, model: nn.Module, positional: int, keywords: dict[str, Any]) -> None:
-        super().__init__()
-        self.model = model
-        self.positional = positional
-        self.tensor_keys = [k for k, v in keywords.items() if isinstance(v, torch.Tensor)]
-        self.constants = {k: v for k, v in keywords.items() if not isinstance(v, torch.Tensor)}
-
-    def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The model on its positional and keyword inputs; its output's tensors in order."""
-        named = dict(zip(self.tensor_keys, args[self.positional :], strict=True))
-        return tuple(tensors_in(self.model(*args[: self.positional], **named, **self.constants)))
-
-
 def _counted(model: nn.Module, dummy_input: Any) -> tuple[nn.Module, tuple, str]:
     """(module, positional inputs, prefix of its module names) that fvcore counts for a model and dummy input."""
     named = dummy_input[-1] if isinstance(dummy_input, tuple) and dummy_input and isinstance(dummy_input[-1], dict) else {}
     if not named and not isinstance(model, _HF_OUTPUT_TYPES()):
         return model, _as_tuple(dummy_input), ""
-    positional = _as_tuple(dummy_input)
-    wrapper = _Keywords(model, len(positional), named)
-    tensors = tuple(v for v in named.values() if isinstance(v, torch.Tensor))
-    return wrapper, (*positional, *tensors), "model."
+    wrapper, args = positional_model(model, dummy_input)
+    return wrapper, args, "model."
 
 
 def _HF_OUTPUT_TYPES() -> tuple[type, ...]:  # noqa: N802 - a lazy constant
