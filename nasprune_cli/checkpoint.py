@@ -36,7 +36,7 @@ from nasprune_cli.fileio import (
     read_nasprune_file,
     temp_file_for,
 )
-from nasprune_cli.inputs import call_model, positional_model, tensors_in
+from nasprune_cli.inputs import call_model, keyword_inputs, positional_model, tensors_in
 from nasprune_cli.loading import short_json
 from nasprune_cli.recipe.schema import InputSection
 from nasprune_cli.report import report_data
@@ -373,7 +373,7 @@ def write_deployable(
 
 def _needs_positional(model: nn.Module, dummy_input: Any) -> bool:
     """Whether the jit tracer needs the model wrapped: keyword inputs, or an output that is a dict."""
-    if isinstance(dummy_input, tuple) and dummy_input and isinstance(dummy_input[-1], dict):
+    if keyword_inputs(dummy_input):
         return True
     with torch.no_grad():
         return isinstance(call_model(model, dummy_input), dict)

@@ -103,9 +103,17 @@ def dummy_input_from_spec(spec: Mapping[str, Any], model: nn.Module | None = Non
     drawn in [0, input.high) or [0, config.vocab_size), its keyword inputs, and use_cache=False where the model's
     forward takes it (no key/value caches while tracing, counting FLOPs or searching)."""
     dtype = spec.get("dtype", "float32")
+    shape = list(spec["shape"])
+    if _takes_token_ids(model) and (DTYPES[dtype].is_floating_point or len(shape) != 2):
+        found = f"{dtype} of shape {shape}"
+        raise NasPruneError(
+            f"input: {type(model).__name__} takes token ids (its forward's first input is input_ids), expected "
+            f"int64 of shape BATCH,SEQUENCE (found {found}); pass --input-dtype int64 and --input-shape 1,128, or "
+            "set input.dtype: int64 and input.shape: [1, 128] in the recipe"
+        )
     high = token_bound(model, spec.get("high")) if not DTYPES[dtype].is_floating_point else None
     keywords = {**model_keywords(model), **dict(spec.get("keywords") or {})}
-    return make_dummy_input(list(spec["shape"]), dtype, high=high, keywords=keywords)
+    return make_dummy_input(shape, dtype, high=high, keywords=keywords)
 
 
 def token_bound(model: nn.Module | None, high: int | None = None) -> int | None:
@@ -114,6 +122,15 @@ def token_bound(model: nn.Module | None, high: int | None = None) -> int | None:
         return high
     vocab = getattr(getattr(model, "config", None), "vocab_size", None)
     return vocab if type(vocab) is int and vocab > 0 else None
+
+
+def _takes_token_ids(model: nn.Module | None) -> bool:
+    """Whether a model's forward takes `input_ids` first (a transformers language model)."""
+    try:
+        names = list(inspect.signature(model.forward).parameters) if model is not None else []
+    except (TypeError, ValueError):
+        return False
+    return bool(names) and names[0] == "input_ids"
 
 
 def model_keywords(model: nn.Module | None) -> dict[str, Any]:
@@ -142,15 +159,22 @@ def input_spec(dummy_input: Any, high: int | None = None) -> dict[str, Any]:
     }
     if high is not None and not tensors[0].is_floating_point():
         spec["high"] = high
-    named = dummy_input[-1] if isinstance(dummy_input, tuple) and dummy_input and isinstance(dummy_input[-1], dict) else {}
+    named = keyword_inputs(dummy_input)
     keywords = {k: _fill_name(v) for k, v in named.items() if isinstance(v, torch.Tensor)}
     if keywords and None not in keywords.values():
         spec["keywords"] = keywords
     return spec
 
 
+def keyword_inputs(dummy_input: Any) -> dict[str, Any]:
+    """The keyword inputs of a dummy input (the trailing dict of a tuple; empty when there is none)."""
+    if isinstance(dummy_input, tuple) and dummy_input and isinstance(dummy_input[-1], dict):
+        return dummy_input[-1]
+    return {}
+
+
 def _fill_name(t: torch.Tensor) -> str | None:
-    """"ones" / "zeros" for a keyword tensor of ones / zeros (None: other values)."""
+    """ "ones" / "zeros" for a keyword tensor of ones / zeros (None: other values)."""
     if bool((t == 1).all()):
         return "ones"
     return "zeros" if bool((t == 0).all()) else None
@@ -204,8 +228,8 @@ class PositionalModel(nn.Module):
 def positional_model(model: nn.Module, dummy_input: Any) -> tuple[PositionalModel, tuple[torch.Tensor, ...]]:
     """The model wrapped to take the dummy input's tensors positionally, and those tensors."""
     items = dummy_input if isinstance(dummy_input, tuple) else (dummy_input,)
-    named = items[-1] if items and isinstance(items[-1], dict) else {}
-    positional = tuple(items[:-1] if named or (items and isinstance(items[-1], dict)) else items)
+    named = keyword_inputs(dummy_input)
+    positional = tuple(items[:-1] if items and isinstance(items[-1], dict) else items)
     tensors = tuple(v for v in named.values() if isinstance(v, torch.Tensor))
     return PositionalModel(model, len(positional), named), (*positional, *tensors)
 

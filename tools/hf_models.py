@@ -59,7 +59,9 @@ def gpt2() -> nn.Module:
     """GPT2LMHeadModel (Conv1D projections)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    config = GPT2Config(n_embd=64, n_layer=2, n_head=4, n_inner=128, vocab_size=100, n_positions=64, bos_token_id=0, eos_token_id=0)
+    config = GPT2Config(
+        n_embd=64, n_layer=2, n_head=4, n_inner=128, vocab_size=100, n_positions=64, bos_token_id=0, eos_token_id=0
+    )
     return GPT2LMHeadModel(config).eval()
 
 

@@ -44,7 +44,9 @@ def convert_command(
     from nasprune_cli.space_file import save_space
 
     kwargs = parse_kwargs(model_kwargs)
-    loaded = load_recipe(recipe, recipe_overrides(input_shape=input_shape, input_dtype=input_dtype), "command line", sets=sets or ())
+    loaded = load_recipe(
+        recipe, recipe_overrides(input_shape=input_shape, input_dtype=input_dtype), "command line", sets=sets or ()
+    )
     check_output(output_path, overwrite, inputs={"--recipe": recipe})  # fail before the slow part
     net = build_model(model, kwargs)
     space = convert(net, loaded, dummy_input_for(loaded, net))

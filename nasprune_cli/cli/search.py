@@ -227,7 +227,9 @@ def search_command(
     from nasprune_cli.searching.prepare import seed_everything
 
     kwargs = parse_kwargs(model_kwargs)
-    overrides = recipe_overrides(input_shape=input_shape, input_dtype=input_dtype, flops=flops, params=params, latency=latency)
+    overrides = recipe_overrides(
+        input_shape=input_shape, input_dtype=input_dtype, flops=flops, params=params, latency=latency
+    )
     settings = setting_flags(ctx.params)  # every flag named like a field of the recipe's search section
     if settings:
         overrides.setdefault("search", {}).update(settings)

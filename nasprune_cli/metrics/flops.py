@@ -18,7 +18,7 @@ from torch import nn
 
 from nasprune_cli.constraints import Cost
 from nasprune_cli.errors import TraceError
-from nasprune_cli.inputs import eval_mode, input_tensors, positional_model
+from nasprune_cli.inputs import eval_mode, input_tensors, keyword_inputs, positional_model
 
 FLOPS_UNIT = "fvcore FLOPs: one per multiply-add, on the dummy input, eval mode"
 
@@ -34,19 +34,18 @@ def _as_tuple(dummy_input: Any) -> tuple:
 
 def _counted(model: nn.Module, dummy_input: Any) -> tuple[nn.Module, tuple, str]:
     """(module, positional inputs, prefix of its module names) that fvcore counts for a model and dummy input."""
-    named = dummy_input[-1] if isinstance(dummy_input, tuple) and dummy_input and isinstance(dummy_input[-1], dict) else {}
-    if not named and not isinstance(model, _HF_OUTPUT_TYPES()):
+    if not keyword_inputs(dummy_input) and not _returns_model_output(model):
         return model, _as_tuple(dummy_input), ""
     wrapper, args = positional_model(model, dummy_input)
     return wrapper, args, "model."
 
 
-def _HF_OUTPUT_TYPES() -> tuple[type, ...]:  # noqa: N802 - a lazy constant
-    """Model classes that return a ModelOutput (transformers' PreTrainedModel, only when transformers is loaded)."""
+def _returns_model_output(model: nn.Module) -> bool:
+    """Whether a model is a transformers PreTrainedModel (a ModelOutput); transformers is not imported for this."""
     import sys
 
     module = sys.modules.get("transformers")
-    return (module.PreTrainedModel,) if module is not None else ()
+    return module is not None and isinstance(model, module.PreTrainedModel)
 
 
 def fvcore_flops(model: nn.Module, dummy_input: Any, by_module: bool = False) -> float | dict[str, float]:
@@ -64,7 +63,9 @@ def fvcore_flops(model: nn.Module, dummy_input: Any, by_module: bool = False) ->
             if by_module:
                 by_name = {k: float(v) for k, v in analysis.by_module().items()}
                 if prefix:  # the wrapper's names: "" and "model" are the model, "model.x" is x
-                    by_name = {k[len(prefix) :]: v for k, v in by_name.items() if k.startswith(prefix)} | {"": by_name[""]}
+                    by_name = {k[len(prefix) :]: v for k, v in by_name.items() if k.startswith(prefix)} | {
+                        "": by_name[""]
+                    }
                 return by_name
             return float(analysis.total())
     except Exception as exc:  # noqa: BLE001 - fvcore's jit trace fails in many ways; report one line

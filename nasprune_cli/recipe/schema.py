@@ -27,6 +27,7 @@ from nasprune_cli.constraints import CONSTRAINT_NAMES, parse_constraint
 from nasprune_cli.errors import NasPruneError
 from nasprune_cli.inputs import input_size_problem
 
+
 class TransformersAttention(nn.Module):
     """Stands for every transformers attention class nasprune prunes by heads (nasprune_cli/dynamic/hf_attention.py);
     never built."""
