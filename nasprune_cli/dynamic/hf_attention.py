@@ -88,6 +88,20 @@ class DynamicHFAttention(DynamicModule):
         if layout.o is not None:
             getattr(self, layout.o).set_index("in", index)
 
+    def side_magnitude(self, side: str) -> torch.Tensor | None:
+        """Per query feature: L1 of its q row, its key/value group's k and v rows, and its o column (None: "out")."""
+        if side != "heads":
+            return None
+        layout = self.layout()
+        with torch.no_grad():
+            score = getattr(self, layout.q).weight.detach().abs().sum(1).double()
+            kv = sum(getattr(self, p).weight.detach().abs().sum(1).double() for p in (layout.k, layout.v))
+            per_group = kv.view(-1, layout.head_dim).sum(1) / layout.unit  # shared by the group's query features
+            score = score + per_group.repeat_interleave(layout.unit)
+            if layout.o is not None:
+                score = score + getattr(self, layout.o).weight.detach().abs().sum(0).double()
+        return score
+
     def active_heads(self) -> int:
         """Query heads the active subnet keeps."""
         return self.active_size("heads") // self.layout().head_dim

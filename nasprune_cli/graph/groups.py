@@ -64,10 +64,10 @@ def build_groups(trace: Trace) -> Grouping:
     groups: list[ChannelGroup] = []
     for comp in components.values():
         first = sources[comp[0]]
-        kind = trace.layer_info.get(first.module, {}).get("type", "")
+        info = trace.layer_info.get(first.module, {})
         group = ChannelGroup(
             index=len(groups),
-            name=f"{first.module}.{_OUT_NAMES.get(kind, 'out_channels')}",
+            name=f"{first.module}.{info.get('out_name') or _OUT_NAMES.get(info.get('type', ''), 'out_channels')}",
             size=first.vec.numel(),
             sources=[sources[i].module for i in comp],
         )

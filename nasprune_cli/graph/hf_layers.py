@@ -69,7 +69,12 @@ def handle_hf_attention(ctx: TraceContext, name: str, m: nn.Module, args: tuple,
     ctx.freeze(lab, reason)
     in_vec = fixed_vec(hidden)
     heads = ctx.new_source(name, "heads", layout.heads * layout.head_dim)
-    ctx.layer_info[name] = {"type": type(m).__name__, "head_width": layout.unit, "head_side": "heads"}
+    ctx.layer_info[name] = {
+        "type": type(m).__name__,
+        "head_width": layout.unit,
+        "head_side": "heads",
+        "out_name": "head_features",  # the hparam: query features kept (heads x head_dim)
+    }
     tokens, keys = math.prod(x.shape[:-1]), x.shape[-2]
     kv_share = 2 / layout.groups  # key and value features per query feature
     ctx.add_flops(tokens * (1 + kv_share), [in_vec, heads])

@@ -69,8 +69,25 @@ def test_hf_gqa_heads_are_whole_key_value_groups() -> None:
     model = hf_models.llama()
     recipe = load_recipe("fastnas", TOKENS, "test", sets=["defaults.divisor=16"])
     space = convert(model, recipe, dummy_input_for(recipe, model))
-    hp = next(hp for hp in space.hparams.values() if hp.members == ("model.layers.0.self_attn.heads",))
+    hp = space.hparams["model.layers.0.self_attn.head_features"]
+    assert hp.members == ("model.layers.0.self_attn.heads",)
     assert hp.choices == (32, 64)  # 2 key/value groups of 2 query heads of 16
     attn = model.model.layers[0].self_attn
     with pytest.raises(Exception, match="whole key/value groups"):
         attn.set_index("heads", torch.arange(16))
+
+
+def test_hf_head_importance_keeps_the_strongest_key_value_group() -> None:
+    torch.manual_seed(0)
+    model = hf_models.llama()
+    recipe = load_recipe("fastnas", TOKENS, "test", sets=["defaults.divisor=16"])
+    space = convert(model, recipe, dummy_input_for(recipe, model))
+    attn = model.model.layers[0].self_attn
+    with torch.no_grad():  # weaken key/value group 0 and its two query heads
+        for proj, rows in ((attn.q_proj, 32), (attn.k_proj, 16), (attn.v_proj, 16)):
+            proj.weight[:rows] *= 0.01
+        attn.o_proj.weight[:, :32] *= 0.01
+    space.sort_parameters("magnitude")
+    space.select({"model.layers.0.self_attn.head_features": 32})
+    torch.testing.assert_close(attn.get_index("heads"), torch.arange(32, 64))
+    torch.testing.assert_close(attn.k_proj.get_index("out"), torch.arange(16, 32))
