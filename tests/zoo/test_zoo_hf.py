@@ -82,3 +82,21 @@ def test_hf_model_converts_searches_and_exports(name: str, budget: str) -> None:
             got, want = _floats(call_model(exported, x)), _floats(call_model(space.model, x))
         torch.testing.assert_close(got[0], want[0], rtol=1e-4, atol=1e-5)
         assert fvcore_flops(exported, x) == pytest.approx(space.cost(config).flops)
+
+
+def test_hf_pruned_file_restores_from_a_fresh_model(tmp_path) -> None:  # noqa: ANN001
+    from nasprune_cli import restore, save
+
+    torch.manual_seed(0)
+    model = hf_models.llama()
+    fresh = copy.deepcopy(model)
+    recipe = load_recipe("fastnas", TOKENS, "test", sets=["defaults.divisor=16"])
+    x = dummy_input_for(recipe, model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the no --data warning
+        result = search(model, {"flops": "60%"}, x, {"recipe": recipe, "max_batches": 1})
+    save(tmp_path / "pruned.pt", result)
+    restored = restore(fresh, tmp_path / "pruned.pt")
+    assert count_params(restored) == count_params(result.model) < count_params(fresh)
+    with torch.no_grad():
+        torch.testing.assert_close(call_model(restored, x).logits, call_model(result.model, x).logits)
