@@ -17,11 +17,11 @@ from nasprune_cli.metrics.flops import fvcore_flops  # noqa: E402
 from tools import hf_models  # noqa: E402
 
 TOKENS = {"input": {"shape": [1, 16], "dtype": "int64"}}
+# BERT style (no output projection inside) and Llama style with grouped-query attention; Qwen2, Mistral and ViT
+# run the same checks in tests/zoo/test_zoo_hf.py
 MODELS = {
     "bert": (hf_models.bert, TOKENS),
     "llama": (hf_models.llama, TOKENS),
-    "qwen2": (hf_models.qwen2, TOKENS),
-    "vit": (hf_models.vit, {"input": {"shape": [1, 3, 32, 32]}}),
 }
 
 
@@ -91,3 +91,19 @@ def test_hf_head_importance_keeps_the_strongest_key_value_group() -> None:
     space.select({"model.layers.0.self_attn.head_features": 32})
     torch.testing.assert_close(attn.get_index("heads"), torch.arange(32, 64))
     torch.testing.assert_close(attn.k_proj.get_index("out"), torch.arange(16, 32))
+
+
+def test_transformers_is_imported_only_for_models_that_use_it() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch\n"
+        "from nasprune_cli import convert, profile\n"
+        "model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))\n"
+        "space = convert(model, None, torch.randn(1, 8))\n"
+        "profile(space, None, torch.randn(1, 8), {})\n"
+        "print('transformers' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.strip() == "False"
