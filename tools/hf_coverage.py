@@ -140,9 +140,9 @@ def render(rows: dict[str, dict[str, Any]], notes: dict[str, str]) -> str:
         "(Llama / Mistral / Qwen2: gate and up projections together). The hidden size (embeddings, residual "
         "stream, LayerNorm / RMSNorm, the model's output) stays whole: transformers' attention and embeddings "
         "read it from the config. *prunable params*: share of all parameters in layers with a prunable side (the "
-        "embeddings and the LM head are not, and with 2 layers they weigh more than in the full model); *min*: the smallest subnet's params and FLOPs / original; *result*: "
-        "fvcore FLOPs of the exported search result / original. GPT-2 (`Conv1D` projections) profiles and exports "
-        "but is not pruned yet.",
+        "embeddings and the LM head are not, and with 2 layers they weigh more than in the full model); *min*: "
+        "the smallest subnet's params and FLOPs / original; *result*: fvcore FLOPs of the exported search result "
+        "/ original. GPT-2 (`Conv1D` projections) profiles and exports but is not pruned yet.",
         "",
         "| model | config | params | hparams | prunable params | min params | min FLOPs | result | time s |",
         "|---|---|---|---|---|---|---|---|---|",
