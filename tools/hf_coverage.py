@@ -109,7 +109,7 @@ def run_family(build: Any, section: dict[str, Any]) -> dict[str, Any]:
     space = convert(model, recipe, x)
     kinds: dict[str, int] = {}
     for hp in space.hparams.values():
-        kind = "heads" if hp.name.endswith(".head_features") else "MLP width" if hp.kind == "width" else hp.kind
+        kind = "heads" if hp.name.endswith(".head_features") else "widths" if hp.kind == "width" else hp.kind
         kinds[kind] = kinds.get(kind, 0) + 1
     original = space.original_cost
     smallest = space.cost(space.min())
@@ -139,10 +139,11 @@ def render(rows: dict[str, dict[str, Any]], notes: dict[str, str]) -> str:
         "grouped-query attention whole key/value groups with their query heads) and the MLP's intermediate width "
         "(Llama / Mistral / Qwen2: gate and up projections together). The hidden size (embeddings, residual "
         "stream, LayerNorm / RMSNorm, the model's output) stays whole: transformers' attention and embeddings "
-        "read it from the config. *prunable params*: share of all parameters in layers with a prunable side (the "
-        "embeddings and the LM head are not, and with 2 layers they weigh more than in the full model); *min*: "
-        "the smallest subnet's params and FLOPs / original; *result*: fvcore FLOPs of the exported search result "
-        "/ original. GPT-2 (`Conv1D` projections) profiles and exports but is not pruned yet.",
+        "read it from the config. *hparams*: head groups and the other widths (MLPs, BERT's pooler); *prunable "
+        "params*: share of all parameters in layers with a prunable side (the embeddings and the LM head are not, "
+        "and with 2 layers they weigh more than in the full model); *min*: the smallest subnet's params and FLOPs "
+        "/ original; *result*: fvcore FLOPs of the exported search result / original. GPT-2 (`Conv1D` "
+        "projections) profiles and exports but is not pruned yet.",
         "",
         "| model | config | params | hparams | prunable params | min params | min FLOPs | result | time s |",
         "|---|---|---|---|---|---|---|---|---|",
