@@ -1,7 +1,8 @@
 """Regenerate the transformers section of docs/COVERAGE.md: what nasprune prunes in each supported family, on
 randomly initialised models at real widths (fewer layers where a full model would not fit a CI machine).
 
-Usage: python tools/hf_coverage.py [--output docs/COVERAGE.md]
+Usage: python tools/hf_coverage.py [--models LlamaForCausalLM ...] [--output docs/COVERAGE.md]
+docs/COVERAGE_HF.json: every row's figures; a run with --models updates those rows and keeps the others.
 The section runs from MARKER to the end of the file; tools/coverage.py keeps it when it rewrites the table above.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import time
 import warnings
 from pathlib import Path
@@ -113,16 +115,19 @@ def run_family(build: Any, section: dict[str, Any]) -> dict[str, Any]:
         kinds[kind] = kinds.get(kind, 0) + 1
     original = space.original_cost
     smallest = space.cost(space.min())
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        result = search(space, {"flops": "60%"}, x, {"recipe": copy.deepcopy(recipe), "max_batches": 1})
+    ratio: float | None = None
+    if smallest.flops <= 0.6 * original.flops:  # else what is frozen (an LM head over a large vocabulary) weighs more
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            result = search(space, {"flops": "60%"}, x, {"recipe": copy.deepcopy(recipe), "max_batches": 1})
+        ratio = fvcore_flops(result.model, x) / original.flops
     return {
         "params": original.params,
         "kinds": kinds,
         "prunable": prunable_params(space) / original.params,
         "min_params": smallest.params / original.params,
         "min_flops": smallest.flops / original.flops,
-        "result": fvcore_flops(result.model, x) / original.flops,
+        "result": ratio,
         "seconds": time.perf_counter() - start,
     }
 
@@ -153,9 +158,10 @@ def render(rows: dict[str, dict[str, Any]], notes: dict[str, str]) -> str:
             lines.append(f"| {name} | {notes[name]} | | | | | | **FAILED** {row['error']} | |")
             continue
         kinds = ", ".join(f"{n} {k}" for k, n in row["kinds"].items())
+        result = "60% not reachable" if row["result"] is None else f"{row['result']:.3f}"
         lines.append(
             f"| {name} | {notes[name]} | {row['params'] / 1e6:.1f} M | {kinds} | {row['prunable']:.1%} | "
-            f"{row['min_params']:.3f} | {row['min_flops']:.3f} | {row['result']:.3f} | {row['seconds']:.0f} |"
+            f"{row['min_params']:.3f} | {row['min_flops']:.3f} | {result} | {row['seconds']:.0f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -163,19 +169,24 @@ def render(rows: dict[str, dict[str, Any]], notes: dict[str, str]) -> str:
 def main() -> int:
     """Run every family and rewrite the section."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    families = _families()
+    parser.add_argument("--models", nargs="*", default=list(families), choices=list(families))
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "COVERAGE.md")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    rows: dict[str, dict[str, Any]] = {}
-    notes = {}
-    for name, (build, section, note) in _families().items():
+    store = args.output.parent / "COVERAGE_HF.json"
+    rows: dict[str, dict[str, Any]] = json.loads(store.read_text()) if store.is_file() else {}
+    notes = {name: note for name, (_, _, note) in families.items()}
+    for name in args.models:
+        build, section, _ = families[name]
         print(f"{name} ...", flush=True)
-        notes[name] = note
         try:
             rows[name] = run_family(build, section)
         except Exception as exc:  # noqa: BLE001 - a failing model is a row of the table
             rows[name] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}".replace("|", "\\|")}
         print(f"{name}: {rows[name]}", flush=True)
+    rows = {n: rows[n] for n in families if n in rows}
+    store.write_text(json.dumps(rows, indent=1) + "\n")
     text = args.output.read_text() if args.output.is_file() else ""
     head = text.split(MARKER)[0].rstrip("\n")
     args.output.write_text((head + "\n\n" if head else "") + render(rows, notes))
