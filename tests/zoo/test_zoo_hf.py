@@ -100,3 +100,18 @@ def test_hf_pruned_file_restores_from_a_fresh_model(tmp_path) -> None:  # noqa: 
     assert count_params(restored) == count_params(result.model) < count_params(fresh)
     with torch.no_grad():
         torch.testing.assert_close(call_model(restored, x).logits, call_model(result.model, x).logits)
+
+
+@pytest.mark.parametrize("name", ["bert", "llama"])
+def test_hf_eager_attention_cost_matches_fvcore(name: str) -> None:
+    build, overrides = MODELS[name]
+    torch.manual_seed(0)
+    model = build()
+    model.config._attn_implementation = "eager"  # fvcore counts its two matmuls (not scaled_dot_product_attention)
+    recipe = load_recipe("fastnas", overrides, "test", sets=["defaults.divisor=16"])
+    x = dummy_input_for(recipe, model)
+    space = convert(model, recipe, x)
+    rng = random.Random(2)
+    for _ in range(2):
+        config = space.sample(rng)
+        assert fvcore_flops(space.export(), x) == pytest.approx(space.cost(config).flops)
