@@ -14,6 +14,7 @@ from nasprune_cli.dynamic import make_dynamic
 from nasprune_cli.dynamic.base import type_label
 from nasprune_cli.errors import NasPruneError
 from nasprune_cli.graph.groups import Grouping, apply_block_constraints, build_groups
+from nasprune_cli.graph.hf_layers import EXTERNAL_LAYERS
 from nasprune_cli.graph.layers import ATTENTION_TYPES
 from nasprune_cli.graph.trace import Trace, trace_model
 from nasprune_cli.hparams import Hparam, depth_gates
@@ -28,14 +29,15 @@ def convert(model: nn.Module, recipe: Any = None, dummy_input: Any = None) -> Se
     """Convert a model in place into a search space following the recipe's rules (None: all defaults)."""
     if isinstance(model, SearchSpace):
         raise NasPruneError("convert: the model is already converted (got a SearchSpace)")
+    load_extensions(model)
     if dummy_input is None:
-        dummy_input = dummy_input_for(recipe)
+        dummy_input = dummy_input_for(recipe, model)
     resolved = resolve_rules(recipe, model)
     _warn_unused(resolved.unused_patterns)
     rules = resolved.by_module
     converted = {name for name, rule in rules.items() if rule is not None}
     modules = dict(model.named_modules())
-    attention = [n for n in converted if isinstance(modules[n], ATTENTION_TYPES)]
+    attention = [n for n in converted if isinstance(modules[n], ATTENTION_TYPES) or type(modules[n]) in EXTERNAL_LAYERS]
     # an attention block slices its own projections: its inner layers are not converted on their own
     converted -= {n for n in converted if any(n.startswith(f"{a}.") for a in attention)}
     depth_seqs = [n for n in converted if isinstance(modules[n], nn.Sequential)]
@@ -79,6 +81,12 @@ def convert(model: nn.Module, recipe: Any = None, dummy_input: Any = None) -> Se
     return SearchSpace(
         model, dummy_input, hparams, frozen, grouping, group_hparams, sides, cost_model, original, stages=stages
     )
+
+
+def load_extensions(model: nn.Module) -> None:
+    """Register the dynamic layers of the libraries a model uses (transformers' attention); imports nothing else."""
+    if any(type(m).__module__.startswith("transformers.") for m in model.modules()):
+        import nasprune_cli.dynamic.hf_attention  # noqa: F401 - registers on import
 
 
 def _freeze_unconverted(grouping: Grouping, converted: set[str], modules: dict[str, nn.Module]) -> None:

@@ -72,7 +72,7 @@ def save_space(
         "format_version": FORMAT_VERSION,
         "model": {"entry_point": model_spec["entry_point"], "kwargs": dict(model_spec.get("kwargs") or {})},
         "recipe": recipe_to_dict(recipe),
-        "input": {"shape": recipe.input.shape, "dtype": recipe.input.dtype},
+        "input": recipe_to_dict(recipe)["input"],
         "config": dict(space.config()),
         "hparams": [
             {

@@ -11,6 +11,7 @@ import typer
 from nasprune_cli.cli import output
 from nasprune_cli.cli.options import (
     FlopsOpt,
+    InputDtypeOpt,
     InputShapeOpt,
     JsonOpt,
     LatencyOpt,
@@ -193,6 +194,7 @@ def search_command(
     latency_table: LatencyTableOpt = None,
     latency_batch: LatencyBatchOpt = None,
     input_shape: InputShapeOpt = None,
+    input_dtype: InputDtypeOpt = None,
     searcher: SearcherOpt = None,
     score: ScoreOpt = None,
     data: DataOpt = None,
@@ -225,7 +227,9 @@ def search_command(
     from nasprune_cli.searching.prepare import seed_everything
 
     kwargs = parse_kwargs(model_kwargs)
-    overrides = recipe_overrides(input_shape=input_shape, flops=flops, params=params, latency=latency)
+    overrides = recipe_overrides(
+        input_shape=input_shape, input_dtype=input_dtype, flops=flops, params=params, latency=latency
+    )
     settings = setting_flags(ctx.params)  # every flag named like a field of the recipe's search section
     if settings:
         overrides.setdefault("search", {}).update(settings)
@@ -245,7 +249,7 @@ def search_command(
     with progress as on_progress:
         options = search_options({**config, "on_progress": on_progress})
         progress.info = score_info(options.score.value, options.score.name)
-        result = search(net, None, dummy_input_for(loaded), options)
+        result = search(net, None, dummy_input_for(loaded, net), options)
     if output_path is not None:
         save_pruned(output_path, result, overwrite=overwrite)
 

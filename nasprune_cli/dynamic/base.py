@@ -11,6 +11,8 @@ from torch import nn
 from nasprune_cli.errors import NasPruneError
 
 DYNAMIC_REGISTRY: dict[type[nn.Module], type[DynamicModule]] = {}
+# recipe type names of other libraries' layers, registered when a model uses them (transformers.Attention)
+EXTERNAL_TYPE_NAMES: dict[type[nn.Module], str] = {}
 
 _D = TypeVar("_D", bound="type[DynamicModule]")
 _PLAIN_ATTR_TYPES = (bool, int, float, str, tuple, type(None))

@@ -12,6 +12,7 @@ from torchvision.models.maxvit import RelativePositionalMultiHeadAttention
 from torchvision.models.swin_transformer import ShiftedWindowAttention
 
 from nasprune_cli.graph.context import CostTerm, TraceContext
+from nasprune_cli.graph.hf_layers import EXTERNAL_LAYERS
 from nasprune_cli.graph.labels import ChannelLabels, fixed_vec
 
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -38,8 +39,23 @@ def _input_vec(ctx: TraceContext, name: str, x: torch.Tensor, dim: int, size: in
     return lab.vec
 
 
+def is_atomic(module: nn.Module) -> bool:
+    """Whether the tracer runs a module as one op: a convertible layer, or another library's (EXTERNAL_LAYERS)."""
+    return type(module) in ATOMIC_TYPES or type(module) in EXTERNAL_LAYERS
+
+
 def handle_layer(ctx: TraceContext, name: str, module: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
     """Apply the channel rule of one call of a convertible layer."""
+    external = EXTERNAL_LAYERS.get(type(module))
+    if external is not None:
+        first = name not in ctx.layer_info
+        params_before = len(ctx.params)
+        external(ctx, name, module, args, kwargs, out)
+        if not first:  # a shared layer's parameters are counted once
+            del ctx.params[params_before:]
+        for term in ctx.params[params_before:]:
+            term.scope = tuple(ctx.stack)
+        return
     x = args[0] if args else kwargs.get("input")
     if not isinstance(x, torch.Tensor) or not isinstance(out, torch.Tensor):
         for t in list(args) + list(kwargs.values()):

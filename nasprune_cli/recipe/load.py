@@ -63,6 +63,9 @@ def recipe_to_dict(recipe: Recipe, *, effective_rules: bool = False) -> dict[str
     checkpoints and `nasprune recipe show`. `effective_rules`: also write the mode's rules when there is no `rules`
     section (they are written anyway when `defaults` changes them)."""
     data = recipe.model_dump(mode="json", exclude={"rules", "defaults"})
+    for key, unset in (("high", None), ("keywords", {})):  # the token-input keys only when set (older files lack them)
+        if data["input"].get(key) == unset:
+            del data["input"][key]
     rules = recipe.rules_table() if effective_rules or (recipe.rules is None and recipe.defaults) else recipe.rules
     if rules is None:
         data["rules"] = None

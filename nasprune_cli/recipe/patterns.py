@@ -9,7 +9,7 @@ from fnmatch import fnmatchcase
 
 from torch import nn
 
-from nasprune_cli.dynamic.base import is_sequential_like
+from nasprune_cli.dynamic.base import EXTERNAL_TYPE_NAMES, is_sequential_like
 from nasprune_cli.recipe.schema import MODULE_TYPES, LayerRule, Recipe
 
 _TYPE_NAMES: dict[type[nn.Module], str] = {cls: name for name, cls in MODULE_TYPES.items()}
@@ -30,7 +30,7 @@ def resolve_rules(recipe: Recipe | None, model: nn.Module) -> ResolvedRules:
     resolved = ResolvedRules()
     used: set[tuple[str, str]] = set()
     for name, module in model.named_modules():
-        type_name = _TYPE_NAMES.get(type(module))
+        type_name = _TYPE_NAMES.get(type(module)) or EXTERNAL_TYPE_NAMES.get(type(module))
         stage = type_name is None and is_sequential_like(type(module))
         if stage:
             type_name = "nn.Sequential"
