@@ -25,7 +25,11 @@ def deep_space():
     """Width, depth and kernel-size hparams on a small conv net (logits out)."""
     torch.manual_seed(0)
     model = nn.Sequential(
-        cbr(3, 8), nn.Sequential(cbr(8, 8), cbr(8, 8), cbr(8, 8)), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5)
+        cbr(3, 8),
+        nn.Sequential(cbr(8, 8), cbr(8, 8), cbr(8, 8)),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 5),
     )
     return convert(model.eval(), recipe_from_dict({"mode": "autonas", "rules": RULES}), torch.randn(1, 3, 8, 8))
 
