@@ -34,7 +34,7 @@ METHOD_NAMES = {
 def load_results(results: Path, suffix: str = "") -> dict[str, dict[str, Any]]:
     """{"quality": ..., "overhead": ..., "latency": ...} from <results>/<name><suffix>.json (missing ones left out)."""
     out = {}
-    for name in ("quality", "overhead", "latency"):
+    for name in ("quality", "overhead", "latency", "training"):
         path = results / f"{name}{suffix}.json"
         if path.is_file():
             out[name] = json.loads(path.read_text())
@@ -602,6 +602,13 @@ def render(results: Mapping[str, Mapping[str, Any]], notes: str = "") -> str:
         out += ["## 3. Real speedup", "", "Not run.", ""]
     if "overhead" in results:
         out += [render_memory(results["overhead"]), ""]
+    if "training" in results:  # table 4, rendered by bench/training.py
+        try:
+            from training import render as render_training  # run as a script: bench/ is on the path
+        except ImportError:
+            from bench.training import render as render_training
+
+        out += [render_training(results["training"]), ""]
     if notes.strip():
         out += [notes.strip(), ""]
     return "\n".join(out)

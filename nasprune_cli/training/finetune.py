@@ -48,12 +48,13 @@ def finetune(
     on_progress: Progress | None = None,
     device: torch.device | str | None = None,
 ) -> FinetuneResult:
-    """Train a (pruned) model in place on the --loss; `teacher` (the original model, frozen) is needed for kd."""
+    """Train a (pruned) model in place on the --loss; `teacher` (the original model, put in eval mode and run without
+    gradients) is needed for kd."""
     _check_teacher(teacher, settings)
     require_labels(data.batches, settings.loss)
     torch.manual_seed(settings.seed)
     if teacher is not None:
-        teacher.to(device or "cpu").eval().requires_grad_(False)
+        teacher.to(device or "cpu").eval()  # run under no_grad (steps.teacher_outputs): its parameters are untouched
     model.to(device or "cpu")
     before = measure(model, data.score, data.score_name)
     fp = {
