@@ -240,17 +240,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     set_threads(args.threads)
     started = time.perf_counter()
-    rows = []
-    for seed in range(args.seeds):
-        rows.append(one_seed(seed, args))
-        print(f"seed {seed} done after {time.perf_counter() - started:.0f} s", flush=True)
     splits = task.load_splits()
     baseline, _ = task.trained_model(splits, epochs=args.epochs, seed=0)
-    data = {"args": vars(args), "rows": rows, "step_ms": step_times(baseline, splits, 12)}
-    path = write_result(args.name, {**data, "seconds": time.perf_counter() - started})
-    stored = json.loads(path.read_text())
-    (RESULTS / f"{args.name}.md").write_text(render(stored) + "\n")
-    print(f"wrote {path} and {RESULTS / f'{args.name}.md'}")
+    step_ms = step_times(baseline, splits, 12)
+    rows: list[dict[str, Any]] = []
+    for seed in range(args.seeds):  # the results are written after every seed: a cut-short run keeps what it did
+        rows.append(one_seed(seed, args))
+        data = {"args": vars(args), "rows": rows, "step_ms": step_ms, "seconds": time.perf_counter() - started}
+        path = write_result(args.name, data)
+        (RESULTS / f"{args.name}.md").write_text(render(json.loads(path.read_text())) + "\n")
+        print(f"seed {seed} done after {time.perf_counter() - started:.0f} s; wrote {path}", flush=True)
     return 0
 
 
