@@ -9,7 +9,7 @@ import typer
 
 from nasprune_cli.cli import output
 from nasprune_cli.cli.options import JsonOpt, ModelKwargsOpt, ModelOpt, OutputOpt, OverwriteOpt
-from nasprune_cli.cli.search import CollectOpt, QuietOpt, ScoreOpt
+from nasprune_cli.cli.search import CollectOpt, QuietOpt
 from nasprune_cli.cli.train import (
     EpochsOpt,
     LossOpt,
@@ -21,6 +21,7 @@ from nasprune_cli.cli.train import (
     TrainDataOpt,
     TrainMaxBatchesOpt,
     TrainProgress,
+    TrainScoreOpt,
     TrainSeedOpt,
     WeightDecayOpt,
     _percent,
@@ -41,7 +42,7 @@ def finetune_command(
     data: TrainDataOpt,
     model_kwargs: ModelKwargsOpt = None,
     collect: CollectOpt = None,
-    score: ScoreOpt = None,
+    score: TrainScoreOpt = None,
     loss: LossOpt = "kd",
     temperature: TemperatureOpt = 4.0,
     epochs: EpochsOpt = None,

@@ -20,7 +20,7 @@ from nasprune_cli.cli.options import (
     SetOpt,
     recipe_overrides,
 )
-from nasprune_cli.cli.search import CollectOpt, QuietOpt, ScoreOpt, _Progress
+from nasprune_cli.cli.search import CollectOpt, QuietOpt, _Progress
 
 TrainDataOpt = Annotated[
     str,
@@ -28,6 +28,15 @@ TrainDataOpt = Annotated[
         "--data",
         help="Training batches: a data function 'pkg.module:fn' returning an iterable of batches, imagefolder:DIR or "
         "tensors:FILE; (inputs, labels) batches for --loss ce.",
+        show_default=False,
+    ),
+]
+TrainScoreOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--score",
+        help="Score to report before and after: top1 / top5 / loss on the labelled --data batches, or a score "
+        "function 'pkg.module:fn', fn(model) -> float (e.g. accuracy on held-out data). Default: none.",
         show_default=False,
     ),
 ]
@@ -95,7 +104,7 @@ def train_command(
     sets: SetOpt = None,
     input_shape: InputShapeOpt = None,
     collect: CollectOpt = None,
-    score: ScoreOpt = None,
+    score: TrainScoreOpt = None,
     sampling: SamplingOpt = "sandwich",
     loss: LossOpt = "kd",
     temperature: TemperatureOpt = 4.0,
