@@ -24,10 +24,10 @@ from nasprune_cli.cli.train import (
     TrainScoreOpt,
     TrainSeedOpt,
     WeightDecayOpt,
-    _percent,
     check_files,
     print_training,
     progress_mode,
+    score_fields,
 )
 
 PrunedInOpt = Annotated[
@@ -80,7 +80,7 @@ def finetune_command(
     prepared = training_data(data, dummy, score, collect)
     with TrainProgress(progress_mode(quiet)) as on_progress:
         result = finetune(student, teacher, prepared, settings, on_progress)
-    summary = {**result.summary(), "score": prepared.score_name, "score_percent": _percent(prepared.score)}
+    summary = {**result.summary(), **score_fields(prepared.score, prepared.score_name)}
     save_finetuned(output_path, stored, result.model, summary, overwrite=overwrite)
     if json_out:
         output.print_json({**summary, "output": str(output_path)})

@@ -143,7 +143,7 @@ def train_command(
     prepared = training_data(data, dummy, score, collect)
     with TrainProgress(progress_mode(quiet)) as on_progress:
         result = train_space(space, prepared, settings, on_progress, importance=loaded.search.importance)
-    summary = {**result.summary(), "score": prepared.score_name, "score_percent": _percent(prepared.score)}
+    summary = {**result.summary(), **score_fields(prepared.score, prepared.score_name)}
     save_space(output_path, space, {"entry_point": model, "kwargs": kwargs}, loaded, overwrite, training=summary)
     if json_out:
         output.print_json({**summary, "output": str(output_path)})
@@ -172,24 +172,27 @@ def print_training(summary: dict[str, Any]) -> None:
         rows.append(("resumed from step", summary["resumed_from_step"]))
     rows += [(f"final {k} (mean of last 10 steps)", f"{v:.4f}") for k, v in summary["final_loss"].items()]
     output.print_table(output.table("Training", ["", "value"], rows))
-    if "scores_before" in summary and summary.get("score"):
+    if not summary.get("score"):
+        return
+    pct = summary.get("score_percent", False)
+    if "scores_before" in summary:  # a trained space: its largest and smallest subnets
         before, after = summary["scores_before"], summary["scores_after"]
-        pct = summary.get("score_percent", False)
-        table = [(name, _fmt(before[name], pct), _fmt(after[name], pct)) for name in ("largest", "smallest")]
-        output.print_table(output.table(f"Subnet score ({summary['score']})", ["subnet", "before", "after"], table))
-    elif summary.get("score"):
-        pct = summary.get("score_percent", False)
-        output.print_table(
-            output.table(
-                f"Score ({summary['score']})",
-                ["before", "after"],
-                [(_fmt(summary["score_before"], pct), _fmt(summary["score_after"], pct))],
-            )
-        )
+        names = ("largest", "smallest")
+        table = [(f"{name} subnet", _fmt(before[name], pct), _fmt(after[name], pct)) for name in names]
+    else:
+        table = [("model", _fmt(summary["score_before"], pct), _fmt(summary["score_after"], pct))]
+    output.print_table(output.table("Score", ["", "before", "after"], table))
+    output.print_text(f"score: {summary['score_label']} ({summary['score']})")
 
 
-def _percent(score: Any) -> bool:
-    return bool(getattr(score, "percent", False))
+def score_fields(score: Any, name: str | None) -> dict[str, Any]:
+    """What the summary says of the score: its spec, its label and whether it is shown as a percent."""
+    if score is None:
+        return {"score": None, "score_label": None, "score_percent": False}
+    from nasprune_cli.metrics.score import score_info
+
+    info = score_info(score, name or "score")
+    return {"score": name, "score_label": info.label, "score_percent": info.percent}
 
 
 def _fmt(value: float | None, percent: bool = False) -> str:

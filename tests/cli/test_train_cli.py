@@ -70,10 +70,12 @@ def test_a_rerun_with_the_checkpoint_resumes(runner: CliRunner, tmp_path: Path) 
 
 def test_progress_lines_without_a_terminal(runner: CliRunner, tmp_path: Path) -> None:
     args = [a for a in TRAIN if a != "--quiet"]
-    result = runner.invoke(app, ["train", *args, "--loss", "ce", "--output", str(tmp_path / "s.pt")])
+    score = ["--score", "nasprune_cli.demo:score"]
+    result = runner.invoke(app, ["train", *args, *score, "--loss", "ce", "--output", str(tmp_path / "s.pt")])
     assert result.exit_code == 0, result.output
     assert "train: started, 2 steps" in result.stderr and "train: done, 2/2 steps" in result.stderr
-    assert "Training" in result.stdout
+    assert "Training" in result.stdout and "largest subnet" in result.stdout and "smallest subnet" in result.stdout
+    assert "score: validation accuracy (held-out digits)" in result.stdout
 
 
 def test_a_label_loss_on_unlabelled_data_is_one_error(runner: CliRunner, tmp_path: Path, unlabelled: str) -> None:
