@@ -236,6 +236,24 @@ def save_pruned(path: str | Path, result: SearchResult, *, overwrite: bool = Fal
     return atomic_save(add_checksum(data), path)
 
 
+def save_finetuned(
+    path: str | Path,
+    pruned: Mapping[str, Any],
+    model: nn.Module,
+    finetune: Mapping[str, Any],
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """Write a fine-tuned copy of a pruned-model file (`load_pruned` data): the same subnet, recipe and report with
+    the model's weights, and what the fine-tuning did under metrics["finetune"]."""
+    path = Path(path)
+    check_output(path, overwrite, "--overwrite, or overwrite=True,")
+    data = {key: value for key, value in pruned.items() if key != "sha256"}
+    data["state_dict"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    data["metrics"] = {**dict(pruned.get("metrics") or {}), "finetune": dict(finetune)}
+    return atomic_save(add_checksum(data), path)
+
+
 def load_pruned(path: str | Path) -> dict[str, Any]:
     """Read and check a pruned-model file written by `save_pruned`: kind, checksum, every field."""
     path = Path(path)

@@ -176,6 +176,15 @@ ReportOpt = Annotated[
         show_default=False,
     ),
 ]
+SpaceOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--space",
+        help="Search a trained space (`nasprune train --output`) or a converted one (`nasprune convert --output`) of "
+        "--model instead of converting --model; pass the --recipe it was made with.",
+        show_default=False,
+    ),
+]
 SearchOutputOpt = Annotated[
     Path | None,
     typer.Option("--output", "-o", help="Pruned-model file to write (e.g. pruned.pt).", show_default=False),
@@ -216,6 +225,7 @@ def search_command(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
     report: ReportOpt = None,
+    space: SpaceOpt = None,
 ) -> None:
     """Search the best subnet within --flops / --params / --latency and write the pruned model (--output)."""
     from nasprune_cli.checkpoint import save_pruned
@@ -245,6 +255,8 @@ def search_command(
 
     seed_everything(loaded.search.seed)  # a builder that initialises randomly builds the same model every run
     net = build_model(model, kwargs)
+    if space is not None:
+        net = restore_space_for(space, net, loaded)
     progress = _Progress("off" if quiet else "bars" if sys.stderr.isatty() else "lines")
     with progress as on_progress:
         options = search_options({**config, "on_progress": on_progress})
@@ -272,6 +284,23 @@ def search_command(
         output.info(f"wrote {output_path}")
     elif not json_out:
         output.info("pass --output pruned.pt to save the pruned model")
+
+
+def restore_space_for(path: Path, net: Any, recipe: Any) -> Any:
+    """The space of a `--space` file rebuilt on `net`; refused when it was made with other layer rules or input than
+    the --recipe (the pruned file stores the --recipe, and `restore` rebuilds from it)."""
+    from nasprune_cli.errors import CheckpointError
+    from nasprune_cli.recipe.load import recipe_to_dict
+    from nasprune_cli.space_file import load_space, restore_space
+
+    stored, given = load_space(path), recipe_to_dict(recipe)
+    for key in ("mode", "defaults", "rules", "input"):
+        if (stored.get("recipe") or {}).get(key) != given.get(key):
+            raise CheckpointError(
+                f"--space {path}: the space was made with another recipe ({key} differs from the --recipe's); pass "
+                "the --recipe (and --set / --input-shape) it was converted or trained with"
+            )
+    return restore_space(path, net)
 
 
 def check_files(output_path: Path | None, checkpoint: Any, table: Any, recipe: Path | None, overwrite: bool) -> None:

@@ -141,7 +141,8 @@ def _evaluator(space: SearchSpace, dummy_input: Any, options: SearchOptions) -> 
             data = data.batches(dummy_input)
         batches = load_batches(data, settings.max_batches, options.data.name)
     seed_everything(settings.seed)
-    space.sort_parameters(settings.importance)
+    if not space.order_locked:  # a trained space keeps the order its subnets were trained in
+        space.sort_parameters(settings.importance)
     space.select(space.max())
     score_fn = options.score.value
     on_score = getattr(options.on_progress, "on_score", None)
