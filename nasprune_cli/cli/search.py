@@ -255,13 +255,14 @@ def search_command(
 
     seed_everything(loaded.search.seed)  # a builder that initialises randomly builds the same model every run
     net = build_model(model, kwargs)
+    dummy_input = dummy_input_for(loaded, net)  # from the plain model (a token model's vocabulary, its keywords)
     if space is not None:
         net = restore_space_for(space, net, loaded)
     progress = _Progress("off" if quiet else "bars" if sys.stderr.isatty() else "lines")
     with progress as on_progress:
         options = search_options({**config, "on_progress": on_progress})
         progress.info = score_info(options.score.value, options.score.name)
-        result = search(net, None, dummy_input_for(loaded, net), options)
+        result = search(net, None, dummy_input, options)
     if output_path is not None:
         save_pruned(output_path, result, overwrite=overwrite)
 
