@@ -25,3 +25,7 @@ class SearchError(NasPruneError):
 
 class CheckpointError(NasPruneError):
     """A checkpoint or pruned-model file is missing, corrupt or made for something else."""
+
+
+class DeviceError(NasPruneError):
+    """The requested device does not exist, or ran out of memory."""

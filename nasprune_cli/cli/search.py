@@ -175,6 +175,15 @@ ReportOpt = Annotated[
         show_default=False,
     ),
 ]
+DeviceOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--device",
+        help="Where the model runs during the search: auto (the first CUDA GPU, else the CPU; under torchrun the "
+        "LOCAL_RANK GPU), cpu, cuda, cuda:N or mps. Default: the recipe's, else auto.",
+        show_default=False,
+    ),
+]
 SearchOutputOpt = Annotated[
     Path | None,
     typer.Option("--output", "-o", help="Pruned-model file to write (e.g. pruned.pt).", show_default=False),
@@ -209,6 +218,7 @@ def search_command(
     importance: ImportanceOpt = None,
     reconstruct: ReconstructOpt = None,
     checkpoint: CheckpointOpt = None,
+    device: DeviceOpt = None,
     output_path: SearchOutputOpt = None,
     overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
@@ -217,6 +227,7 @@ def search_command(
 ) -> None:
     """Search the best subnet within --flops / --params / --latency and write the pruned model (--output)."""
     from nasprune_cli.checkpoint import save_pruned
+    from nasprune_cli.distributed import init_world
     from nasprune_cli.inputs import dummy_input_for
     from nasprune_cli.loading import build_model, parse_kwargs
     from nasprune_cli.metrics.score import score_info
@@ -239,6 +250,10 @@ def search_command(
     if report is not None:
         check_report(report, overwrite, output_path, recipe)
 
+    world = init_world(loaded.search.device)  # under torchrun: rank 0 writes and reports, the others follow
+    if not world.is_main:
+        quiet = True
+        _follower()
     seed_everything(loaded.search.seed)  # a builder that initialises randomly builds the same model every run
     net = build_model(model, kwargs)
     progress = _Progress("off" if quiet else "bars" if sys.stderr.isatty() else "lines")
@@ -246,6 +261,8 @@ def search_command(
         options = search_options({**config, "on_progress": on_progress})
         progress.info = score_info(options.score.value, options.score.name)
         result = search(net, None, dummy_input_for(loaded), options)
+    if not world.is_main:
+        return
     if output_path is not None:
         save_pruned(output_path, result, overwrite=overwrite)
 
@@ -267,6 +284,13 @@ def search_command(
         output.info(f"wrote {output_path}")
     elif not json_out:
         output.info("pass --output pruned.pt to save the pruned model")
+
+
+def _follower() -> None:
+    """A rank other than 0 shows no warnings (rank 0 shows the same ones); its errors are still printed."""
+    import warnings
+
+    warnings.filterwarnings("ignore")
 
 
 def check_files(output_path: Path | None, checkpoint: Any, table: Any, recipe: Path | None, overwrite: bool) -> None:
