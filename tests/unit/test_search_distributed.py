@@ -187,3 +187,26 @@ def test_a_single_process_world_costs_nothing_and_raises_its_own_error() -> None
     world.agree(None, "anything")
     with pytest.raises(SearchError, match="own"):
         world.agree(SearchError("its own"), "anything")
+
+
+@pytest.mark.slow
+def test_torchrun_cli_writes_once_what_one_process_finds(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    args = ["-m", "nasprune_cli", "search", "--model", "tests.toys:Chain", "--input-shape", "1,3,16,16", "--flops",
+            "45%", "--device", "cpu", "--max-batches", "2", "--json", "--quiet"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
+    two = subprocess.run([*torchrun, *args, "--output", str(tmp_path / "p.pt")], capture_output=True, text=True,
+                         env=env, cwd=root, timeout=300)
+    one = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, cwd=root, timeout=300)
+    assert two.returncode == 0 and one.returncode == 0, two.stderr[-2000:]
+    got, expected = json.loads(two.stdout), json.loads(one.stdout)  # one JSON document: rank 1 prints nothing
+    assert got["config"] == expected["config"] and got["metrics"]["pruned"] == expected["metrics"]["pruned"]
+    assert got["metrics"]["evaluations"] == expected["metrics"]["evaluations"]
+    assert two.stderr.count("wrote ") == 1 and (tmp_path / "p.pt").is_file()
