@@ -34,7 +34,7 @@ METHOD_NAMES = {
 def load_results(results: Path, suffix: str = "") -> dict[str, dict[str, Any]]:
     """{"quality": ..., "overhead": ..., "latency": ...} from <results>/<name><suffix>.json (missing ones left out)."""
     out = {}
-    for name in ("quality", "overhead", "latency"):
+    for name in ("quality", "overhead", "latency", "scale"):
         path = results / f"{name}{suffix}.json"
         if path.is_file():
             out[name] = json.loads(path.read_text())
@@ -578,6 +578,56 @@ def render_memory(data: Mapping[str, Any]) -> str:
     return "\n".join(out)
 
 
+def render_scale(data: Mapping[str, Any]) -> str:
+    """Scaling out: one search across 1 and 2 CPU processes (bench/scale.py)."""
+    shape, machine = data.get("shape", {}), data.get("machine", {})
+    out = [
+        "## 4. Scaling out (one search across CPU processes)",
+        "",
+        f"`python bench/scale.py{' --quick' if shape.get('size') != 224 else ''}`: resnet18 (random init) at "
+        f"{shape.get('size')}x{shape.get('size')}, data {shape.get('batches')} batches of {shape.get('batch_size')} "
+        "random images, FLOPs 50%, binary searcher, `torchrun --nproc_per_node N`, one thread per process. "
+        f"Machine: {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores, load average "
+        f"{machine.get('load_avg_1m', '?')} at the end (other jobs ran on it).",
+        "",
+    ]
+    rows = []
+    for r in data.get("runs", []):
+        par = r.get("parallel") or {}
+        rows.append(
+            [
+                str(r["divisor"]),
+                str(r["procs"]),
+                f"{r['hparams']} / {r['choices']}",
+                _num(r["wall_s"], 1),
+                _num(r["search_s"], 1),
+                str(r["evaluations"]),
+                _num(r["s_per_evaluation"], 2),
+                _num(par.get("evaluating_s"), 1) if par else "-",
+                _num(par.get("waiting_s"), 1) if par else "-",
+                f"{par['evaluated'] - par['used']}" if par else "-",
+                f"{r['speedup_wall']}x / {r['speedup_search']}x" if "speedup_wall" in r else "-",
+                ("yes" if r["same_subnet"] else "NO") if "same_subnet" in r else "-",
+            ]
+        )
+    header = [
+        "divisor",
+        "procs",
+        "hparams / choices scored",
+        "wall s",
+        "search s",
+        "evaluations",
+        "s / evaluation",
+        "rank 0 evaluating s",
+        "rank 0 waiting s",
+        "unused ahead",
+        "speed-up wall / search",
+        "same subnet",
+    ]
+    out.append(_table(header, rows))
+    return "\n".join(out)
+
+
 def render(results: Mapping[str, Mapping[str, Any]], notes: str = "") -> str:
     """The whole BENCHMARKS.md."""
     out = [
@@ -602,6 +652,8 @@ def render(results: Mapping[str, Mapping[str, Any]], notes: str = "") -> str:
         out += ["## 3. Real speedup", "", "Not run.", ""]
     if "overhead" in results:
         out += [render_memory(results["overhead"]), ""]
+    if "scale" in results:
+        out += [render_scale(results["scale"]), ""]
     if notes.strip():
         out += [notes.strip(), ""]
     return "\n".join(out)

@@ -47,7 +47,8 @@ def _cuda(index: int, spec: str) -> torch.device:
             "or no driver / CUDA_VISIBLE_DEVICES hides them); pass --device cpu"
         )
     if index >= count:
-        found = f"{count} CUDA device{'s' if count > 1 else ''} found (cuda:0{f'..cuda:{count - 1}' if count > 1 else ''})"
+        listed = f"cuda:0..cuda:{count - 1}" if count > 1 else "cuda:0"
+        found = f"{count} CUDA device{'s' if count > 1 else ''} found ({listed})"
         raise DeviceError(f"device '{spec}': {name} requested, {found}; pass one of those, or --device cpu")
     return torch.device(name)
 

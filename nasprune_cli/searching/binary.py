@@ -129,7 +129,8 @@ class BinarySearcher(Searcher):
             return
         sensitivity = self.sensitivity_map
         if not sensitivity.monotone:
-            wanted = [(n, c) for n, hp in self.hparams.items() for c in hp.choices[:-1] if not sensitivity.is_scored(n, c)]
+            hparams = self.hparams.items()
+            wanted = [(n, c) for n, hp in hparams for c in hp.choices[:-1] if not sensitivity.is_scored(n, c)]
         else:
             wanted = self.likely_probes(first, self.world.size)
         self.prefetch([self.probe_config(n, c) for n, c in wanted])

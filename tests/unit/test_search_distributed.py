@@ -70,8 +70,13 @@ def chain_search(searcher: str) -> dict[str, Any]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = search(Chain(), {"flops": "45%"}, torch.randn(1, 3, 16, 16), config)
-    return {"config": result.config, "score": result.pruned.score, "evaluations": result.evaluations,
-            "flops": result.pruned.flops, "parallel": result.parallel}
+    return {
+        "config": result.config,
+        "score": result.pruned.score,
+        "evaluations": result.evaluations,
+        "flops": result.pruned.flops,
+        "parallel": result.parallel,
+    }
 
 
 def scenario_chain(rank: int, tmp: Path) -> Any:
@@ -95,8 +100,13 @@ def worker(rank: int, size: int, port: int, tmp: str) -> None:
     """One rank: join the group as torchrun would set it up, run every scenario in turn (one start-up: importing
     torch dominates), write what each got."""
     os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(size), RANK=str(rank), LOCAL_RANK=str(rank),
-        LOCAL_WORLD_SIZE=str(size), OMP_NUM_THREADS="1",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        WORLD_SIZE=str(size),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        LOCAL_WORLD_SIZE=str(size),
+        OMP_NUM_THREADS="1",
     )
     torch.set_num_threads(1)
     payloads = {}
@@ -196,14 +206,35 @@ def test_torchrun_cli_writes_once_what_one_process_finds(tmp_path: Path) -> None
 
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
-    args = ["-m", "nasprune_cli", "search", "--model", "tests.toys:Chain", "--input-shape", "1,3,16,16", "--flops",
-            "45%", "--device", "cpu", "--max-batches", "2", "--json", "--quiet"]
+    args = [
+        "-m",
+        "nasprune_cli",
+        "search",
+        "--model",
+        "tests.toys:Chain",
+        "--input-shape",
+        "1,3,16,16",
+        "--flops",
+        "45%",
+        "--device",
+        "cpu",
+        "--max-batches",
+        "2",
+        "--json",
+        "--quiet",
+    ]
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
-    two = subprocess.run([*torchrun, *args, "--output", str(tmp_path / "p.pt")], capture_output=True, text=True,
-                         env=env, cwd=root, timeout=300)
+    two = subprocess.run(
+        [*torchrun, *args, "--output", str(tmp_path / "p.pt")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=root,
+        timeout=300,
+    )
     one = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, cwd=root, timeout=300)
     assert two.returncode == 0 and one.returncode == 0, two.stderr[-2000:]
     got, expected = json.loads(two.stdout), json.loads(one.stdout)  # one JSON document: rank 1 prints nothing
