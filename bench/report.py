@@ -96,6 +96,7 @@ def render_quality(data: Mapping[str, Any]) -> str:
         "test acc after pruning",
         "test acc after fine-tune",
         "search s",
+        "search s without the refit",
         "score evals",
         "narrowest layer (kept/orig)",
     ]
@@ -113,6 +114,7 @@ def render_quality(data: Mapping[str, Any]) -> str:
                         _pct(r["test_acc_pruned"]),
                         _pct(r["test_acc_finetuned"]),
                         _num(r["search_s"], 1),
+                        _num(r.get("search_without_refit_s"), 1),
                         str(r["score_evaluations"]),
                         r.get("narrowest_layer", "-"),
                     ]
@@ -601,12 +603,15 @@ def render_scale(data: Mapping[str, Any]) -> str:
                 f"{r['hparams']} / {r['choices']}",
                 _num(r["wall_s"], 1),
                 _num(r["search_s"], 1),
+                _num(r.get("search_without_refit_s"), 1),
                 str(r["evaluations"]),
                 _num(r["s_per_evaluation"], 2),
                 _num(par.get("evaluating_s"), 1) if par else "-",
                 _num(par.get("waiting_s"), 1) if par else "-",
                 f"{par['evaluated'] - par['used']}" if par else "-",
-                f"{r['speedup_wall']}x / {r['speedup_search']}x" if "speedup_wall" in r else "-",
+                f"{r['speedup_wall']}x / {r['speedup_search']}x / {r.get('speedup_without_refit', '-')}x"
+                if "speedup_wall" in r
+                else "-",
                 ("yes" if r["same_subnet"] else "NO") if "same_subnet" in r else "-",
             ]
         )
@@ -616,12 +621,13 @@ def render_scale(data: Mapping[str, Any]) -> str:
         "hparams / choices scored",
         "wall s",
         "search s",
+        "search s without the refit",
         "evaluations",
         "s / evaluation",
         "rank 0 evaluating s",
         "rank 0 waiting s",
         "unused ahead",
-        "speed-up wall / search",
+        "speed-up wall / search / without the refit",
         "same subnet",
     ]
     out.append(_table(header, rows))

@@ -8,10 +8,10 @@ from typing import Any
 from torch import nn
 
 from nasprune_cli.devices import device_errors, resolve_device
-from nasprune_cli.distributed import init_world
+from nasprune_cli.distributed import World, init_world
 from nasprune_cli.searching.finish import finish
 from nasprune_cli.searching.options import SearchOptions, search_options
-from nasprune_cli.searching.prepare import prepare
+from nasprune_cli.searching.prepare import Prepared, prepare
 from nasprune_cli.searching.registry import searcher_class
 from nasprune_cli.searching.result import SearchResult
 from nasprune_cli.space import SearchSpace
@@ -48,13 +48,22 @@ def search(
             world=world,
         )
         state = searcher.search()
-        result, error = None, None
+        result = _finish_on_rank0(world, prepared, options, state)
+    if world.size > 1:
+        result.parallel = {"world_size": world.size, **searcher.shared.to_dict()}
+    return result
+
+
+def _finish_on_rank0(world: World, prepared: Prepared, options: SearchOptions, state: dict[str, Any]) -> SearchResult:
+    """Rank 0 refits, exports and checks the best subnet (the others wait: the refit is not shared out, and a copy
+    on every rank would only compete for the cores); every rank gets its result, or its error."""
+    result, error = None, None
+    if world.is_main:
         try:
             result = finish(prepared, options, state)
         except Exception as exc:  # noqa: BLE001 - every rank hears of it before anything is written
             error = exc
-        world.agree(error, "finishing the search (refit, export, budget check)")
+    world.agree(error, "finishing the search (refit, export, budget check)")
+    result = world.broadcast(result)
     assert result is not None  # agree() raised otherwise
-    if world.size > 1:
-        result.parallel = {"world_size": world.size, **searcher.shared.to_dict()}
     return result
