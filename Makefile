@@ -56,4 +56,5 @@ bench-quick: $(BENCH_STAMP)
 	$(PYTHON) bench/quality.py --quick
 	$(PYTHON) bench/overhead.py --quick
 	$(PYTHON) bench/latency.py --quick
+	$(PYTHON) bench/scale.py --quick
 	$(PYTHON) bench/report.py --suffix _quick --output bench/results/BENCHMARKS_quick.md

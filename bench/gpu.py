@@ -105,14 +105,14 @@ def arm(name: str, shape: dict[str, Any], device_name: str, out: Path) -> None:
 
 
 def _search(name: str, model: nn.Module, dummy: torch.Tensor, batches: list, score: Any, device: str) -> nn.Module:
+    data = [(x,) for x in batches]  # both tools take a batch's first element as the model input
     if name.startswith("nasprune"):
         from nasprune_cli import search
 
         config = {
             "score": score,
-            "data": batches,
-            "collect": lambda b: b,
-            "max_batches": len(batches),
+            "data": data,
+            "max_batches": len(data),
             "searcher": "binary",
             "reconstruct": False,
             "device": device,
@@ -128,7 +128,7 @@ def _search(name: str, model: nn.Module, dummy: torch.Tensor, batches: list, sco
             dummy_input=dummy,
             config={
                 "score_func": score,
-                "data_loader": batches,
+                "data_loader": data,
                 "max_iter_data_loader": len(batches),
                 "checkpoint": os.path.join(tmp, "search.pth"),
                 "verbose": False,

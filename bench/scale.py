@@ -66,7 +66,9 @@ def worker(args: argparse.Namespace) -> None:
         figures = {
             "search_s": round(seconds, 2),
             "evaluations": result.evaluations,
-            "s_per_evaluation": round(seconds / max(result.evaluations, 1), 3),
+            "s_per_evaluation": round(
+                (seconds - (result.reconstruction.seconds or 0.0)) / max(result.evaluations, 1), 3
+            ),
             "hparams": len(result.config),
             "choices": sum(len(v) for v in searched["sensitivity_map"].values()) + len(result.config),
             "config": result.config,
