@@ -21,12 +21,14 @@ from nasprune_cli.errors import NasPruneError, SearchError
 from nasprune_cli.recipe.schema import SearchSettings
 from nasprune_cli.searching.binary import BinarySearcher
 from nasprune_cli.searching.evolve import EvolveSearcher
+from nasprune_cli.searching.random import RandomSearcher
 from tests.unit.test_search_searchers import FakeEvaluator, FakeSpace
 
 FAKE_BOUNDS = {"flops": 0.45 * FakeSpace().original_cost.flops}
 FAKE_RUNS: dict[str, tuple[type, dict[str, Any]]] = {
     "binary": (BinarySearcher, {}),
     "evolve": (EvolveSearcher, {"iterations": 14, "population_size": 6, "seed": 3}),
+    "random": (RandomSearcher, {"iterations": 12, "seed": 5}),
 }
 
 
