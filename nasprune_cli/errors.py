@@ -29,3 +29,7 @@ class CheckpointError(NasPruneError):
 
 class TrainingError(NasPruneError):
     """Training a search space or fine-tuning a pruned model could not run: bad settings, unlabelled data, ..."""
+
+
+class DeviceError(NasPruneError):
+    """The requested device does not exist, or ran out of memory."""

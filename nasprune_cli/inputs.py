@@ -299,3 +299,16 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for m, training in modes.items():
             m.training = training
+
+
+def move_to(obj: Any, device: torch.device | str) -> Any:
+    """A nested structure of tuples, lists and dicts with every tensor moved to `device` (other values kept)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # a namedtuple keeps its type
+        return type(obj)(*(move_to(item, device) for item in obj))
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(move_to(item, device) for item in obj)
+    if isinstance(obj, dict):
+        return {key: move_to(value, device) for key, value in obj.items()}
+    return obj

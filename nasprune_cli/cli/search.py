@@ -185,6 +185,15 @@ SpaceOpt = Annotated[
         show_default=False,
     ),
 ]
+DeviceOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--device",
+        help="Where the model runs during the search: auto (the first CUDA GPU, else the CPU; under torchrun the "
+        "LOCAL_RANK GPU), cpu, cuda, cuda:N or mps. Default: the recipe's, else auto.",
+        show_default=False,
+    ),
+]
 SearchOutputOpt = Annotated[
     Path | None,
     typer.Option("--output", "-o", help="Pruned-model file to write (e.g. pruned.pt).", show_default=False),
@@ -220,6 +229,7 @@ def search_command(
     importance: ImportanceOpt = None,
     reconstruct: ReconstructOpt = None,
     checkpoint: CheckpointOpt = None,
+    device: DeviceOpt = None,
     output_path: SearchOutputOpt = None,
     overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
@@ -229,6 +239,7 @@ def search_command(
 ) -> None:
     """Search the best subnet within --flops / --params / --latency and write the pruned model (--output)."""
     from nasprune_cli.checkpoint import save_pruned
+    from nasprune_cli.distributed import init_world
     from nasprune_cli.inputs import dummy_input_for
     from nasprune_cli.loading import build_model, parse_kwargs
     from nasprune_cli.metrics.score import score_info
@@ -253,6 +264,10 @@ def search_command(
     if report is not None:
         check_report(report, overwrite, output_path, recipe)
 
+    world = init_world(loaded.search.device)  # under torchrun: rank 0 writes and reports, the others follow
+    if not world.is_main:
+        quiet = True
+        _follower()
     seed_everything(loaded.search.seed)  # a builder that initialises randomly builds the same model every run
     net = build_model(model, kwargs)
     dummy_input = dummy_input_for(loaded, net)  # from the plain model (a token model's vocabulary, its keywords)
@@ -263,6 +278,8 @@ def search_command(
         options = search_options({**config, "on_progress": on_progress})
         progress.info = score_info(options.score.value, options.score.name)
         result = search(net, None, dummy_input, options)
+    if not world.is_main:
+        return
     if output_path is not None:
         save_pruned(output_path, result, overwrite=overwrite)
 
@@ -302,6 +319,11 @@ def restore_space_for(path: Path, net: Any, recipe: Any) -> Any:
                 "the --recipe (and --set / --input-shape) it was converted or trained with"
             )
     return restore_space(path, net)
+def _follower() -> None:
+    """A rank other than 0 shows no warnings (rank 0 shows the same ones); its errors are still printed."""
+    import warnings
+
+    warnings.filterwarnings("ignore")
 
 
 def check_files(output_path: Path | None, checkpoint: Any, table: Any, recipe: Path | None, overwrite: bool) -> None:

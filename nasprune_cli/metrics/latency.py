@@ -43,10 +43,11 @@ from pydantic import (
 )
 from torch import nn
 
+from nasprune_cli.devices import describe_device, model_device, synchronize
 from nasprune_cli.errors import NasPruneError
 from nasprune_cli.fileio import validate_schema
 from nasprune_cli.hparams import depth_gates
-from nasprune_cli.inputs import batched_input, call_model, input_tensors
+from nasprune_cli.inputs import batched_input, call_model, input_tensors, move_to
 from nasprune_cli.loading import short_json
 
 LATENCY_KIND = "nasprune-latency-table"
@@ -85,6 +86,7 @@ class TableMeta(_TableSchema):
     threads: Annotated[int, Field(ge=1)]
     machine: str
     torch: str
+    device: str = "cpu"  # where it was measured: "cpu", "cuda:0 (NVIDIA H200)", "mps"; tables without one: the CPU
 
 
 class TableLeaf(_TableSchema):
@@ -221,6 +223,13 @@ class LatencyModel:
     def check(self, space: Any, batch: int, source: str) -> None:
         """Raise when this table was measured for another space, input shape, batch size or thread count."""
         expected = table_meta(space, batch)
+        measured_on, now_on = str(self.meta.get("device", "cpu")), expected["device"]
+        if _device_type(measured_on) != _device_type(now_on):
+            raise NasPruneError(
+                f"{source}: the latency table was measured on {measured_on}, this search runs on {now_on}; layer "
+                "times on one kind of device say nothing about another: pass --device to match the table, another "
+                "--latency-table path to measure a new one, or delete this file"
+            )
         for key in ("hparams", "input_shape", "batch", "threads"):
             if self.meta.get(key) != expected[key]:
                 raise NasPruneError(
@@ -228,6 +237,11 @@ class LatencyModel:
                     f"({short_json(self.meta.get(key))} in the table vs {short_json(expected[key])} now); pass another "
                     "--latency-table path to measure a new one, or delete this file"
                 )
+
+
+def _device_type(described: str) -> str:
+    """'cuda' of 'cuda:0 (NVIDIA H200)'."""
+    return described.split(" ")[0].split(":")[0]
 
 
 def interpolate(samples: list[tuple[float, float]], x: float) -> float:
@@ -254,6 +268,7 @@ def table_meta(space: Any, batch: int) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "machine": f"{platform.machine()} {platform.processor() or platform.node()}".strip(),
         "torch": torch.__version__,
+        "device": describe_device(model_device(space.model)),
     }
 
 
@@ -344,7 +359,7 @@ def _time_samples(
 ) -> list[tuple[float, float]]:
     """Step 2: time the subnet at every uniform width ratio, add each leaf's sample; returns the remainder samples
     (FLOPs fraction, ms). Leaves the space at the last ratio."""
-    x = batched_input(space.dummy_input, batch)
+    x = move_to(batched_input(move_to(space.dummy_input, "cpu"), batch), model_device(space.model))
     remainder: list[tuple[float, float]] = []
     original_flops = max(space.original_cost.flops, 1.0)
     for ratio in SAMPLE_RATIOS:
@@ -524,14 +539,18 @@ def _time_leaves(
     starts: dict[str, float] = {}
     handles = []
 
+    device = model_device(model)  # on a GPU, the clock is read after the queued work is done
+
     def pre(name: str) -> Callable[..., None]:
         def record(module: nn.Module, args: tuple) -> None:
+            synchronize(device)
             starts[name] = time.perf_counter()
 
         return record
 
     def post(name: str) -> Callable[..., None]:
         def record(module: nn.Module, args: tuple, out: Any) -> None:
+            synchronize(device)
             elapsed = time.perf_counter() - starts[name]
             index = calls.get(name, 0)
             calls[name] = index + 1
@@ -539,8 +558,9 @@ def _time_leaves(
 
         return record
 
-    for _ in range(warmup):
+    for _ in range(warmup if device.type == "cpu" else max(warmup, 10)):  # GPU: kernel selection, caches
         call_model(model, x)
+    synchronize(device)
     try:
         for name, module in _leaves(model) if names is None else _named(model, names):
             handles.append(module.register_forward_pre_hook(pre(name)))
@@ -553,8 +573,10 @@ def _time_leaves(
             h.remove()
     totals = []
     for _ in range(repeats if whole else 0):
+        synchronize(device)
         start = time.perf_counter()
         call_model(model, x)
+        synchronize(device)
         totals.append(time.perf_counter() - start)
     return {k: min(v) * 1e3 for k, v in runs.items()}, min(totals, default=0.0) * 1e3
 

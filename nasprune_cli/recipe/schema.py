@@ -360,6 +360,7 @@ class SearchSettings(BaseModel):
     mutation_prob: float = Field(0.1, ge=0, le=1)  # evolve: probability to resample each hparam when mutating
     crossover_size: int = Field(10, ge=0)  # evolve: children made by crossover per generation
     mutation_size: int = Field(10, ge=0)  # evolve: children made by mutation per generation
+    device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")  # auto: the first CUDA GPU, else the CPU
 
     def resolved(self, mode: str = "fastnas") -> SearchSettings:
         """A copy with the defaults that depend on other values filled in: the mode's searcher, candidate_size."""

@@ -17,9 +17,11 @@ from typing import Any, ClassVar
 
 from nasprune_cli.checkpoint import load_search_state, save_search_state
 from nasprune_cli.constraints import Cost, satisfies
-from nasprune_cli.errors import CheckpointError, SearchError
+from nasprune_cli.distributed import World, current_world
+from nasprune_cli.errors import CheckpointError, NasPruneError, SearchError
 from nasprune_cli.fileio import exclusive_lock
 from nasprune_cli.recipe.schema import SearchSettings
+from nasprune_cli.searching.parallel import ShareStats, evaluate_shared
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
@@ -63,8 +65,12 @@ class Searcher(ABC):
         checkpoint: str | Path | None = None,
         fingerprint: Mapping[str, Any] | None = None,
         on_progress: Progress | None = None,
+        world: World | None = None,
     ) -> None:
         self.space = space
+        self.world = world if world is not None else current_world()  # ranks share the evaluations; rank 0 writes
+        self.shared = ShareStats()
+        self._prefetched: dict[str, float] = {}  # scores computed ahead (by all ranks), used once each
         self._evaluate = evaluate
         self.bounds = dict(bounds)
         self.settings = settings.resolved()  # candidate_size filled in when the caller left it to the default
@@ -78,11 +84,18 @@ class Searcher(ABC):
     # ---- the template ------------------------------------------------------------------------------------
     def search(self) -> dict[str, Any]:
         """Run the whole search (resuming from the checkpoint when it exists) and return the state dict. The
-        checkpoint is locked for the whole search: a second search on it is refused."""
+        checkpoint is locked for the whole search: a second search on it is refused. Under several ranks, rank 0
+        locks, reads and writes the checkpoint and the others follow its state."""
         self.sanitize()
-        with self.checkpoint_lock():
+        with contextlib.ExitStack() as stack:
+            error = None
+            if self.world.is_main:
+                try:
+                    stack.enter_context(self.checkpoint_lock())
+                except NasPruneError as exc:
+                    error = exc
             self.state = self.default_state()
-            self.load_checkpoint()
+            self.load_checkpoint(error)
             self.before_search()
             self.run_search()
             self.after_search()
@@ -114,11 +127,19 @@ class Searcher(ABC):
             "done": False,
         }
 
-    def load_checkpoint(self) -> bool:
-        """Merge a stored state into the fresh one; False when there is no checkpoint to resume."""
+    def load_checkpoint(self, error: NasPruneError | None = None) -> bool:
+        """Merge a stored state into the fresh one (rank 0 reads it, every rank gets it); False when there is no
+        checkpoint to resume. `error`: rank 0 could not lock the checkpoint (raised on every rank)."""
         if self.checkpoint is None:
             return False
-        stored = load_search_state(self.checkpoint, self.fingerprint)
+        stored = None
+        if self.world.is_main and error is None:
+            try:
+                stored = load_search_state(self.checkpoint, self.fingerprint)
+            except NasPruneError as exc:
+                error = exc
+        self.world.agree(error if self.world.is_main else None, "reading the checkpoint")
+        stored = self.world.broadcast(stored)
         if stored is None:
             return False
         self.state.update(stored)
@@ -128,8 +149,18 @@ class Searcher(ABC):
     def save_checkpoint(self) -> None:
         """Write the state (with the RNG state) atomically, when a checkpoint path is set."""
         self.state["rng"] = rng_state(self.rng)
-        if self.checkpoint is not None:
-            save_search_state(self.checkpoint, self.state, self.fingerprint)
+        if self.checkpoint is None:
+            return
+        error = None
+        if self.world.is_main:
+            try:
+                save_search_state(self.checkpoint, self.state, self.fingerprint)
+            except NasPruneError as exc:
+                error = exc
+        if self.world.size > 1:
+            self.world.agree(error, "writing the checkpoint")
+        elif error is not None:
+            raise error
 
     def before_search(self) -> None:
         """Score the original (largest) subnet once (unless the evaluator already knows its score)."""
@@ -160,13 +191,44 @@ class Searcher(ABC):
 
     # ---- helpers -----------------------------------------------------------------------------------------
     def evaluate(self, config: Mapping[str, int]) -> float:
-        """Select a subnet and score it (BN recalibrated first); counts the evaluation."""
+        """Select a subnet and score it (BN recalibrated first), or take its score computed ahead by `prefetch`;
+        counts the evaluation."""
+        key = config_key(config)
+        if key in self._prefetched:
+            self.space.select(config)
+            self._calibrated = None  # the model holds the statistics of whatever this rank scored last
+            self.shared.used += 1
+            self.state["evaluations"] += 1
+            return self._prefetched.pop(key)
+        score = self._score(config)
+        self.state["evaluations"] += 1
+        return score
+
+    def _score(self, config: Mapping[str, int]) -> float:
+        """Select a subnet and score it on this rank (BN recalibrated first)."""
         self.space.select(config)
         self._calibrated = None
         score = float(self._evaluate())
         self._calibrated = self.space.config()
-        self.state["evaluations"] += 1
         return score
+
+    def prefetch(self, configs: list[dict[str, int]]) -> None:
+        """Several ranks: score these subnets now, shared out among the ranks, for `evaluate` to take later (each
+        score once). One process: nothing (`evaluate` scores when asked). Every rank must pass the same list."""
+        if self.world.size == 1:
+            return
+        todo: dict[str, dict[str, int]] = {}
+        for config in configs:
+            todo.setdefault(config_key(config), dict(config))
+        todo = {k: c for k, c in todo.items() if k not in self._prefetched}
+        if not todo:
+            return
+        scores = evaluate_shared(self.world, list(todo.values()), self._score, self.shared)
+        self._prefetched.update(zip(todo, scores, strict=True))
+
+    def is_prefetched(self, config: Mapping[str, int]) -> bool:
+        """Whether a subnet's score was computed ahead and not used yet."""
+        return config_key(config) in self._prefetched
 
     def cost(self, config: Mapping[str, int]) -> Cost:
         """Fast-cost-model figures of a subnet (no model run)."""

@@ -106,6 +106,7 @@ class BinarySearcher(Searcher):
         total = sensitivity.total()
         self.progress("sensitivity", sensitivity.done(), total)
         while (probe := sensitivity.next_probe(self.fits)) is not None:
+            self.prefetch_probes(probe)
             self.probe(*probe)
             self.progress("sensitivity", sensitivity.done(), total)
         self.progress("sensitivity", sensitivity.done(), sensitivity.done())
@@ -114,8 +115,43 @@ class BinarySearcher(Searcher):
         """Score one hparam at one choice (all others at their maximum) into the map, unless already scored."""
         sensitivity = self.sensitivity_map
         if not sensitivity.is_scored(name, choice):
-            sensitivity.record(name, choice, self.evaluate({**self.space.max(), name: choice}))
+            sensitivity.record(name, choice, self.evaluate(self.probe_config(name, choice)))
             self.save_checkpoint()
+
+    def probe_config(self, name: str, choice: int) -> dict[str, int]:
+        """The subnet a probe scores: one hparam at one choice, every other at its maximum."""
+        return {**self.space.max(), name: choice}
+
+    def prefetch_probes(self, first: tuple[str, int]) -> None:
+        """Several ranks: score the next probe with the probes most likely to follow, one per rank ("full": every
+        unscored choice at once). Which probes the map takes, and in which order, does not change."""
+        if self.world.size == 1 or self.is_prefetched(self.probe_config(*first)):
+            return
+        sensitivity = self.sensitivity_map
+        if not sensitivity.monotone:
+            hparams = self.hparams.items()
+            wanted = [(n, c) for n, hp in hparams for c in hp.choices[:-1] if not sensitivity.is_scored(n, c)]
+        else:
+            wanted = self.likely_probes(first, self.world.size)
+        self.prefetch([self.probe_config(n, c) for n, c in wanted])
+
+    def likely_probes(self, first: tuple[str, int], count: int) -> list[tuple[str, int]]:
+        """`first` and the next unscored choices of the hparams whose narrowest scored choice drops least (the
+        order the budget map probes them in), one level at a time, `count` in all."""
+        sensitivity = self.sensitivity_map
+        below: dict[str, list[int]] = {}
+        for name, hp in self.hparams.items():
+            lower = hp.choices[: hp.choices.index(sensitivity.narrowest(name))]
+            below[name] = [c for c in reversed(lower) if not self.is_prefetched(self.probe_config(name, c))]
+        order = sorted(below, key=lambda n: (n != first[0], sensitivity.drop(n, sensitivity.narrowest(n))))
+        picks = [first]
+        level = 0
+        while len(picks) < count and any(len(v) > level for v in below.values()):
+            for name in order:
+                if len(below[name]) > level and (name, below[name][level]) not in picks and len(picks) < count:
+                    picks.append((name, below[name][level]))
+            level += 1
+        return picks
 
     def drop(self, name: str, choice: int) -> float:
         """Score drop of one hparam at one scored choice (0 at its maximum)."""
@@ -186,6 +222,7 @@ class BinarySearcher(Searcher):
         if len(candidates) == 1:  # nothing to compare: after_search scores it
             best = candidates[0]
         else:
+            self.prefetch([c["config"] for c in candidates if c["score"] is None])
             for cand in candidates:
                 if cand["score"] is None:
                     cand["score"] = self.evaluate(cand["config"])
@@ -206,22 +243,12 @@ class BinarySearcher(Searcher):
         hparams = self.hparams if hparams is None else hparams
         config = self.space.max()
         while not self.fits(config):
-            current = self.cost(config)
+            steps = self.descent_steps(config, hparams)
+            scored = self.sensitivity_map.is_scored
+            self.prefetch([self.probe_config(n, c) for n, c, _ in steps if not scored(n, c)])
             best_key: float | None = None
             best_step: tuple[str, int] | None = None
-            for name, hp in hparams.items():
-                idx = hp.choices.index(config[name])
-                if idx == 0:
-                    continue
-                below = hp.choices[idx - 1]
-                after = self.cost({**config, name: below})
-                saved = max(
-                    (current.get(k) - after.get(k)) / bound
-                    for k, bound in self.bounds.items()
-                    if current.get(k) > bound
-                )
-                if saved <= 0:
-                    continue
+            for name, below, saved in steps:
                 self.probe(name, below)
                 key = (self.drop(name, below) - self.drop(name, config[name])) / saved
                 if best_key is None or key < best_key:  # ties: the first hparam
@@ -230,6 +257,24 @@ class BinarySearcher(Searcher):
                 return {n: hp.choices[0] for n, hp in hparams.items()}
             config[best_step[0]] = best_step[1]
         return config
+
+    def descent_steps(self, config: Mapping[str, int], hparams: Mapping[str, Any]) -> list[tuple[str, int, float]]:
+        """(hparam, its next narrower choice, the largest share of an exceeded budget that step saves) for every
+        hparam whose step saves something."""
+        current = self.cost(config)
+        steps = []
+        for name, hp in hparams.items():
+            idx = hp.choices.index(config[name])
+            if idx == 0:
+                continue
+            below = hp.choices[idx - 1]
+            after = self.cost({**config, name: below})
+            saved = max(
+                (current.get(k) - after.get(k)) / bound for k, bound in self.bounds.items() if current.get(k) > bound
+            )
+            if saved > 0:
+                steps.append((name, below, saved))
+        return steps
 
     # ---- greedy fill -------------------------------------------------------------------------------------
     def estimated_score(self, name: str, choice: int) -> float:

@@ -62,6 +62,20 @@ class EvolveSearcher(RandomSearcher):
             add(self.random_config)
         return children
 
+    def upcoming(self, remaining: int) -> list[dict[str, int]]:
+        """Several ranks: the rest of the generation (drawn now when none is pending, as `step` would) that the loop
+        will score; one process: none."""
+        if self.world.size == 1:
+            return []
+        if not self.state["pending"]:
+            self.state["pending"] = self.next_generation()
+        avoid, configs = set(self.seen), []
+        for config in self.state["pending"][:remaining]:
+            if config_key(config) not in avoid:
+                configs.append(config)
+                avoid.add(config_key(config))
+        return configs
+
     def step(self) -> None:
         """Score the next pending child; at the end of a generation, keep the best as parents."""
         state = self.state

@@ -12,8 +12,9 @@ from torch import nn
 from nasprune_cli.recipe.schema import AFTER_SEARCH_SETTINGS, SearchSettings
 
 # settings that are fingerprinted on their own (constraints as bounds, entry points by name, the latency table by
-# its digest) or that only locate files
-NOT_SETTINGS = ("constraints", "latency_table", "latency_batch", "checkpoint", "score", "data", "collect")
+# its digest) or that only locate files; the device is not part of it, so a search stopped on one device resumes on
+# another (a GPU and the CPU may round the scores differently)
+NOT_SETTINGS = ("constraints", "latency_table", "latency_batch", "checkpoint", "score", "data", "collect", "device")
 
 
 def fingerprint(

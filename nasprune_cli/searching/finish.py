@@ -29,7 +29,7 @@ def finish(prepared: Prepared, options: SearchOptions, state: dict[str, Any]) ->
     info = prepared.evaluator.info  # the state holds what the searchers maximise; the result, measured values
     score = info.measured(best["score"]) if reconstruction.score is None else reconstruction.score
     return SearchResult(
-        model=pruned,
+        model=pruned.cpu(),  # files hold CPU tensors; the space's model stays on the device
         config=dict(best["config"]),
         searcher=str(options.settings.searcher),
         score_name=prepared.evaluator.score_name,
@@ -46,6 +46,7 @@ def finish(prepared: Prepared, options: SearchOptions, state: dict[str, Any]) ->
         state=state,
         score_info=info,
         stages=stages,
+        device=str(prepared.device),
     )
 
 

@@ -13,9 +13,11 @@ from torch import nn
 
 from nasprune_cli.builtin import DataSource, LabelScore
 from nasprune_cli.constraints import parse_constraints
+from nasprune_cli.devices import resolve_device
+from nasprune_cli.distributed import current_world
 from nasprune_cli.errors import SearchError
 from nasprune_cli.fileio import digest
-from nasprune_cli.inputs import dummy_input_for, input_spec, inputs_as_given, random_batches, token_bound
+from nasprune_cli.inputs import dummy_input_for, input_spec, inputs_as_given, move_to, random_batches, token_bound
 from nasprune_cli.metrics.latency import LATENCY_UNIT, latency_model_for
 from nasprune_cli.metrics.score import Evaluator, load_batches
 from nasprune_cli.recipe.load import recipe_to_dict
@@ -37,7 +39,7 @@ class Prepared:
     """A search ready to run: the converted space with its best-first channel order, and what the searcher needs."""
 
     space: SearchSpace
-    dummy_input: Any
+    dummy_input: Any  # on the search's device
     bounds: dict[str, float]
     evaluator: Evaluator
     has_data: bool  # False: the batches are random inputs
@@ -46,6 +48,7 @@ class Prepared:
     input_spec: dict[str, Any]
     recipe: dict[str, Any] | None
     fingerprint: dict[str, Any]
+    device: torch.device = torch.device("cpu")  # where the model, the batches and every evaluation are
 
 
 def prepare(
@@ -54,13 +57,16 @@ def prepare(
     dummy_input: Any,
     options: SearchOptions,
 ) -> Prepared:
-    """Convert the model (unless it is a space), set the budgets, load the data and fingerprint the search."""
+    """Convert the model (unless it is a space), move it to the device, set the budgets, load the data and
+    fingerprint the search."""
+    device = resolve_device(str(options.settings.device), current_world().local_rank)
     space, dummy_input = _space(model, dummy_input, options)
+    dummy_input = _to_device(space, dummy_input, options, device)
     constraints = dict(constraints or options.settings.constraints)
     latency = _attach_latency(space, constraints, options)
     bounds = parse_constraints(constraints, space.original_cost)
     check_bounds(bounds, space)  # before the data is loaded or any subnet is scored
-    evaluator = _evaluator(space, dummy_input, options)
+    evaluator = _evaluator(space, dummy_input, options, device)
     model_spec = options.model_spec or _class_spec(space.model)
     spec = input_spec(dummy_input, options.recipe.input.high if options.recipe is not None else None)
     recipe = recipe_to_dict(options.recipe) if options.recipe is not None else None
@@ -78,7 +84,7 @@ def prepare(
         latency=_digest_latency(space),
     )
     has_data = options.data.value is not None
-    return Prepared(space, dummy_input, bounds, evaluator, has_data, latency, model_spec, spec, recipe, fp)
+    return Prepared(space, dummy_input, bounds, evaluator, has_data, latency, model_spec, spec, recipe, fp, device)
 
 
 def _token_bound(space: SearchSpace, options: SearchOptions) -> int | None:
@@ -110,6 +116,16 @@ def _space(model: nn.Module | SearchSpace, dummy_input: Any, options: SearchOpti
     return convert(model, options.recipe, dummy_input), dummy_input
 
 
+def _to_device(space: SearchSpace, dummy_input: Any, options: SearchOptions, device: torch.device) -> Any:
+    """Order the channels best-first (on the CPU), then move the model and the dummy inputs to the device."""
+    seed_everything(options.settings.seed)
+    if not space.order_locked:  # a trained space keeps the order its subnets were trained in
+        space.sort_parameters(options.settings.importance)
+    space.model.to(device)
+    space.dummy_input = move_to(space.dummy_input, device)
+    return move_to(dummy_input, device)
+
+
 def _attach_latency(space: SearchSpace, constraints: Mapping[str, Any], options: SearchOptions) -> LatencyInfo | None:
     """Attach the latency table a `latency` constraint needs (the caller's, read from its file, or measured)."""
     if constraints.get("latency") is None:
@@ -126,13 +142,14 @@ def _attach_latency(space: SearchSpace, constraints: Mapping[str, Any], options:
     return LatencyInfo(table, measured_now, int(batch), latency_model.meta["threads"], LATENCY_UNIT)
 
 
-def _evaluator(space: SearchSpace, dummy_input: Any, options: SearchOptions) -> Evaluator:
+def _evaluator(space: SearchSpace, dummy_input: Any, options: SearchOptions, device: torch.device) -> Evaluator:
     """The scorer of the active subnet, on the data batches (or random ones), with the original's reference kept."""
     settings = options.settings
     collect = options.collect.value
     if options.data.value is None:
         warnings.warn(NO_DATA_WARNING, stacklevel=4)
-        batches = random_batches(dummy_input, settings.max_batches, settings.seed, _token_bound(space, options))
+        bound = _token_bound(space, options)
+        batches = random_batches(move_to(dummy_input, "cpu"), settings.max_batches, settings.seed, bound)
         if collect is None:  # a random batch is the model's whole input (a tuple: all its positional inputs)
             collect = inputs_as_given
     else:
@@ -141,8 +158,7 @@ def _evaluator(space: SearchSpace, dummy_input: Any, options: SearchOptions) -> 
             data = data.batches(dummy_input)
         batches = load_batches(data, settings.max_batches, options.data.name)
     seed_everything(settings.seed)
-    if not space.order_locked:  # a trained space keeps the order its subnets were trained in
-        space.sort_parameters(settings.importance)
+    batches = [move_to(batch, device) for batch in batches]
     space.select(space.max())
     score_fn = options.score.value
     on_score = getattr(options.on_progress, "on_score", None)

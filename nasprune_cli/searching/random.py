@@ -81,10 +81,32 @@ class RandomSearcher(Searcher):
         total = self.settings.iterations
         self.progress("search", min(state["iteration"], total), total)
         while not state["done"] and state["iteration"] < total:
+            upcoming = self.upcoming(total - state["iteration"])
+            if upcoming and not self.is_prefetched(upcoming[0]):
+                self.prefetch(upcoming)
             self.step()
             state["iteration"] += 1
             self.save_checkpoint()
             self.progress("search", state["iteration"], total)
+
+    def upcoming(self, remaining: int) -> list[dict[str, int]]:
+        """Several ranks: the next subnets the loop will score (one per rank, drawn ahead on a copy of the RNG, as
+        the loop will draw them); one process: none."""
+        if self.world.size == 1:
+            return []
+        ahead = random.Random()
+        ahead.setstate(self.rng.getstate())
+        own, self.rng = self.rng, ahead
+        try:
+            avoid, configs = set(self.seen), []
+            for _ in range(min(remaining, self.world.size)):
+                config = self.draw(self.random_config, avoid)
+                if config_key(config) not in avoid:
+                    configs.append(config)
+                    avoid.add(config_key(config))
+        finally:
+            self.rng = own
+        return configs
 
     def step(self) -> None:
         """One search step."""

@@ -87,6 +87,8 @@ class SearchResult:
     state: dict[str, Any]  # the searcher's state (history, sensitivity map, ...), as in its checkpoint
     score_info: ScoreInfo | None = None  # what the score measures; None: named by score_name only, higher is better
     stages: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # stage -> flops/params [before, after]
+    device: str = "cpu"  # where the search ran (the model in the result is on the CPU)
+    parallel: dict[str, Any] | None = None  # several ranks: the shared evaluations' ShareStats, this rank's view
 
     def score_label(self) -> str:
         """What the score measures and its values, e.g. 'val accuracy 99.20% -> 98.90%'."""

@@ -1,0 +1,245 @@
+"""One search across two CPU processes (gloo, torch.multiprocessing spawn): the same subnet, score and evaluation
+count as one process; a checkpoint resumed with another number of processes; a failing rank stops every rank."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from nasprune_cli.distributed import World, close_world, init_world
+from nasprune_cli.errors import NasPruneError, SearchError
+from nasprune_cli.recipe.schema import SearchSettings
+from nasprune_cli.searching.binary import BinarySearcher
+from nasprune_cli.searching.evolve import EvolveSearcher
+from nasprune_cli.searching.random import RandomSearcher
+from tests.unit.test_search_searchers import FakeEvaluator, FakeSpace
+
+FAKE_BOUNDS = {"flops": 0.45 * FakeSpace().original_cost.flops}
+FAKE_RUNS: dict[str, tuple[type, dict[str, Any]]] = {
+    "binary": (BinarySearcher, {}),
+    "evolve": (EvolveSearcher, {"iterations": 14, "population_size": 6, "seed": 3}),
+    "random": (RandomSearcher, {"iterations": 12, "seed": 5}),
+}
+
+
+class FailingEvaluator(FakeEvaluator):
+    """Raises a ValueError on one rank after a number of scores."""
+
+    def __init__(self, space: FakeSpace, rank: int, fail_rank: int, fail_after: int) -> None:
+        super().__init__(space)
+        self.fail = rank == fail_rank
+        self.limit = fail_after
+
+    def __call__(self) -> float:
+        if self.fail and self.calls >= self.limit:
+            raise ValueError("boom: the GPU caught fire")
+        return super().__call__()
+
+
+def fake_search(kind: str, checkpoint: Path | None = None, evaluator: Callable[..., Any] | None = None) -> dict:
+    """A searcher on the synthetic space (no model run); returns its state."""
+    cls, settings = FAKE_RUNS[kind]
+    space = FakeSpace()
+    score = evaluator(space) if evaluator is not None else FakeEvaluator(space)
+    conf = SearchSettings(searcher=cls.name, **settings)
+    return cls(space, score, FAKE_BOUNDS, conf, checkpoint=checkpoint, fingerprint={"test": kind}).search()
+
+
+def outcome(state: dict) -> tuple[dict, float, int]:
+    """What must not depend on the number of processes."""
+    return state["best"]["config"], state["best"]["score"], state["evaluations"]
+
+
+def chain_search(searcher: str) -> dict[str, Any]:
+    """search() on a small real conv net (random batches, the default score) on the CPU."""
+    from nasprune_cli.searching import search
+    from tests.toys import Chain
+
+    torch.manual_seed(0)
+    config: dict[str, Any] = {"searcher": searcher, "device": "cpu", "max_batches": 2, "seed": 1}
+    if searcher == "evolve":
+        config.update(iterations=10, population_size=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = search(Chain(), {"flops": "45%"}, torch.randn(1, 3, 16, 16), config)
+    return {
+        "config": result.config,
+        "score": result.pruned.score,
+        "evaluations": result.evaluations,
+        "flops": result.pruned.flops,
+        "parallel": result.parallel,
+    }
+
+
+def scenario_chain(rank: int, tmp: Path) -> Any:
+    return {s: chain_search(s) for s in ("binary", "evolve")}
+
+
+def scenario_resume(rank: int, tmp: Path) -> Any:
+    init_world("cpu")
+    return {kind: outcome(fake_search(kind, tmp / f"{kind}.ckpt")) for kind in FAKE_RUNS}
+
+
+def scenario_fail(rank: int, tmp: Path) -> Any:
+    init_world("cpu")
+    return outcome(fake_search("binary", tmp / "fail.ckpt", lambda space: FailingEvaluator(space, rank, 1, 2)))
+
+
+SCENARIOS = {"chain": scenario_chain, "resume": scenario_resume, "fail": scenario_fail}
+
+
+def worker(rank: int, size: int, port: int, tmp: str) -> None:
+    """One rank: join the group as torchrun would set it up, run every scenario in turn (one start-up: importing
+    torch dominates), write what each got."""
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        WORLD_SIZE=str(size),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        LOCAL_WORLD_SIZE=str(size),
+        OMP_NUM_THREADS="1",
+    )
+    torch.set_num_threads(1)
+    payloads = {}
+    try:
+        for name, scenario in SCENARIOS.items():
+            try:
+                payloads[name] = {"ok": scenario(rank, Path(tmp))}
+            except NasPruneError as exc:
+                payloads[name] = {"error": str(exc), "type": type(exc).__name__}
+    finally:
+        close_world()
+    (Path(tmp) / f"rank{rank}.json").write_text(json.dumps(payloads))
+
+
+def spawn(tmp: Path, size: int = 2) -> list[dict]:
+    """Run the scenarios on `size` ranks; every rank's payloads."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(worker, args=(size, port, str(tmp)), nprocs=size, join=True, start_method="spawn")
+    return [json.loads((tmp / f"rank{r}.json").read_text()) for r in range(size)]
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]]:
+    """Checkpoints of interrupted one-process searches, then one two-rank run of every scenario."""
+    tmp = tmp_path_factory.mktemp("ranks")
+    for kind in FAKE_RUNS:
+        with pytest.raises(KeyboardInterrupt):
+            fake_search(kind, tmp / f"{kind}.ckpt", lambda space: FakeEvaluator(space, fail_after=4))
+        assert (tmp / f"{kind}.ckpt").is_file()
+    return tmp, spawn(tmp)
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the ranks: the same float arithmetic
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value))
+
+
+def test_two_processes_find_the_subnet_one_process_finds(two_ranks: tuple[Path, list[dict]]) -> None:
+    with one_thread():
+        alone = {s: chain_search(s) for s in ("binary", "evolve")}
+    for searcher, expected in alone.items():
+        assert expected["parallel"] is None
+        for payload in two_ranks[1]:
+            got = payload["chain"]["ok"][searcher]
+            assert got["config"] == expected["config"], searcher
+            assert got["score"] == expected["score"], searcher
+            assert got["evaluations"] == expected["evaluations"], searcher
+            assert got["flops"] == expected["flops"], searcher
+            shared = got["parallel"]
+            assert shared["world_size"] == 2 and shared["rounds"] > 0
+            assert shared["used"] <= shared["evaluated"]
+            assert shared["used"] >= expected["evaluations"] // 2  # most evaluations were shared out
+
+
+def test_a_checkpoint_from_one_process_resumes_on_two(two_ranks: tuple[Path, list[dict]]) -> None:
+    expected = {kind: jsonable(outcome(fake_search(kind))) for kind in FAKE_RUNS}
+    for payload in two_ranks[1]:
+        assert payload["resume"]["ok"] == expected
+
+
+def test_a_failing_rank_stops_every_rank_and_the_run_resumes_on_one(two_ranks: tuple[Path, list[dict]]) -> None:
+    tmp_path, ranks = two_ranks
+    for rank, ranked in enumerate(ranks):
+        payload = ranked["fail"]
+        assert payload["type"] == "SearchError", payload
+        assert payload["error"].startswith("rank 1 of 2 failed scoring a subnet"), payload
+        assert "ValueError: boom: the GPU caught fire" in payload["error"]
+        assert "stopped on every rank" in payload["error"], rank
+    checkpoint = tmp_path / "fail.ckpt"
+    assert checkpoint.is_file()  # written after every step before the failure, never half
+    assert outcome(fake_search("binary", checkpoint)) == outcome(fake_search("binary"))
+
+
+def test_a_single_process_world_costs_nothing_and_raises_its_own_error() -> None:
+    world = World()
+    assert world.gather(3) == [3] and world.broadcast("x") == "x" and world.is_main
+    world.agree(None, "anything")
+    with pytest.raises(SearchError, match="own"):
+        world.agree(SearchError("its own"), "anything")
+
+
+@pytest.mark.slow
+def test_torchrun_cli_writes_once_what_one_process_finds(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    args = [
+        "-m",
+        "nasprune_cli",
+        "search",
+        "--model",
+        "tests.toys:Chain",
+        "--input-shape",
+        "1,3,16,16",
+        "--flops",
+        "45%",
+        "--device",
+        "cpu",
+        "--max-batches",
+        "2",
+        "--json",
+        "--quiet",
+    ]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
+    two = subprocess.run(
+        [*torchrun, *args, "--output", str(tmp_path / "p.pt")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=root,
+        timeout=300,
+    )
+    one = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, cwd=root, timeout=300)
+    assert two.returncode == 0 and one.returncode == 0, two.stderr[-2000:]
+    got, expected = json.loads(two.stdout), json.loads(one.stdout)  # one JSON document: rank 1 prints nothing
+    assert got["config"] == expected["config"] and got["metrics"]["pruned"] == expected["metrics"]["pruned"]
+    assert got["metrics"]["evaluations"] == expected["metrics"]["evaluations"]
+    assert two.stderr.count("wrote ") == 1 and (tmp_path / "p.pt").is_file()
