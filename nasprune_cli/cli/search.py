@@ -238,7 +238,6 @@ def search_command(
     space: SpaceOpt = None,
 ) -> None:
     """Search the best subnet within --flops / --params / --latency and write the pruned model (--output)."""
-    from nasprune_cli.checkpoint import save_pruned
     from nasprune_cli.distributed import init_world
     from nasprune_cli.inputs import dummy_input_for
     from nasprune_cli.loading import build_model, parse_kwargs
@@ -280,6 +279,13 @@ def search_command(
         result = search(net, None, dummy_input, options)
     if not world.is_main:
         return
+    write_results(result, output_path, report, json_out, overwrite)
+
+
+def write_results(result: Any, output_path: Path | None, report: Path | None, json_out: bool, overwrite: bool) -> None:
+    """Save the pruned file and the report, print the summary (a table, or JSON) and say what was written."""
+    from nasprune_cli.checkpoint import save_pruned
+
     if output_path is not None:
         save_pruned(output_path, result, overwrite=overwrite)
 
@@ -319,6 +325,8 @@ def restore_space_for(path: Path, net: Any, recipe: Any) -> Any:
                 "the --recipe (and --set / --input-shape) it was converted or trained with"
             )
     return restore_space(path, net)
+
+
 def _follower() -> None:
     """A rank other than 0 shows no warnings (rank 0 shows the same ones); its errors are still printed."""
     import warnings
