@@ -9,8 +9,11 @@ import typer
 
 from nasprune_cli.cli import output
 from nasprune_cli.cli.options import JsonOpt, ModelKwargsOpt, ModelOpt, OutputOpt, OverwriteOpt
+from nasprune_cli.cli.progress import progress_mode
 from nasprune_cli.cli.search import CollectOpt, QuietOpt
 from nasprune_cli.cli.train import (
+    AmpOpt,
+    CheckpointEveryOpt,
     EpochsOpt,
     LossOpt,
     LrOpt,
@@ -19,6 +22,7 @@ from nasprune_cli.cli.train import (
     TemperatureOpt,
     TrainCheckpointOpt,
     TrainDataOpt,
+    TrainDeviceOpt,
     TrainMaxBatchesOpt,
     TrainProgress,
     TrainScoreOpt,
@@ -26,8 +30,8 @@ from nasprune_cli.cli.train import (
     WeightDecayOpt,
     check_files,
     print_training,
-    progress_mode,
     score_fields,
+    start_world,
 )
 
 PrunedInOpt = Annotated[
@@ -53,6 +57,9 @@ def finetune_command(
     max_batches: TrainMaxBatchesOpt = None,
     seed: TrainSeedOpt = 0,
     checkpoint: TrainCheckpointOpt = None,
+    checkpoint_every: CheckpointEveryOpt = None,
+    device: TrainDeviceOpt = "auto",
+    amp: AmpOpt = None,
     overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -64,22 +71,28 @@ def finetune_command(
     from nasprune_cli.loading import build_model, parse_kwargs
     from nasprune_cli.searching.prepare import seed_everything
     from nasprune_cli.training import TrainSettings, finetune, training_data
+    from nasprune_cli.training.data import training_device
 
     settings = TrainSettings(
         epochs=epochs, steps=steps, lr=lr, optimizer=optimizer, weight_decay=weight_decay, loss=loss,
         temperature=temperature, seed=seed, max_batches=max_batches,
-        checkpoint=str(checkpoint) if checkpoint is not None else None,
+        checkpoint=str(checkpoint) if checkpoint is not None else None, checkpoint_every=checkpoint_every,
+        device=device, amp=amp,
     )  # fmt: skip
     kwargs = parse_kwargs(model_kwargs)
     check_files(output_path, checkpoint, overwrite, {"--pruned": pruned})
     stored = load_pruned(pruned)
+    world = start_world(settings)
     seed_everything(seed)
     student = restore(build_model(model, kwargs), pruned)
     teacher = build_model(model, kwargs) if "kd" in loss.split("+") else None
     dummy = make_dummy_input(list(stored["input"]["shape"]), stored["input"].get("dtype", "float32"))
-    prepared = training_data(data, dummy, score, collect)
-    with TrainProgress(progress_mode(quiet)) as on_progress:
+    prepared = training_data(data, dummy, score, collect, training_device(settings))
+    with TrainProgress(progress_mode(quiet or not world.is_main)) as on_progress:
         result = finetune(student, teacher, prepared, settings, on_progress)
+    if not world.is_main:  # rank 0 writes the file and reports
+        return
+    result.model.cpu()
     summary = {**result.summary(), **score_fields(prepared.score, prepared.score_name)}
     save_finetuned(output_path, stored, result.model, summary, overwrite=overwrite)
     if json_out:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -20,7 +19,8 @@ from nasprune_cli.cli.options import (
     SetOpt,
     recipe_overrides,
 )
-from nasprune_cli.cli.search import CollectOpt, QuietOpt, _Progress
+from nasprune_cli.cli.progress import Progress, progress_mode
+from nasprune_cli.cli.search import CollectOpt, QuietOpt
 
 TrainDataOpt = Annotated[
     str,
@@ -69,7 +69,32 @@ TrainCheckpointOpt = Annotated[
     Path | None,
     typer.Option(
         "--checkpoint",
-        help="Training-state file, written after every epoch; re-running the same command resumes from it exactly.",
+        help="Training-state file, written every --checkpoint-every steps; re-running the same command (also after "
+        "a kill mid-epoch) resumes from it exactly.",
+        show_default=False,
+    ),
+]
+CheckpointEveryOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--checkpoint-every",
+        help="Optimizer steps between two writes of --checkpoint (default: at the end of every epoch).",
+        show_default=False,
+    ),
+]
+TrainDeviceOpt = Annotated[
+    str,
+    typer.Option(
+        "--device",
+        help="Where the model, the teacher and the batches run: auto (the first CUDA GPU, else the CPU; under torchrun "
+        "the LOCAL_RANK GPU), cpu, cuda, cuda:N or mps. Files written hold CPU tensors.",
+    ),
+]
+AmpOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--amp/--no-amp",
+        help="Mixed precision (autocast to float16 + GradScaler). Default: on for CUDA, off elsewhere (CUDA only).",
         show_default=False,
     ),
 ]
@@ -83,16 +108,11 @@ SamplingOpt = Annotated[
 ]
 
 
-class TrainProgress(_Progress):
+class TrainProgress(Progress):
     """The search's progress display (bars on a terminal, lines in logs), counting training steps."""
 
     LABELS = {"train": "train"}
     UNITS = {"train": "steps"}
-
-
-def progress_mode(quiet: bool) -> str:
-    """off (--quiet), bars (a terminal) or lines (logs)."""
-    return "off" if quiet else "bars" if sys.stderr.isatty() else "lines"
 
 
 def train_command(
@@ -116,6 +136,9 @@ def train_command(
     max_batches: TrainMaxBatchesOpt = None,
     seed: TrainSeedOpt = 0,
     checkpoint: TrainCheckpointOpt = None,
+    checkpoint_every: CheckpointEveryOpt = None,
+    device: TrainDeviceOpt = "auto",
+    amp: AmpOpt = None,
     overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -128,21 +151,27 @@ def train_command(
     from nasprune_cli.searching.prepare import seed_everything
     from nasprune_cli.space_file import save_space
     from nasprune_cli.training import TrainSettings, train_space, training_data
+    from nasprune_cli.training.data import training_device
 
     settings = TrainSettings(
         epochs=epochs, steps=steps, lr=lr, optimizer=optimizer, weight_decay=weight_decay, loss=loss,
         temperature=temperature, sampling=sampling, seed=seed, max_batches=max_batches,
-        checkpoint=str(checkpoint) if checkpoint is not None else None,
+        checkpoint=str(checkpoint) if checkpoint is not None else None, checkpoint_every=checkpoint_every,
+        device=device, amp=amp,
     )  # fmt: skip
     kwargs = parse_kwargs(model_kwargs)
     loaded = load_recipe(recipe, recipe_overrides(input_shape=input_shape), "command line", sets=sets or ())
     check_files(output_path, checkpoint, overwrite, {"--recipe": recipe})
+    world = start_world(settings)
     seed_everything(seed)
     dummy = dummy_input_for(loaded)
     space = convert(build_model(model, kwargs), loaded, dummy)
-    prepared = training_data(data, dummy, score, collect)
-    with TrainProgress(progress_mode(quiet)) as on_progress:
+    prepared = training_data(data, dummy, score, collect, training_device(settings))
+    with TrainProgress(progress_mode(quiet or not world.is_main)) as on_progress:
         result = train_space(space, prepared, settings, on_progress, importance=loaded.search.importance)
+    if not world.is_main:  # rank 0 writes the file and reports
+        return
+    space.model.cpu()
     summary = {**result.summary(), **score_fields(prepared.score, prepared.score_name)}
     save_space(output_path, space, {"entry_point": model, "kwargs": kwargs}, loaded, overwrite, training=summary)
     if json_out:
@@ -150,6 +179,19 @@ def train_command(
     else:
         print_training(summary)
     output.info(f"wrote {output_path}; search it with `nasprune search --space {output_path} ...`")
+
+
+def start_world(settings: Any) -> Any:
+    """Under torchrun, join the process group (the same set-up as the search: one GPU per rank, or the CPU threads
+    shared out); a rank other than 0 shows no warnings. A single process is left as it is."""
+    from nasprune_cli.distributed import init_world
+
+    world = init_world(settings.device)
+    if not world.is_main:
+        import warnings
+
+        warnings.filterwarnings("ignore")
+    return world
 
 
 def check_files(output_path: Path, checkpoint: Path | None, overwrite: bool, inputs: dict[str, Any]) -> None:

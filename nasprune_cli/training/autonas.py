@@ -9,12 +9,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from nasprune_cli.devices import model_device
+from nasprune_cli.inputs import move_to
 from nasprune_cli.metrics.score import recalibrate_bn
 from nasprune_cli.searching.fingerprint import weights_digest
 from nasprune_cli.space import SearchSpace
-from nasprune_cli.training.data import TrainingData, measure
+from nasprune_cli.training.data import TrainingData, measure, training_device
 from nasprune_cli.training.loop import Progress, TrainLog, run_training
 from nasprune_cli.training.losses import require_labels
+from nasprune_cli.training.precision import Precision
 from nasprune_cli.training.settings import TrainSettings
 from nasprune_cli.training.steps import space_step_fn
 
@@ -50,28 +53,31 @@ def train_space(
     data: TrainingData,
     settings: TrainSettings,
     on_progress: Progress | None = None,
-    device: torch.device | str | None = None,
     importance: str = "magnitude",
 ) -> SpaceTrainResult:
     """Sort the channels by importance (unless the order is locked), train every subnet with --sampling, lock the
-    order. With --loss kd or ce+kd the largest subnet distils from a frozen copy of the model as it was."""
+    order. With --loss kd or ce+kd the largest subnet distils from a frozen copy of the model as it was. The model
+    trains on the settings' --device and is left there."""
     require_labels(data.batches, settings.loss)
+    device = training_device(settings)
+    precision = Precision(device, settings.amp)
     torch.manual_seed(settings.seed)
     if not space.order_locked:
         space.sort_parameters(importance)
-    space.model.to(device or "cpu")
+    space.model.to(device)
+    space.dummy_input = move_to(space.dummy_input, device)
     teacher = _teacher(space, settings)
     before = subnet_scores(space, data)
     fp = {
         "task": "train-space",
-        "settings": {k: v for k, v in settings.to_dict().items() if k != "checkpoint"},
+        "settings": settings.run_fields(),
         "hparams": {n: list(hp.choices) for n, hp in space.hparams.items()},
         "weights": weights_digest(space.model),
         "data": data.data_name,
         "batches": len(data.batches),
     }
-    step_fn = space_step_fn(space, settings, teacher, data.collect)
-    log = run_training(space.model, data.batches, step_fn, settings, fp, on_progress, device)
+    step_fn = space_step_fn(space, settings, teacher, data.collect, precision)
+    log = run_training(space.model, data.batches, step_fn, settings, fp, on_progress, device, precision)
     space.select(space.max())
     space.order_locked = True  # the search keeps the order the subnets were trained in
     after = subnet_scores(space, data)
@@ -88,7 +94,8 @@ def subnet_scores(space: SearchSpace, data: TrainingData) -> dict[str, float | N
     try:
         for name, config in (("largest", space.max()), ("smallest", space.min())):
             space.select(config)
-            recalibrate_bn(space.model, data.batches[:RECALIBRATION_BATCHES], data.collect)
+            first = [move_to(b, model_device(space.model)) for b in data.batches[:RECALIBRATION_BATCHES]]
+            recalibrate_bn(space.model, first, data.collect)
             scores[name] = measure(space.model, data.score, data.score_name)
     finally:
         space.model.load_state_dict(saved)

@@ -10,10 +10,13 @@ import torch
 from torch import nn
 
 from nasprune_cli.builtin import DataSource, LabelScore
+from nasprune_cli.devices import resolve_device
+from nasprune_cli.distributed import current_world
 from nasprune_cli.errors import TrainingError
-from nasprune_cli.inputs import eval_mode
+from nasprune_cli.inputs import eval_mode, move_to
 from nasprune_cli.metrics.score import check_score, default_collect, load_batches
 from nasprune_cli.searching.options import search_options
+from nasprune_cli.training.settings import TrainSettings
 
 ALL_BATCHES = 10**9
 
@@ -29,8 +32,16 @@ class TrainingData:
     score_name: str | None
 
 
-def training_data(data: Any, dummy_input: Any, score: Any = None, collect: Any = None) -> TrainingData:
-    """Resolve --data (required), --score and --collect: names ("top1", "imagefolder:DIR", "pkg.mod:fn") or objects."""
+def training_device(settings: TrainSettings) -> torch.device:
+    """The device of the settings' --device (the LOCAL_RANK GPU under torchrun), checked to exist."""
+    return resolve_device(settings.device, current_world().local_rank)
+
+
+def training_data(
+    data: Any, dummy_input: Any, score: Any = None, collect: Any = None, device: torch.device | str = "cpu"
+) -> TrainingData:
+    """Resolve --data (required), --score and --collect: names ("top1", "imagefolder:DIR", "pkg.mod:fn") or objects.
+    The batches stay on the CPU (each step moves its own); a label score's batches go to `device`, the model's."""
     if data is None:
         raise TrainingError(
             "--data: training needs data batches (a data function 'pkg.module:fn', imagefolder:DIR or tensors:FILE); "
@@ -44,7 +55,7 @@ def training_data(data: Any, dummy_input: Any, score: Any = None, collect: Any =
     collect_fn = options.collect.value or default_collect
     score_fn = options.score.value
     if isinstance(score_fn, LabelScore):
-        score_fn = score_fn.bind(batches, collect_fn)
+        score_fn = score_fn.bind([move_to(b, device) for b in batches], collect_fn)
     name = options.score.name if score_fn is not None else None
     return TrainingData(batches, collect_fn, score_fn, options.data.name, name)
 

@@ -9,9 +9,10 @@ import torch
 from torch import nn
 
 from nasprune_cli.searching.fingerprint import weights_digest
-from nasprune_cli.training.data import TrainingData, measure
+from nasprune_cli.training.data import TrainingData, measure, training_device
 from nasprune_cli.training.loop import Progress, TrainLog, run_training
 from nasprune_cli.training.losses import require_labels
+from nasprune_cli.training.precision import Precision
 from nasprune_cli.training.settings import TrainSettings
 from nasprune_cli.training.steps import model_step_fn
 
@@ -46,26 +47,27 @@ def finetune(
     data: TrainingData,
     settings: TrainSettings,
     on_progress: Progress | None = None,
-    device: torch.device | str | None = None,
 ) -> FinetuneResult:
     """Train a (pruned) model in place on the --loss; `teacher` (the original model, put in eval mode and run without
-    gradients) is needed for kd."""
+    gradients) is needed for kd. Both run on the settings' --device; the model is left there."""
     _check_teacher(teacher, settings)
     require_labels(data.batches, settings.loss)
+    device = training_device(settings)
+    precision = Precision(device, settings.amp)
     torch.manual_seed(settings.seed)
     if teacher is not None:
-        teacher.to(device or "cpu").eval()  # run under no_grad (steps.teacher_outputs): its parameters are untouched
-    model.to(device or "cpu")
+        teacher.to(device).eval()  # run under no_grad (steps.teacher_outputs): its parameters are untouched
+    model.to(device)
     before = measure(model, data.score, data.score_name)
     fp = {
         "task": "finetune",
-        "settings": {k: v for k, v in settings.to_dict().items() if k != "checkpoint"},
+        "settings": settings.run_fields(),
         "weights": weights_digest(model),
         "data": data.data_name,
         "batches": len(data.batches),
     }
-    step_fn = model_step_fn(model, settings, teacher, data.collect)
-    log = run_training(model, data.batches, step_fn, settings, fp, on_progress, device)
+    step_fn = model_step_fn(model, settings, teacher, data.collect, precision)
+    log = run_training(model, data.batches, step_fn, settings, fp, on_progress, device, precision)
     after = measure(model, data.score, data.score_name)
     return FinetuneResult(model, before, after, log, settings)
 

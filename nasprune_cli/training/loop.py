@@ -1,5 +1,6 @@
-"""The training loop: seeded batch order per epoch, optimizer with a cosine schedule, a checkpoint per epoch, exact
-resume, progress callbacks. What one step computes is the caller's step function (steps.py)."""
+"""The training loop: seeded batch order per epoch, optimizer with a cosine schedule, a checkpoint every N steps (the
+position inside the epoch included), exact resume, data parallel under torchrun, progress callbacks. What one step
+computes is the caller's step function (steps.py)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from nasprune_cli.devices import device_errors, model_device
+from nasprune_cli.distributed import World, current_world
+from nasprune_cli.inputs import move_to
+from nasprune_cli.training.parallel import combine_step, reduce_gradients, shard_batch
+from nasprune_cli.training.precision import Precision
 from nasprune_cli.training.settings import TrainSettings
-from nasprune_cli.training.state import load_train_state, save_train_state
+from nasprune_cli.training.state import TrainState, load_train_state, restore_rng, save_train_state
 from nasprune_cli.training.steps import StepFn
 
 Progress = Callable[[str, int, int], None]
@@ -62,19 +68,6 @@ def hash_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7_919 + 17) % (2**63 - 1)
 
 
-def to_device(batch: Any, device: torch.device | str | None) -> Any:
-    """The batch with every tensor moved to `device` (None: left where it is)."""
-    if device is None:
-        return batch
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device)
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(to_device(b, device) for b in batch)
-    if isinstance(batch, dict):
-        return {k: to_device(v, device) for k, v in batch.items()}
-    return batch
-
-
 def run_training(
     model: nn.Module,
     batches: Sequence[Any],
@@ -83,17 +76,24 @@ def run_training(
     fingerprint: dict[str, Any],
     on_progress: Progress | None = None,
     device: torch.device | str | None = None,
+    precision: Precision | None = None,
 ) -> TrainLog:
-    """Train `model` (in training mode) with `step_fn` for the settings' steps; returns in eval mode."""
+    """Train `model` (in training mode, on `device`) with `step_fn` for the settings' steps; returns in eval mode.
+
+    Under torchrun every rank takes its share of each batch and the gradients are all-reduced (parallel.py); rank 0
+    writes the checkpoint (every --checkpoint-every steps, else at every epoch's end) and reports progress."""
+    world = current_world()
+    device = torch.device(device) if device is not None else model_device(model)
+    precision = precision or Precision(device, False)
     per_epoch = min(len(batches), settings.max_batches or len(batches))
     total = settings.total_steps(per_epoch)
     optimizer = make_optimizer(model.parameters(), settings)
     log = TrainLog(steps=total, epochs=total / per_epoch)
-    step = _resume(model, optimizer, settings, fingerprint, log)
+    step, order = _resume(model, optimizer, precision, settings, fingerprint, log)
+    report = on_progress if world.is_main else None
     started = time.monotonic()
-    if on_progress is not None:
-        on_progress("train", step, total)
-    order: list[int] = []
+    if report is not None:
+        report("train", step, total)
     model.train()
     while step < total:
         epoch, index = divmod(step, per_epoch)
@@ -102,30 +102,62 @@ def run_training(
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(settings.learning_rate, step, total)
         optimizer.zero_grad(set_to_none=True)
-        log.losses.append(step_fn(to_device(batches[order[index]], device), step))
-        optimizer.step()
+        log.losses.append(_step(model, batches[order[index]], step, step_fn, device, world))
+        precision.step(optimizer)
         step += 1
-        if settings.checkpoint is not None and (step % per_epoch == 0 or step == total):
-            save_train_state(settings.checkpoint, fingerprint, step, model, optimizer, log.losses)
-        if on_progress is not None:
-            on_progress("train", step, total)
+        if world.is_main and _checkpoint_due(settings, step, per_epoch, total):
+            state = TrainState(step, order, log.losses, precision.state_dict())
+            save_train_state(settings.checkpoint, fingerprint, state, model, optimizer)
+        if report is not None:
+            report("train", step, total)
     model.eval()
     log.seconds = time.monotonic() - started
     return log
 
 
-def _resume(
-    model: nn.Module, optimizer: torch.optim.Optimizer, settings: TrainSettings, fp: dict[str, Any], log: TrainLog
-) -> int:
-    """Load the checkpoint when it exists: weights, optimizer, torch RNG and losses; returns the step to go on from."""
+def _step(model: nn.Module, batch: Any, step: int, step_fn: StepFn, device: torch.device, world: World) -> dict:
+    """This rank's share of one step's forward and backward, every rank's gradients combined; the batch's losses."""
+    error: BaseException | None = None
+    losses: dict[str, float] = {}
+    weight = 1.0
+    try:
+        with device_errors(device):
+            share, weight = shard_batch(batch, world.rank, world.size)
+            losses = step_fn(move_to(share, device), step)
+    except Exception as exc:  # noqa: BLE001 - every rank must learn of it before the next collective
+        error = exc
+    losses = combine_step(world, step, error, losses, weight)
+    reduce_gradients(world, model, weight)
+    return losses
+
+
+def _checkpoint_due(settings: TrainSettings, step: int, per_epoch: int, total: int) -> bool:
+    """Whether the checkpoint is written after `step` steps: every --checkpoint-every steps (else at every epoch's
+    end), and at the end."""
     if settings.checkpoint is None:
-        return 0
+        return False
+    return step % (settings.checkpoint_every or per_epoch) == 0 or step == total
+
+
+def _resume(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    precision: Precision,
+    settings: TrainSettings,
+    fp: dict[str, Any],
+    log: TrainLog,
+) -> tuple[int, list[int]]:
+    """Load the checkpoint when it exists: weights, optimizer, scaler, RNG states, losses and the epoch's batch
+    order; returns the step to go on from and that order ([] at an epoch's start)."""
+    if settings.checkpoint is None:
+        return 0, []
     state = load_train_state(settings.checkpoint, fp)
     if state is None:
-        return 0
+        return 0, []
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
-    torch.set_rng_state(state["torch_rng"])
+    precision.load_state_dict(state["scaler"])
+    restore_rng(state)
     log.losses = list(state["losses"])
     log.resumed_from = int(state["step"])
-    return log.resumed_from
+    return log.resumed_from, list(state["order"])

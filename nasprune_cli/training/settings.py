@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from nasprune_cli.devices import DEVICE_HINT, DEVICE_PATTERN
 from nasprune_cli.errors import TrainingError
 
 LOSSES = ("kd", "ce", "ce+kd")
@@ -32,13 +34,21 @@ class TrainSettings:
     num_random: int = 2
     seed: int = 0
     max_batches: int | None = None  # batches of the data per epoch; None: all
-    checkpoint: str | None = None  # training state, written after every epoch; resumed when it exists
+    checkpoint: str | None = None  # training state, written every `checkpoint_every` steps; resumed when it exists
+    checkpoint_every: int | None = None  # optimizer steps between checkpoints; None: at the end of every epoch
+    device: str = "auto"  # auto, cpu, cuda, cuda:N or mps (devices.resolve_device)
+    amp: bool | None = None  # mixed precision (autocast + GradScaler); None: on for CUDA, off elsewhere
 
     def __post_init__(self) -> None:
         _choice("--loss", self.loss, LOSSES)
         _choice("--optimizer", self.optimizer, OPTIMIZERS)
         _choice("--sampling", self.sampling, SAMPLINGS)
-        for flag, value in (("--epochs", self.epochs), ("--steps", self.steps), ("--max-batches", self.max_batches)):
+        for flag, value in (
+            ("--epochs", self.epochs),
+            ("--steps", self.steps),
+            ("--max-batches", self.max_batches),
+            ("--checkpoint-every", self.checkpoint_every),
+        ):
             if value is not None and value < 1:
                 raise TrainingError(f"{flag}: expected a positive integer (got {value})")
         for flag, value in (("--lr", self.lr), ("--temperature", self.temperature)):
@@ -46,6 +56,8 @@ class TrainSettings:
                 raise TrainingError(f"{flag}: expected a positive number (got {value})")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise TrainingError(f"--weight-decay: expected a number >= 0 (got {self.weight_decay})")
+        if not re.match(DEVICE_PATTERN, str(self.device).strip().lower()):
+            raise TrainingError(f"--device: unknown device {self.device!r} ({DEVICE_HINT})")
         if self.num_random < 0:
             raise TrainingError(f"num_random: expected an integer >= 0 (got {self.num_random})")
 
@@ -59,6 +71,12 @@ class TrainSettings:
         if self.steps is not None:
             return self.steps
         return (self.epochs or 1) * batches_per_epoch
+
+    def run_fields(self) -> dict[str, Any]:
+        """The settings that change what a run computes (not where it runs or how often it is saved): a resumed run
+        must match them."""
+        where = ("checkpoint", "checkpoint_every", "device")
+        return {k: v for k, v in asdict(self).items() if k not in where}
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values, for JSON output and checkpoint fingerprints."""

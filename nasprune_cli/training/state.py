@@ -1,8 +1,10 @@
-"""The training checkpoint: model and optimizer state, step, torch RNG and losses, with the run's fingerprint."""
+"""The training checkpoint: model, optimizer and GradScaler state, the step and the epoch's batch order (the position
+inside the epoch), the torch RNG states (CPU and CUDA) and the losses, with the run's fingerprint."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,16 +30,28 @@ class TrainStateFile(BaseModel):
     model: dict[str, torch.Tensor]
     optimizer: dict[str, Any]
     torch_rng: torch.Tensor
+    cuda_rng: list[torch.Tensor] = Field(default_factory=list)
+    order: list[int] = Field(default_factory=list)
+    scaler: dict[str, Any] = Field(default_factory=dict)
     losses: list[dict[str, float]]
+
+
+@dataclass(frozen=True)
+class TrainState:
+    """Where a run stands after a step: the step, the epoch's batch order, the losses so far, the scaler's state."""
+
+    step: int
+    order: list[int]
+    losses: list[dict[str, float]]
+    scaler: dict[str, Any]
 
 
 def save_train_state(
     path: str | Path,
     fingerprint: Mapping[str, Any],
-    step: int,
+    state: TrainState,
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
-    losses: list[dict[str, float]],
 ) -> Path:
     """Write the state a resumed run needs to continue exactly where this one stopped (atomically)."""
     data = {
@@ -45,11 +59,14 @@ def save_train_state(
         "format_version": FORMAT_VERSION,
         "fingerprint": dict(fingerprint),
         "fingerprint_digest": digest(fingerprint),
-        "step": step,
+        "step": state.step,
         "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-        "optimizer": optimizer.state_dict(),
+        "optimizer": _to_cpu(optimizer.state_dict()),
         "torch_rng": torch.get_rng_state(),
-        "losses": [dict(x) for x in losses],
+        "cuda_rng": [s.cpu() for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_initialized() else [],
+        "order": list(state.order),
+        "scaler": dict(state.scaler),
+        "losses": [dict(x) for x in state.losses],
     }
     return atomic_save(data, path)
 
@@ -68,3 +85,22 @@ def load_train_state(path: str | Path, fingerprint: Mapping[str, Any]) -> dict[s
             "another --checkpoint to start anew"
         )
     return data
+
+
+def restore_rng(state: Mapping[str, Any]) -> None:
+    """Set torch's CPU (and, when stored and present, CUDA) random generators to a checkpoint's states."""
+    torch.set_rng_state(state["torch_rng"])
+    cuda = state.get("cuda_rng") or []
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def _to_cpu(obj: Any) -> Any:
+    """A nested state with every tensor on the CPU (a checkpoint file holds CPU tensors)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj

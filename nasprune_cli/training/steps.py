@@ -16,6 +16,7 @@ from nasprune_cli.inputs import call_model
 from nasprune_cli.metrics.score import default_collect
 from nasprune_cli.space import SearchSpace
 from nasprune_cli.training.losses import batch_labels, combined_loss, distill_loss
+from nasprune_cli.training.precision import FULL, Precision
 from nasprune_cli.training.sampler import sandwich_configs, step_rng
 from nasprune_cli.training.settings import TrainSettings
 
@@ -31,12 +32,18 @@ class SandwichStep:
     losses: list[float] = field(default_factory=list)
 
 
-def teacher_outputs(teacher: nn.Module | None, inputs: Any) -> Any:
+def teacher_outputs(teacher: nn.Module | None, inputs: Any, precision: Precision = FULL) -> Any:
     """The frozen teacher's outputs (no gradient), None without a teacher."""
     if teacher is None:
         return None
-    with torch.no_grad():
+    with torch.no_grad(), precision.autocast():
         return call_model(teacher, inputs)
+
+
+def forward(model: nn.Module, inputs: Any, precision: Precision = FULL) -> Any:
+    """The model's outputs (under autocast with mixed precision)."""
+    with precision.autocast():
+        return call_model(model, inputs)
 
 
 def sandwich_step(
@@ -46,21 +53,22 @@ def sandwich_step(
     settings: TrainSettings,
     teacher: nn.Module | None = None,
     collect: Collect = default_collect,
+    precision: Precision = FULL,
 ) -> SandwichStep:
     """Largest subnet on the --loss (labels and / or the teacher), then the smallest and random ones distilled from
     the largest's detached outputs (in-place distillation); gradients accumulate; the largest is active after."""
     inputs, labels = collect(batch), batch_labels(batch)
     configs = sandwich_configs(space, step_rng(settings.seed, step), settings.num_random)
     space.select(configs[0])
-    out = call_model(space.model, inputs)
-    loss = combined_loss(out, labels, teacher_outputs(teacher, inputs), settings.loss, settings.temperature)
-    loss.backward()
+    out = forward(space.model, inputs, precision)
+    loss = combined_loss(out, labels, teacher_outputs(teacher, inputs, precision), settings.loss, settings.temperature)
+    precision.backward(loss)
     target = _detached(out)
     result = SandwichStep(configs, [float(loss.detach())])
     for config in configs[1:]:
         space.select(config)
-        student_loss = distill_loss(call_model(space.model, inputs), target, settings.temperature)
-        student_loss.backward()
+        student_loss = distill_loss(forward(space.model, inputs, precision), target, settings.temperature)
+        precision.backward(student_loss)
         result.losses.append(float(student_loss.detach()))
     space.select(configs[0])
     return result
@@ -73,44 +81,53 @@ def random_step(
     settings: TrainSettings,
     teacher: nn.Module | None = None,
     collect: Collect = default_collect,
+    precision: Precision = FULL,
 ) -> dict[str, float]:
     """One random subnet (recipe choices) trained on the --loss, as modelopt's sampling during training does."""
     inputs = collect(batch)
     rng = step_rng(settings.seed, step)
     space.select({n: rng.choice(space.hparams[n].choices) for n in sorted(space.hparams)})
-    out = call_model(space.model, inputs)
+    out = forward(space.model, inputs, precision)
     loss = combined_loss(
-        out, batch_labels(batch), teacher_outputs(teacher, inputs), settings.loss, settings.temperature
+        out, batch_labels(batch), teacher_outputs(teacher, inputs, precision), settings.loss, settings.temperature
     )
-    loss.backward()
+    precision.backward(loss)
     return {"loss": float(loss.detach())}
 
 
 def space_step_fn(
-    space: SearchSpace, settings: TrainSettings, teacher: nn.Module | None, collect: Collect = default_collect
+    space: SearchSpace,
+    settings: TrainSettings,
+    teacher: nn.Module | None,
+    collect: Collect = default_collect,
+    precision: Precision = FULL,
 ) -> StepFn:
     """The step function of --sampling sandwich or random on a search space."""
     if settings.sampling == "random":
-        return lambda batch, step: random_step(space, batch, step, settings, teacher, collect)
+        return lambda batch, step: random_step(space, batch, step, settings, teacher, collect, precision)
 
     def run(batch: Any, step: int) -> dict[str, float]:
-        done = sandwich_step(space, batch, step, settings, teacher, collect)
+        done = sandwich_step(space, batch, step, settings, teacher, collect, precision)
         return {"loss": done.losses[0], "distill": sum(done.losses[1:]) / max(len(done.losses) - 1, 1)}
 
     return run
 
 
 def model_step_fn(
-    model: nn.Module, settings: TrainSettings, teacher: nn.Module | None, collect: Collect = default_collect
+    model: nn.Module,
+    settings: TrainSettings,
+    teacher: nn.Module | None,
+    collect: Collect = default_collect,
+    precision: Precision = FULL,
 ) -> StepFn:
     """The step function of fine-tuning a plain (pruned) model on the --loss."""
 
     def run(batch: Any, step: int) -> dict[str, float]:
         inputs = collect(batch)
-        out = call_model(model, inputs)
-        teacher_out = teacher_outputs(teacher, inputs)
+        out = forward(model, inputs, precision)
+        teacher_out = teacher_outputs(teacher, inputs, precision)
         loss = combined_loss(out, batch_labels(batch), teacher_out, settings.loss, settings.temperature)
-        loss.backward()
+        precision.backward(loss)
         return {"loss": float(loss.detach())}
 
     return run
