@@ -76,3 +76,36 @@ def test_a_label_loss_without_labels_is_one_error(runner: CliRunner, pruned: Pat
 def test_the_output_may_not_be_the_pruned_file(runner: CliRunner, pruned: Path) -> None:
     result = runner.invoke(app, ["finetune", *MODEL, "--pruned", str(pruned), *DATA, "-o", str(pruned), "--overwrite"])
     assert_one_error(result, str(pruned), "--pruned")
+
+
+def test_device_cpu_and_checkpoint_every(runner: CliRunner, pruned: Path, tmp_path: Path) -> None:
+    ck, out = tmp_path / "ck.pt", tmp_path / "ft.pt"
+    args = [*MODEL, "--pruned", str(pruned), *DATA, "--steps", "3", "--device", "cpu", "--checkpoint", str(ck)]
+    result = runner.invoke(app, ["finetune", *args, "--checkpoint-every", "1", "--no-amp", "-o", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["settings"]["device"] == "cpu" and summary["settings"]["checkpoint_every"] == 1
+    state = torch.load(ck, weights_only=True)
+    assert state["step"] == 3 and len(state["order"]) == 2 and state["scaler"] == {}
+    assert all(v.device.type == "cpu" for v in torch.load(out, weights_only=True)["state_dict"].values())
+
+
+@pytest.mark.parametrize(
+    ("flags", "fragments"),
+    [
+        (["--device", "tpu"], ["--device: unknown device 'tpu'", "cuda:N"]),
+        (["--device", "cpu", "--amp"], ["--amp: mixed precision needs a CUDA device", "--device cuda"]),
+        (["--checkpoint-every", "0"], ["--checkpoint-every: expected a positive integer (got 0)"]),
+    ],
+)
+def test_device_flags_are_checked(
+    runner: CliRunner, pruned: Path, tmp_path: Path, flags: list[str], fragments: list[str]
+) -> None:
+    args = [*MODEL, "--pruned", str(pruned), *DATA, "--steps", "1", *flags, "-o", str(tmp_path / "o.pt")]
+    assert_one_error(runner.invoke(app, ["finetune", *args]), *fragments)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
+def test_a_missing_gpu_is_one_error(runner: CliRunner, pruned: Path, tmp_path: Path) -> None:
+    args = [*MODEL, "--pruned", str(pruned), *DATA, "--steps", "1", "--device", "cuda", "-o", str(tmp_path / "o.pt")]
+    assert_one_error(runner.invoke(app, ["finetune", *args]), "device 'cuda'", "--device cpu")
