@@ -61,7 +61,8 @@ def test_a_rerun_with_the_checkpoint_resumes(runner: CliRunner, tmp_path: Path) 
     first = runner.invoke(app, ["train", *args, "--json"])
     assert first.exit_code == 0, first.output
     assert json.loads(first.stdout)["resumed_from_step"] == 0
-    again = runner.invoke(app, ["train", *args, "--overwrite", "--json"])
+    where = ["--device", "cpu", "--no-amp", "--checkpoint-every", "1"]  # where and how often: not part of the run
+    again = runner.invoke(app, ["train", *args, *where, "--overwrite", "--json"])
     assert again.exit_code == 0, again.output
     assert json.loads(again.stdout)["resumed_from_step"] == 2
     other = runner.invoke(app, ["train", *args, "--overwrite", "--lr", "0.5"])
