@@ -71,6 +71,7 @@ def train_space(
     fp = {
         "task": "train-space",
         "settings": settings.run_fields(),
+        "amp": precision.enabled,
         "hparams": {n: list(hp.choices) for n, hp in space.hparams.items()},
         "weights": weights_digest(space.model),
         "data": data.data_name,

@@ -62,6 +62,7 @@ def finetune(
     fp = {
         "task": "finetune",
         "settings": settings.run_fields(),
+        "amp": precision.enabled,
         "weights": weights_digest(model),
         "data": data.data_name,
         "batches": len(data.batches),

@@ -74,8 +74,8 @@ class TrainSettings:
 
     def run_fields(self) -> dict[str, Any]:
         """The settings that change what a run computes (not where it runs or how often it is saved): a resumed run
-        must match them."""
-        where = ("checkpoint", "checkpoint_every", "device")
+        must match them. `amp` is left out: the run's fingerprint holds whether mixed precision is on after all."""
+        where = ("checkpoint", "checkpoint_every", "device", "amp")
         return {k: v for k, v in asdict(self).items() if k not in where}
 
     def to_dict(self) -> dict[str, Any]:
