@@ -109,10 +109,27 @@ SamplingOpt = Annotated[
 
 
 class TrainProgress(Progress):
-    """The search's progress display (bars on a terminal, lines in logs), counting training steps."""
+    """The search's progress display (bars on a terminal, lines in logs), counting training steps, with the mean loss
+    of the last steps."""
 
     LABELS = {"train": "train"}
     UNITS = {"train": "steps"}
+    WINDOW = 10  # steps in the mean loss shown
+
+    def __init__(self, mode: str) -> None:
+        super().__init__(mode)
+        self.losses: list[float] = []
+
+    def on_loss(self, losses: dict[str, float]) -> None:
+        """A step's losses (the library calls it after every optimizer step)."""
+        if "loss" in losses:
+            self.losses = [*self.losses[-(self.WINDOW - 1) :], losses["loss"]]
+
+    def score_text(self, prefix: str = "") -> str:
+        """e.g. 'loss 0.4321 (mean of the last 10 steps)'."""
+        if not self.losses:
+            return ""
+        return f"{prefix}loss {sum(self.losses) / len(self.losses):.4f} (mean of the last {len(self.losses)} steps)"
 
 
 def train_command(

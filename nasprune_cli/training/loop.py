@@ -22,7 +22,7 @@ from nasprune_cli.training.settings import TrainSettings
 from nasprune_cli.training.state import TrainState, load_train_state, restore_rng, save_train_state
 from nasprune_cli.training.steps import StepFn
 
-Progress = Callable[[str, int, int], None]
+Progress = Callable[[str, int, int], None]  # (stage, done, total); an `on_loss(losses)` method on it gets every step's
 
 
 @dataclass
@@ -91,6 +91,7 @@ def run_training(
     log = TrainLog(steps=total, epochs=total / per_epoch)
     step, order = _resume(model, optimizer, precision, settings, fingerprint, log)
     report = on_progress if world.is_main else None
+    on_loss = getattr(report, "on_loss", None)  # a progress display that shows the loss
     started = time.monotonic()
     if report is not None:
         report("train", step, total)
@@ -105,6 +106,8 @@ def run_training(
         log.losses.append(_step(model, batches[order[index]], step, step_fn, device, world))
         precision.step(optimizer)
         step += 1
+        if on_loss is not None:
+            on_loss(log.losses[-1])
         if world.is_main and _checkpoint_due(settings, step, per_epoch, total):
             state = TrainState(step, order, log.losses, precision.state_dict())
             save_train_state(settings.checkpoint, fingerprint, state, model, optimizer)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 from pathlib import Path
 
@@ -75,6 +76,7 @@ def test_progress_lines_without_a_terminal(runner: CliRunner, tmp_path: Path) ->
     result = runner.invoke(app, ["train", *args, *score, "--loss", "ce", "--output", str(tmp_path / "s.pt")])
     assert result.exit_code == 0, result.output
     assert "train: started, 2 steps" in result.stderr and "train: done, 2/2 steps" in result.stderr
+    assert re.search(r"train: done, 2/2 steps in \d+:\d\d, loss \d+\.\d{4} \(mean of the last 2 steps\)", result.stderr)
     assert "Training" in result.stdout and "largest subnet" in result.stdout and "smallest subnet" in result.stdout
     assert "score: validation accuracy (held-out digits)" in result.stdout
 
