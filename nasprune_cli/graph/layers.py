@@ -11,6 +11,8 @@ from torchvision.models.convnext import CNBlock, LayerNorm2d
 from torchvision.models.maxvit import RelativePositionalMultiHeadAttention
 from torchvision.models.swin_transformer import ShiftedWindowAttention
 
+from nasprune_cli.dynamic.custom import layer_spec
+from nasprune_cli.dynamic.subclass import registered_parent
 from nasprune_cli.graph.context import CostTerm, TraceContext
 from nasprune_cli.graph.labels import ChannelLabels, fixed_vec
 
@@ -23,6 +25,17 @@ ATOMIC_TYPES = frozenset(
     (*CONV_TYPES, *CONVT_TYPES, nn.Linear, *BN_TYPES, *IN_TYPES, nn.LayerNorm, LayerNorm2d, nn.GroupNorm)
     + ATTENTION_TYPES
 )
+
+
+def is_atomic(module_type: type[nn.Module]) -> bool:
+    """Whether the tracer runs a layer as one op: a registered type, a subclass of one, or a user-registered layer."""
+    return (
+        module_type in ATOMIC_TYPES
+        or layer_spec(module_type) is not None
+        or registered_parent(module_type) in ATOMIC_TYPES
+    )
+
+
 # parameters that scale channels inside a traced (not atomic) module: type -> {parameter name: its channel dim}
 PARAM_SIDES: dict[type[nn.Module], dict[str, int]] = {CNBlock: {"layer_scale": 0}}
 
@@ -50,7 +63,11 @@ def handle_layer(ctx: TraceContext, name: str, module: nn.Module, args: tuple, k
         return
     first = name not in ctx.layer_info
     params_before = len(ctx.params)
-    if isinstance(module, (*CONV_TYPES, *CONVT_TYPES)):
+    calls = ctx.layer_info.get(name, {}).get("calls", 0)
+    spec = layer_spec(type(module))
+    if spec is not None:
+        _custom(ctx, name, module, spec, x, out)
+    elif isinstance(module, (*CONV_TYPES, *CONVT_TYPES)):
         _conv(ctx, name, module, x, out)
     elif isinstance(module, nn.Linear):
         _linear(ctx, name, module, x, out)
@@ -58,6 +75,11 @@ def handle_layer(ctx: TraceContext, name: str, module: nn.Module, args: tuple, k
         _attention(ctx, name, module, x, out)
     else:
         _norm(ctx, name, module, x, out)
+    info = ctx.layer_info.setdefault(name, {})
+    info["calls"] = calls + 1
+    info.setdefault("input_shape", tuple(x.shape))  # the first call's: conversion checks subclasses on it
+    out_labels = ctx.labels_of(out)
+    info.setdefault("channel_dim", out_labels.dim if out_labels is not None else None)
     if not first:  # a shared layer's parameters are counted once
         del ctx.params[params_before:]
     for term in ctx.params[params_before:]:
@@ -156,7 +178,7 @@ def _norm(ctx: TraceContext, name: str, m: nn.Module, x: torch.Tensor, out: torc
         per_elem = 5 if m.weight is not None else 4
         affine = m.weight is not None
     elif isinstance(m, nn.LayerNorm):
-        side, dim, size = "features", x.dim() - 1, m.normalized_shape[-1]
+        side, dim, size = "features", _layer_norm_dim(ctx, m, x, out), m.normalized_shape[-1]
         affine = m.weight is not None
         per_elem = 5 if affine else 4
         if len(m.normalized_shape) > 1:
@@ -176,7 +198,9 @@ def _norm(ctx: TraceContext, name: str, m: nn.Module, x: torch.Tensor, out: torc
         side, size = "features", m.num_features
         dim = 1 if x.dim() > 2 or isinstance(m, BN_TYPES) else 0
         if isinstance(m, IN_TYPES):
-            dim = 1 if x.dim() == {nn.InstanceNorm1d: 3, nn.InstanceNorm2d: 4, nn.InstanceNorm3d: 5}[type(m)] else 0
+            ranks = ((nn.InstanceNorm1d, 3), (nn.InstanceNorm2d, 4), (nn.InstanceNorm3d, 5))
+            batched = next(n for t, n in ranks if isinstance(m, t))
+            dim = 1 if x.dim() == batched else 0
         affine = m.weight is not None
         per_elem = (2 if affine else 1) if isinstance(m, BN_TYPES) else (5 if affine else 4)
     vec = ctx.add_side(name, side, _input_vec(ctx, name, x, dim, size, "feature"))
@@ -185,6 +209,48 @@ def _norm(ctx: TraceContext, name: str, m: nn.Module, x: torch.Tensor, out: torc
     if affine:
         n_affine = sum(1 for p in (m.weight, getattr(m, "bias", None)) if p is not None)
         ctx.params.append(_param_term(n_affine, [vec]))
+
+
+def _layer_norm_dim(ctx: TraceContext, m: nn.LayerNorm, x: torch.Tensor, out: torch.Tensor) -> int:
+    """The last dim, or for a subclass (timm's LayerNorm2d, HF's ConvNextLayerNorm channels_first) the dim its input
+    channels arrive on when it has the normalized size (conversion checks that the subclass agrees)."""
+    lab = ctx.labels_of(x)
+    last = x.dim() - 1
+    if type(m) is nn.LayerNorm or lab is None or len(m.normalized_shape) != 1 or out.shape != x.shape:
+        return last
+    return lab.dim if x.shape[lab.dim] == m.normalized_shape[0] else last
+
+
+def _custom(ctx: TraceContext, name: str, m: nn.Module, spec: Any, x: torch.Tensor, out: torch.Tensor) -> None:
+    """A layer registered with register_layer: its sides along its channel dim; conversion measures its FLOPs."""
+    info: dict[str, Any] = {"type": type(m).__name__, "custom": True}
+    ctx.layer_info[name] = info
+    dim = spec.channel_dim_of(m) % x.dim()
+    sizes = {}
+    for tensor_name, dims in spec.tensors.items():
+        tensor = getattr(m, tensor_name)
+        for side, tdim in dims.items():
+            sizes[side] = int(tensor.shape[tdim])
+    if spec.kind == "linear":
+        in_vec = ctx.add_side(name, "in", _input_vec(ctx, name, x, dim, sizes["in"], "input channel"))
+        out_vec = ctx.new_source(name, "out", sizes["out"])
+        vecs = {"in": in_vec, "out": out_vec}
+        out_dim = spec.channel_dim_of(m) % out.dim()
+    else:
+        vec = ctx.add_side(name, "features", _input_vec(ctx, name, x, dim, sizes["features"], "channel"))
+        vecs, out_dim = {"features": vec}, dim
+        out_vec = vec
+    if out.dim() <= out_dim or out.shape[out_dim] != out_vec.numel():
+        ctx.freeze(out_vec, f"{type(m).__name__} '{name}' returns a tensor without its channels on dim {out_dim}")
+        ctx.set_labels(out, None)
+    else:
+        ctx.set_labels(out, ChannelLabels(out_dim, out_vec))
+    ctx.add_flops(0.0, list(vecs.values()))  # the factor is measured with fvcore by conversion
+    for tensor_name, dims in spec.tensors.items():
+        tensor = getattr(m, tensor_name)
+        if isinstance(tensor, torch.Tensor) and tensor_name in m._parameters:
+            kept = [vecs[s] for s in dims]
+            ctx.params.append(_param_term(tensor.numel() / math.prod(v.numel() for v in kept), kept))
 
 
 def _param_term(factor: float, vecs: list[torch.Tensor], kernel_of: str | None = None) -> CostTerm:

@@ -17,7 +17,7 @@ from torch.utils.hooks import RemovableHandle
 from nasprune_cli.errors import TraceError
 from nasprune_cli.graph.branches import follow_values, freeze_branching_modules, module_returned
 from nasprune_cli.graph.context import SequentialCall, Trace, TraceContext
-from nasprune_cli.graph.layers import ATOMIC_TYPES, PARAM_SIDES, handle_layer
+from nasprune_cli.graph.layers import PARAM_SIDES, handle_layer, is_atomic
 from nasprune_cli.graph.ops import TABLE, unknown
 from nasprune_cli.graph.watch import use_all, watched_ints
 from nasprune_cli.inputs import call_model, eval_mode, tensors_in
@@ -172,18 +172,19 @@ def _add_layer_hooks(ctx: TraceContext, model: nn.Module, handles: list[Removabl
         name = ctx.names.get(id(module), "")
         ctx.stack.append(name)
         ctx.call_inputs.append(tensors_in((args, kwargs)))
-        if type(module) in ATOMIC_TYPES:
+        if is_atomic(type(module)):
             ctx.suspended += 1
 
     def post(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
         name = ctx.stack.pop() if ctx.stack else ""
         inputs = ctx.call_inputs.pop() if ctx.call_inputs else []
-        if type(module) not in ATOMIC_TYPES:
+        atomic = is_atomic(type(module))
+        if not atomic:
             if not ctx.suspended:
                 module_returned(ctx, name, output)
         elif ctx.suspended == 1 and any(ctx.from_input(t) for t in inputs):  # the ops inside it are not followed
             ctx.mark_from_input(output)
-        if type(module) in ATOMIC_TYPES:
+        if atomic:
             if ctx.suspended == 1:  # our own tensor calls below must not be traced: stay suspended
                 ctx.stack.append(name)
                 try:
