@@ -1,8 +1,7 @@
 """Users' own layers: register_layer(cls, ...) tells nasprune which dims of which tensors are the layer's channels
 and which attributes hold its sizes; the layer's own forward then runs on the sliced tensors (dynamic/swap.py).
 
-HF transformers' Conv1D (GPT-2's linear layer, weight [in, out]) is registered here by name, without importing
-transformers.
+Layers of other libraries (HF transformers' Conv1D, timm's LayerScale and GRN) are registered by name in known.py.
 """
 
 from __future__ import annotations
@@ -10,8 +9,7 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -23,43 +21,12 @@ from nasprune_cli.dynamic.base import (
     take,
     type_label,
 )
+from nasprune_cli.dynamic.known import KNOWN_LAYERS
+from nasprune_cli.dynamic.spec import SIDES, LayerKind, LayerSpec
 from nasprune_cli.dynamic.swap import SlicedState, SwapForward
 from nasprune_cli.errors import NasPruneError
 
-LayerKind = Literal["linear", "channelwise"]
-SIDES: dict[str, tuple[str, ...]] = {"linear": ("in", "out"), "channelwise": ("features",)}
-
-
-@dataclass(frozen=True)
-class LayerSpec:
-    """How nasprune slices a registered layer.
-
-    kind: "linear" (an input side "in" and an output side "out", like nn.Linear / nn.Conv2d with groups=1) or
-    "channelwise" (one side "features": output channel i comes from input channel i, like a norm or a scale).
-    tensors: parameter / buffer name -> {side: dim of that tensor}, e.g. {"weight": {"in": 0, "out": 1}}.
-    sizes: side -> the attributes holding its size, set to the kept count on the exported layer.
-    channel_dim: the dim of the layer's input and output holding the channels (-1: the last), or the name of an
-    attribute holding it.
-    """
-
-    kind: LayerKind
-    tensors: Mapping[str, Mapping[str, int]]
-    sizes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-    channel_dim: int | str = 1
-
-    def channel_dim_of(self, module: nn.Module) -> int:
-        """The dim of the layer's input / output holding its channels."""
-        dim = self.channel_dim
-        return int(getattr(module, dim)) if isinstance(dim, str) else dim
-
-
 CUSTOM_LAYERS: dict[type[nn.Module], LayerSpec] = {}
-# registered by qualified name, resolved when a model holds the class (no import of an optional package)
-_BY_NAME: dict[str, LayerSpec] = {
-    "transformers.pytorch_utils.Conv1D": LayerSpec(
-        "linear", {"weight": {"in": 0, "out": 1}, "bias": {"out": 0}}, {"in": ("nx",), "out": ("nf",)}, -1
-    ),
-}
 _CREATED: dict[type[nn.Module], type[DynamicModule]] = {}
 
 
@@ -106,7 +73,7 @@ def layer_spec(module_type: type[nn.Module]) -> LayerSpec | None:
     """The registered spec of a layer type (None: not registered with register_layer)."""
     spec = CUSTOM_LAYERS.get(module_type)
     if spec is None:
-        spec = _BY_NAME.get(f"{module_type.__module__}.{module_type.__qualname__}")
+        spec = KNOWN_LAYERS.get(f"{module_type.__module__}.{module_type.__qualname__}")
     return spec
 
 
