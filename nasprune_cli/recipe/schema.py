@@ -450,24 +450,21 @@ class InputSection(BaseModel):
     dtype: Literal["float32", "float16", "bfloat16", "int64"] = "float32"
 
 
-def _import_plugins(value: list[str]) -> list[str]:
-    """Import every plugin module (it registers layers with register_layer); an error names the one that failed."""
-    for module_name in value:
-        if not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", module_name):
-            raise PydanticCustomError(
-                "plugin_name",
-                "expected a module's import path such as mypkg.layers (got {name!r})",
-                {"name": module_name},
-            )
-        try:
-            importlib.import_module(module_name)
-        except Exception as exc:  # noqa: BLE001 - any failure of the user's module is reported in one line
-            raise PydanticCustomError(
-                "plugin_import",
-                "importing plugin {name!r} failed: {error} (is it installed, or on PYTHONPATH?)",
-                {"name": module_name, "error": f"{type(exc).__name__}: {exc}"},
-            ) from None
-    return value
+def _import_plugin(module_name: str) -> str:
+    """Import a plugin module (it registers layers with register_layer); an error names the one that failed."""
+    if not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", module_name):
+        raise PydanticCustomError(
+            "plugin_name", "expected a module's import path such as mypkg.layers (got '{name}')", {"name": module_name}
+        )
+    try:
+        importlib.import_module(module_name)
+    except Exception as exc:  # noqa: BLE001 - any failure of the user's module is reported in one line
+        raise PydanticCustomError(
+            "plugin_import",
+            "importing plugin '{name}' failed: {error} (is it installed, or on PYTHONPATH?)",
+            {"name": module_name, "error": f"{type(exc).__name__}: {exc}"},
+        ) from None
+    return module_name
 
 
 class Recipe(BaseModel):
@@ -479,7 +476,7 @@ class Recipe(BaseModel):
     mode: Literal["fastnas", "autonas"] = "fastnas"
     description: str = ""
     # modules imported before the rules are read: they register users' layers (nasprune_cli.register_layer)
-    plugins: Annotated[list[str], AfterValidator(_import_plugins)] = Field(default_factory=list)
+    plugins: list[Annotated[str, AfterValidator(_import_plugin)]] = Field(default_factory=list)
     # fields every rule takes unless it sets them itself (before `rules`: its validator reads them)
     defaults: Annotated[dict[str, Any], AfterValidator(_check_defaults)] = Field(default_factory=dict)
     rules: Annotated[RulesTable | None, WrapValidator(_validate_rules)] = None
