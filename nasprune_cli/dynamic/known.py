@@ -7,6 +7,14 @@ from __future__ import annotations
 
 from nasprune_cli.dynamic.spec import LayerSpec
 
+# timm's ScaledStdConv2d has a per-output-channel `gain` its parent nn.Conv2d does not: registered as a whole (groups=1;
+# a grouped one fails the probe and stays whole)
+_SCALED_STD_CONV = LayerSpec(
+    "linear",
+    {"weight": {"out": 0, "in": 1}, "bias": {"out": 0}, "gain": {"out": 0}},
+    {"in": ("in_channels",), "out": ("out_channels",)},
+    1,
+)
 _SCALE_LAST = LayerSpec("channelwise", {"gamma": {"features": 0}}, {}, -1)  # x * gamma, channels last
 _SCALE_NCHW = LayerSpec("channelwise", {"gamma": {"features": 0}}, {}, 1)  # x * gamma.view(1, -1, 1, 1)
 
@@ -15,6 +23,8 @@ KNOWN_LAYERS: dict[str, LayerSpec] = {
     "transformers.pytorch_utils.Conv1D": LayerSpec(
         "linear", {"weight": {"in": 0, "out": 1}, "bias": {"out": 0}}, {"in": ("nx",), "out": ("nf",)}, -1
     ),
+    "timm.layers.std_conv.ScaledStdConv2d": _SCALED_STD_CONV,
+    "timm.layers.std_conv.ScaledStdConv2dSame": _SCALED_STD_CONV,
     "timm.layers.layer_scale.LayerScale": _SCALE_LAST,
     "timm.layers.layer_scale.LayerScale2d": _SCALE_NCHW,
     "timm.models.fastvit.LayerScale2d": _SCALE_NCHW,  # gamma [C, 1, 1]

@@ -20,7 +20,7 @@ from torch.testing import assert_close
 from nasprune_cli import convert
 from nasprune_cli.dynamic import DynamicModule, is_dynamic, make_dynamic, register_layer
 from nasprune_cli.dynamic.probe import _probe_indices
-from nasprune_cli.metrics.flops import fvcore_flops
+from nasprune_cli.metrics.flops import count_params, fvcore_flops
 
 timm_layers = pytest.importorskip("timm.layers")
 hf_utils = pytest.importorskip("transformers.pytorch_utils")
@@ -108,6 +108,7 @@ CASES: dict[str, Case] = {
     "timm.Conv2dSame": Case(lambda: timm_layers.Conv2dSame(6, 8, 3, stride=2), (2, 6, 9, 9), 1, _conv),
     "timm.Conv2dSame-depthwise": Case(lambda: timm_layers.Conv2dSame(8, 8, 3, groups=8), (2, 8, 7, 7), 1, _conv),
     "timm.StdConv2d": Case(lambda: timm_layers.StdConv2d(6, 8, 3, padding=1), (2, 6, 7, 7), 1, None),
+    "timm.ScaledStdConv2d": Case(lambda: timm_layers.ScaledStdConv2d(6, 8, 3, padding=1), (2, 6, 7, 7), 1, None),
     "timm.LayerScale2d": Case(lambda: timm_layers.LayerScale2d(8, 0.5), (2, 8, 5, 5), 1, _per_channel),
     "timm.GlobalResponseNorm": Case(lambda: GlobalResponseNorm(8), (2, 5, 5, 8), -1, _grn),
     "hf.ConvNextLayerNorm-first": Case(
@@ -200,6 +201,7 @@ def _chain(middle: nn.Module) -> nn.Sequential:
     ("middle", "reason"),
     [
         (_Stash(16), r"_Stash '1' holds buffer 'scale' \(16,\), which nasprune does not slice"),
+        (timm_layers.ScaledStdConv2d(16, 16, 3, padding=1, groups=2), r"ScaledStdConv2d '1': its forward fails"),
         (_Fixed(16, 16, 1), r"_Fixed '1': its forward fails on a subset of its channels"),
     ],
 )
@@ -211,11 +213,12 @@ def test_subclass_that_hides_its_channels_is_frozen_with_its_class(middle: nn.Mo
 
 
 def test_weight_standardization_flops_are_counted() -> None:
-    """StdConv2d: fvcore counts the batch_norm over the weight; the cost model scales it with the kept channels."""
+    """Std / ScaledStdConv2d: fvcore counts the batch_norm over the weight; the cost model scales it with the kept
+    channels."""
     model = nn.Sequential(
         timm_layers.StdConv2d(3, 64, 3, padding=1),
         timm_layers.BatchNormAct2d(64),
-        timm_layers.StdConv2d(64, 64, 3, padding=1),
+        timm_layers.ScaledStdConv2d(64, 64, 3, padding=1),  # a registered layer: its gain is sliced too
         timm_layers.BatchNormAct2d(64),
         timm_layers.StdConv2d(64, 4, 1),
     ).eval()
@@ -229,3 +232,4 @@ def test_weight_standardization_flops_are_counted() -> None:
         with torch.no_grad():
             assert_close(exported(x), space.model(x), rtol=1e-5, atol=1e-5)
         assert fvcore_flops(exported, x) == pytest.approx(space.cost(config).flops)
+        assert count_params(exported) == pytest.approx(space.cost(config).params)
