@@ -122,6 +122,13 @@ def render(rows: dict[str, dict[str, Any]], flops: str, ratios: list[float] | No
     return "\n".join(lines)
 
 
+def _kept_sections(path: Path) -> str:
+    """The sections other tools write at the end of the file (tools/timm_coverage.py's, from its marker on)."""
+    marker = "<!-- timm section: written by tools/timm_coverage.py --write -->"
+    text = path.read_text() if path.is_file() else ""
+    return f"\n{marker}{text.split(marker, 1)[1]}" if marker in text else ""
+
+
 def main() -> int:
     """Run the zoo and write the page."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -152,7 +159,7 @@ def main() -> int:
         print(f"{name}: {rows[name]}", flush=True)
         ordered = {n: rows[n] for n in ZOO if n in rows}
         store.write_text(json.dumps(ordered, indent=1) + "\n")  # after each model: a cut-off run keeps its rows
-        args.output.write_text(render(ordered, args.flops, args.ratios))
+        args.output.write_text(render(ordered, args.flops, args.ratios) + _kept_sections(args.output))
     print(f"wrote {args.output} and {store}")
     return 0 if all("error" not in r for r in rows.values()) else 1
 

@@ -1,7 +1,9 @@
-"""Measure nasprune on the timm models of tools/timm_models.py and print the markdown rows of docs/COVERAGE.md's
-timm section: share of conv / linear parameters in prunable groups, smallest reachable FLOPs, the 60% result.
+"""Measure nasprune on the timm models of tools/timm_models.py (and a small GPT-2) and print docs/COVERAGE.md's timm
+section: share of conv / linear parameters in prunable groups, smallest reachable FLOPs, the 60% result.
 
-    python tools/timm_coverage.py [--size 224] [MODEL ...]
+    python tools/timm_coverage.py [--size 224] [--write] [MODEL ...]
+
+--write replaces the section in docs/COVERAGE.md (from MARKER to the end; tools/coverage.py keeps it).
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from tools.timm_models import TIMM_ZOO  # noqa: E402
 from tools.zoo_models import with_ratios  # noqa: E402
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "fastnas.yaml"
+COVERAGE = Path(__file__).resolve().parents[1] / "docs" / "COVERAGE.md"
+MARKER = "<!-- timm section: written by tools/timm_coverage.py --write -->"
+NOTES = Path(__file__).resolve().with_name("timm_coverage_notes.md")
 
 
 def weight_layers(model: nn.Module) -> dict[str, int]:
@@ -67,18 +72,33 @@ def measure(name: str, size: int) -> str:
 
 
 def main() -> None:
-    """Print the table."""
+    """Print the section (and write it into docs/COVERAGE.md with --write)."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--write", action="store_true")
     parser.add_argument("models", nargs="*", default=list(TIMM_ZOO))
     args = parser.parse_args()
     torch.set_num_threads(1)
     columns = ["model", "input", "GFLOPs", "hparams", "conv/linear params prunable", "min", "60% result", "time s"]
-    print("| " + " | ".join([*columns, "frozen (besides the output)"]) + " |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    lines = [
+        "| " + " | ".join([*columns, "frozen (besides the output)"]) + " |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    print("\n".join(lines), flush=True)
     for name in args.models:
         size = TIMM_ZOO[name].small if name.startswith("gpt2") else args.size
-        print(measure(name, size), flush=True)
+        lines.append(measure(name, size))
+        print(lines[-1], flush=True)
+    if args.write:
+        stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        header = (
+            f"{MARKER}\n\n## timm models and a small GPT-2\n\nMeasured by `python tools/timm_coverage.py --size "
+            f"{args.size} --write` ({stamp}, torch {torch.__version__}, 1 torch thread).\n"
+        )
+        notes = NOTES.read_text().format(size=args.size)
+        text = COVERAGE.read_text() if COVERAGE.is_file() else ""
+        kept = text.split(MARKER)[0].rstrip("\n")
+        COVERAGE.write_text(f"{kept}\n\n{header}\n" + "\n".join(lines) + f"\n\n{notes}")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ class TimmModel:
     """One entry: a timm model name (or 'gpt2-small-config') and the input sizes it runs at."""
 
     name: str
-    small: int = 64  # the zoo tests' input (pixels, or tokens for GPT-2)
+    small: int = 32  # the zoo tests' input (pixels, or tokens for GPT-2)
     fixed_size: int | None = None  # attention biases sized for one resolution: the input must be this size
 
     def build(self, size: int) -> nn.Module:

@@ -47,8 +47,12 @@ def register_layer(
     if kind not in SIDES:
         raise NasPruneError(f"{where}: kind must be 'linear' or 'channelwise' (got {kind!r})")
     sides = SIDES[kind]
-    spec = LayerSpec(kind, {n: dict(d) for n, d in tensors.items()}, {s: tuple(a) for s, a in (sizes or {}).items()})
-    spec = LayerSpec(kind, spec.tensors, spec.sizes, channel_dim)
+    spec = LayerSpec(
+        kind,
+        {n: dict(d) for n, d in tensors.items()},
+        {s: tuple(a) for s, a in (sizes or {}).items()},
+        channel_dim,
+    )
     for name, dims in spec.tensors.items():
         for side, dim in dims.items():
             if side not in sides or type(dim) is not int:
@@ -87,13 +91,13 @@ class DynamicCustom(SwapForward, DynamicModule):
         return SIDES[self.spec.kind]
 
     def side_size(self, side: str) -> int:
-        """The size of the side in the first tensor that holds it."""
+        """The size of the side in the first tensor that holds it (or in its size attribute)."""
         self._check_side(side)
-        for name, dims in self.spec.tensors.items():
-            tensor = getattr(self, name)
-            if side in dims and isinstance(tensor, torch.Tensor):
-                return int(tensor.shape[dims[side]])
-        raise self._nasprune_error(f"no tensor holds side {side!r}")  # pragma: no cover - checked at registration
+        assert isinstance(self, nn.Module)
+        size = self.spec.side_sizes(self).get(side)
+        if size is None:
+            raise self._nasprune_error(f"no tensor or size attribute holds side {side!r}")
+        return size
 
     def sliced_state(self) -> SlicedState:
         """Every named tensor sliced on its sides, every size attribute at the kept count."""
@@ -102,10 +106,11 @@ class DynamicCustom(SwapForward, DynamicModule):
         for name, dims in self.spec.tensors.items():
             tensor = getattr(self, name)
             for side, dim in dims.items():
-                tensor = take(tensor, dim, self.slice_index(side, device))
+                if isinstance(tensor, torch.Tensor):
+                    tensor = take(tensor, dim, self.slice_index(side, device))
             tensors[name] = tensor
-        sizes = {attr: self.active_size(side) for side, attrs in self.spec.sizes.items() for attr in attrs}
-        return tensors, sizes
+        assert isinstance(self, nn.Module)
+        return tensors, self.spec.size_attributes(self, {side: self.active_size(side) for side in self.sides()})
 
     def _after_forward(self, tensors: dict[str, torch.Tensor | None]) -> None:
         """Buffers of one side updated by a training forward go back to their kept positions."""

@@ -15,6 +15,7 @@ _SCALED_STD_CONV = LayerSpec(
     {"in": ("in_channels",), "out": ("out_channels",)},
     1,
 )
+_RMS_LAST = LayerSpec("channelwise", {"weight": {"features": 0}}, {"features": ("normalized_shape",)}, -1)
 _SCALE_LAST = LayerSpec("channelwise", {"gamma": {"features": 0}}, {}, -1)  # x * gamma, channels last
 _SCALE_NCHW = LayerSpec("channelwise", {"gamma": {"features": 0}}, {}, 1)  # x * gamma.view(1, -1, 1, 1)
 
@@ -29,6 +30,12 @@ KNOWN_LAYERS: dict[str, LayerSpec] = {
     "timm.layers.layer_scale.LayerScale2d": _SCALE_NCHW,
     "timm.models.fastvit.LayerScale2d": _SCALE_NCHW,  # gamma [C, 1, 1]
     "timm.models.swiftformer.LayerScale2d": _SCALE_NCHW,
+    # RMSNorm over the channels: the root mean square over the kept channels (like LayerNorm's statistics)
+    "torch.nn.modules.normalization.RMSNorm": _RMS_LAST,
+    "timm.layers.norm.RmsNorm": _RMS_LAST,
+    "timm.layers.norm.RmsNorm2d": LayerSpec(
+        "channelwise", {"weight": {"features": 0}}, {"features": ("normalized_shape",)}, 1
+    ),
     # ConvNeXt-V2's GRN: a per-channel affine of x * (spatial L2 norm / its mean over the channels); the mean over the
     # kept channels is what the export computes too (docs/COVERAGE.md, normalizations over channels)
     "timm.layers.grn.GlobalResponseNorm": LayerSpec(

@@ -12,6 +12,7 @@ from torchvision.models.maxvit import RelativePositionalMultiHeadAttention
 from torchvision.models.swin_transformer import ShiftedWindowAttention
 
 from nasprune_cli.dynamic.custom import layer_spec
+from nasprune_cli.dynamic.spec import SIDES
 from nasprune_cli.dynamic.subclass import registered_parent
 from nasprune_cli.graph.context import CostTerm, TraceContext
 from nasprune_cli.graph.labels import ChannelLabels, fixed_vec
@@ -226,11 +227,12 @@ def _custom(ctx: TraceContext, name: str, m: nn.Module, spec: Any, x: torch.Tens
     info: dict[str, Any] = {"type": type(m).__name__, "custom": True}
     ctx.layer_info[name] = info
     dim = spec.channel_dim_of(m) % x.dim()
-    sizes = {}
-    for tensor_name, dims in spec.tensors.items():
-        tensor = getattr(m, tensor_name)
-        for side, tdim in dims.items():
-            sizes[side] = int(tensor.shape[tdim])
+    sizes = spec.side_sizes(m)
+    if len(sizes) < len(SIDES[spec.kind]):  # no tensor or attribute says how wide a side is: kept whole
+        for t in (x, out):
+            ctx.freeze(ctx.labels_of(t), f"{type(m).__name__} '{name}': its registration gives no size for a side")
+        ctx.set_labels(out, None)
+        return
     if spec.kind == "linear":
         in_vec = ctx.add_side(name, "in", _input_vec(ctx, name, x, dim, sizes["in"], "input channel"))
         out_vec = ctx.new_source(name, "out", sizes["out"])
@@ -247,7 +249,7 @@ def _custom(ctx: TraceContext, name: str, m: nn.Module, spec: Any, x: torch.Tens
         ctx.set_labels(out, ChannelLabels(out_dim, out_vec))
     ctx.add_flops(0.0, list(vecs.values()))  # the factor is measured with fvcore by conversion
     for tensor_name, dims in spec.tensors.items():
-        tensor = getattr(m, tensor_name)
+        tensor = getattr(m, tensor_name, None)
         if isinstance(tensor, torch.Tensor) and tensor_name in m._parameters:
             kept = [vecs[s] for s in dims]
             ctx.params.append(_param_term(tensor.numel() / math.prod(v.numel() for v in kept), kept))

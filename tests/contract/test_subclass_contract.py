@@ -87,6 +87,13 @@ def _grn(module: nn.Module, x: torch.Tensor, idx: dict[str, torch.Tensor]) -> to
     return xs + module.bias[i] + module.weight[i] * xs * (g / (g.mean(dim=-1, keepdim=True) + module.eps))
 
 
+def _rms_nchw(module: nn.Module, x: torch.Tensor, idx: dict[str, torch.Tensor]) -> torch.Tensor:
+    """RMSNorm over the channels of NCHW: the root mean square over the kept channels."""
+    i = idx["features"]
+    xs = x.index_select(1, i)
+    return xs * torch.rsqrt(xs.pow(2).mean(1, keepdim=True) + module.eps) * module.weight[i].view(1, -1, 1, 1)
+
+
 @dataclass(frozen=True)
 class Case:
     """A small layer, its input shape, the dim its input channels are on, and a reference of the kept output."""
@@ -109,6 +116,8 @@ CASES: dict[str, Case] = {
     "timm.Conv2dSame-depthwise": Case(lambda: timm_layers.Conv2dSame(8, 8, 3, groups=8), (2, 8, 7, 7), 1, _conv),
     "timm.StdConv2d": Case(lambda: timm_layers.StdConv2d(6, 8, 3, padding=1), (2, 6, 7, 7), 1, None),
     "timm.ScaledStdConv2d": Case(lambda: timm_layers.ScaledStdConv2d(6, 8, 3, padding=1), (2, 6, 7, 7), 1, None),
+    "nn.RMSNorm": Case(lambda: nn.RMSNorm(8), (2, 5, 8), -1, None),
+    "timm.RmsNorm2d": Case(lambda: timm_layers.RmsNorm2d(8), (2, 8, 5, 5), 1, _rms_nchw),
     "timm.LayerScale2d": Case(lambda: timm_layers.LayerScale2d(8, 0.5), (2, 8, 5, 5), 1, _per_channel),
     "timm.GlobalResponseNorm": Case(lambda: GlobalResponseNorm(8), (2, 5, 5, 8), -1, _grn),
     "hf.ConvNextLayerNorm-first": Case(

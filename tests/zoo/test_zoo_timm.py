@@ -32,12 +32,12 @@ EXPECTED_FROZEN = {
     "fastvit_t8": ("channel multiplier",),  # MobileOne stem / downsampling: depthwise conv with multiplier 2
     "efficientformer_l1": ("splits the channel dim",),  # attention heads (reshape of qkv)
     "levit_128s": ("splits the channel dim",),
-    "gpt2-small-config": ("cuts the channel dim", "pairs them with fixed positions"),  # heads, residual stream
+    # heads, residual stream + position embedding, lm_head tied to the token embedding
+    "gpt2-small-config": ("cuts the channel dim", "pairs them with fixed positions", "shares its weight"),
 }
-# models whose smallest subnet is still above 60% of the FLOPs, and why (docs/COVERAGE.md)
-ABOVE_BUDGET = {"ghostnet_100": "GhostModule's concat-then-slice freezes the ghost convs"}
-# searched in docs/COVERAGE.md only: its attention needs the 224-pixel input, where the search takes minutes
-SEARCHED_IN_COVERAGE_ONLY = {"efficientformer_l1"}
+# searched in docs/COVERAGE.md only (CI time): efficientformer's attention needs the 224-pixel input, where the
+# search takes minutes; resnet50d is plain torch layers (resnet50 is searched in test_zoo.py)
+SEARCHED_IN_COVERAGE_ONLY = {"efficientformer_l1", "resnet50d"}
 
 
 @pytest.fixture(autouse=True)
@@ -65,16 +65,14 @@ def test_timm_model_converts_searches_and_exports(name: str) -> None:
         assert_close(exported(x), space.model(x), rtol=1e-4, atol=1e-4)
         assert fvcore_flops(exported, x) == pytest.approx(space.cost(config).flops, rel=1e-6)
 
-    smallest = space.cost(space.min()).flops / space.original_cost.flops
-    if name in ABOVE_BUDGET:
-        assert smallest > 0.6, f"{name} now reaches 60%: move it out of ABOVE_BUDGET and into docs/COVERAGE.md"
-        return
-    assert smallest <= 0.6
+    assert space.cost(space.min()).flops <= 0.6 * space.original_cost.flops
     if name in SEARCHED_IN_COVERAGE_ONLY:
         return
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the no --data warning
-        result = search(space, {"flops": "60%"}, x, {"max_batches": 1})
+        # the threshold search alone (no fill / descent / refit): the checks are the same, in a third of the time
+        light = {"max_batches": 1, "fill": False, "descent": False, "reconstruct": False}
+        result = search(space, {"flops": "60%"}, x, light)
         pruned = result.model.eval()
         ratio = fvcore_flops(pruned, x) / space.original_cost.flops
         assert ratio <= 0.6 and result.summary()["metrics"]["flops_ratio"] == pytest.approx(ratio)
