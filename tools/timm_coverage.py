@@ -60,6 +60,8 @@ def measure(name: str, size: int) -> str:
             outcome = f"{fvcore_flops(pruned, x) / space.original_cost.flops:.3f}" + ("" if same else " (MISMATCH)")
         except Exception as exc:  # noqa: BLE001 - the table says why
             outcome = f"fails: {type(exc).__name__}: {str(exc)[:80]}"
+            if "constraints cannot be met" in str(exc):
+                outcome = f"fails: the smallest subnet is {smallest:.0%} of the FLOPs"
     seconds = time.perf_counter() - start
     frozen = sorted({f.reason.split(" (")[0][:90] for f in space.frozen if "model output" not in f.reason})
     shown = "<br>".join(frozen[:3]) + (f"<br>... {len(frozen) - 3} more reasons" if len(frozen) > 3 else "")
