@@ -48,6 +48,7 @@ bench: $(BENCH_STAMP)
 	$(PYTHON) bench/quality.py
 	$(PYTHON) bench/overhead.py
 	$(PYTHON) bench/latency.py
+	$(PYTHON) bench/training.py
 	$(PYTHON) bench/report.py
 
 # smoke run of the whole harness (a few minutes); writes bench/results/*_quick.json and BENCHMARKS_quick.md there

@@ -12,10 +12,13 @@ Pruned-model file (`--output pruned.pt`):
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import random
+import sys
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -33,7 +36,7 @@ from nasprune_cli.fileio import (
     read_nasprune_file,
     temp_file_for,
 )
-from nasprune_cli.inputs import tensors_in
+from nasprune_cli.inputs import call_model, keyword_inputs, positional_model, tensors_in
 from nasprune_cli.loading import short_json
 from nasprune_cli.recipe.schema import InputSection
 from nasprune_cli.report import report_data
@@ -137,6 +140,13 @@ class StoredCandidate(_Schema):
     chosen: bool
 
 
+class StoredStage(_Schema):
+    """FLOPs and params of one stage, [before, after] (nasprune_cli.metrics.stages)."""
+
+    flops: list[Finite] = Field(min_length=2, max_length=2)
+    params: list[Finite] = Field(min_length=2, max_length=2)
+
+
 class StoredReport(_Schema):
     """What `nasprune report` draws (nasprune_cli.report.report_data)."""
 
@@ -145,6 +155,7 @@ class StoredReport(_Schema):
     sensitivity: dict[str, dict[str, float]] | None = None  # hparam -> {kept width: score}
     original_score: float | None = None
     history: list[StoredCandidate] | None = None
+    stages: dict[str, StoredStage] | None = None  # stage -> FLOPs and params [before, after]
 
 
 class PrunedFile(StoredModel):
@@ -218,8 +229,28 @@ def save_pruned(path: str | Path, result: SearchResult, *, overwrite: bool = Fal
         "config": dict(result.config),
         "state_dict": {k: v.detach().cpu().clone() for k, v in result.model.state_dict().items()},
         "metrics": result.metrics(),
-        "report": report_data(result.state, result.summary()["layers"], result.config, result.searcher),
+        "report": report_data(
+            result.state, result.summary()["layers"], result.config, result.searcher, getattr(result, "stages", None)
+        ),
     }
+    return atomic_save(add_checksum(data), path)
+
+
+def save_finetuned(
+    path: str | Path,
+    pruned: Mapping[str, Any],
+    model: nn.Module,
+    finetune: Mapping[str, Any],
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """Write a fine-tuned copy of a pruned-model file (`load_pruned` data): the same subnet, recipe and report with
+    the model's weights, and what the fine-tuning did under metrics["finetune"]."""
+    path = Path(path)
+    check_output(path, overwrite, "--overwrite, or overwrite=True,")
+    data = {key: value for key, value in pruned.items() if key != "sha256"}
+    data["state_dict"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    data["metrics"] = {**dict(pruned.get("metrics") or {}), "finetune": dict(finetune)}
     return atomic_save(add_checksum(data), path)
 
 
@@ -277,7 +308,7 @@ def rebuild_space(
     stored entry point when `trust_entry_point`, else refused (`hint`: how to pass a model). Shared by
     pruned-model and search-space files."""
     from nasprune_cli.conversion import convert
-    from nasprune_cli.inputs import make_dummy_input
+    from nasprune_cli.inputs import dummy_input_from_spec
     from nasprune_cli.loading import build_model
     from nasprune_cli.recipe.load import recipe_from_dict
 
@@ -295,7 +326,7 @@ def rebuild_space(
         raise CheckpointError(f"restore: expected a fresh nn.Module to rebuild from (got {type(model).__name__})")
     recipe = recipe_from_dict(data["recipe"], f"{path}: recipe") if data["recipe"] is not None else None
     if dummy_input is None:
-        dummy_input = make_dummy_input(list(data["input"]["shape"]), data["input"].get("dtype", "float32"))
+        dummy_input = dummy_input_from_spec(data["input"], model)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # unused recipe patterns were reported when the file was written
@@ -324,6 +355,10 @@ def write_deployable(
     check_output(path, overwrite)
     model = model.eval()
     args = dummy_input if isinstance(dummy_input, tuple) else (dummy_input,)
+    if fmt != "state_dict" and _needs_positional(model, dummy_input):
+        # keyword inputs or a dict output (a transformers ModelOutput): the file takes the input tensors positionally
+        # (positional inputs, then the keyword tensors in order) and returns the output's tensors as a tuple
+        model, args = positional_model(model, dummy_input)
     gen = torch.Generator().manual_seed(1234)
     # checked on a fresh random input, not the one the export traced
     check = tuple(
@@ -338,7 +373,12 @@ def write_deployable(
     elif fmt == "torchscript":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.jit is deprecated in favour of torch.export, still supported
-            traced = torch.jit.trace(model, args)
+            try:
+                traced = torch.jit.trace(model, args)
+            except Exception as exc:  # noqa: BLE001 - the jit tracer fails in many ways; report one line
+                raise CheckpointError(
+                    f"{path}: TorchScript export failed ({_first_line(exc)}); try --format state_dict"
+                ) from exc
             tmp = temp_file_for(path)
             try:
                 torch.jit.save(traced, str(tmp))
@@ -357,6 +397,40 @@ def write_deployable(
             "not faithful (try another --format)"
         )
     return {"format": fmt, "path": str(path), "max_abs_diff": diff}
+
+
+def _needs_positional(model: nn.Module, dummy_input: Any) -> bool:
+    """Whether the jit tracer needs the model wrapped: keyword inputs, or an output that is a dict."""
+    if keyword_inputs(dummy_input):
+        return True
+    with torch.no_grad():
+        return isinstance(call_model(model, dummy_input), dict)
+
+
+@contextlib.contextmanager
+def _quiet_output() -> Iterator[None]:
+    """Send what torch's exporter prints (the graph's IR, from C++ too) to nowhere: file descriptors 1 and 2."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+            os.dup2(null.fileno(), 2)
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
+
+
+def _first_line(exc: BaseException, limit: int = 200) -> str:
+    """An exception as one short line (the exporter's messages may hold a whole graph)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = lines[0] if lines else ""
+    return f"{type(exc).__name__}: {text[:limit]}" if text else type(exc).__name__
 
 
 def _max_abs(out: Any) -> float:
@@ -385,7 +459,7 @@ def _write_onnx(model: nn.Module, path: Path, args: tuple, check: tuple, expecte
     names = [f"input_{i}" for i in range(len(args))] if len(args) > 1 else ["input"]
     tmp = temp_file_for(path)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _quiet_output():
             warnings.simplefilter("ignore")  # the TorchScript-based exporter is deprecated, still supported
             torch.onnx.export(
                 model,
@@ -403,7 +477,9 @@ def _write_onnx(model: nn.Module, path: Path, args: tuple, check: tuple, expecte
     except CheckpointError:
         raise
     except Exception as exc:  # noqa: BLE001 - the exporter and onnxruntime fail in many ways
-        raise CheckpointError(f"{path}: ONNX export failed ({type(exc).__name__}: {str(exc)[:200]})") from exc
+        raise CheckpointError(
+            f"{path}: ONNX export failed ({_first_line(exc)}); try --format torchscript or state_dict"
+        ) from exc
     finally:
         if tmp.exists():
             tmp.unlink()

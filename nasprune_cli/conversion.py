@@ -18,11 +18,13 @@ from nasprune_cli.dynamic.subclass import registered_parent
 from nasprune_cli.errors import NasPruneError
 from nasprune_cli.graph.context import CostTerm
 from nasprune_cli.graph.groups import Grouping, apply_block_constraints, build_groups
+from nasprune_cli.graph.hf_layers import EXTERNAL_LAYERS
 from nasprune_cli.graph.layers import ATTENTION_TYPES
 from nasprune_cli.graph.trace import Trace, trace_model
 from nasprune_cli.hparams import Hparam, depth_gates
 from nasprune_cli.inputs import dummy_input_for
 from nasprune_cli.metrics.flops import CostModel, count_params, fvcore_flops
+from nasprune_cli.metrics.stages import stage_costs, stage_names
 from nasprune_cli.recipe.patterns import resolve_rules, width_choices
 from nasprune_cli.space import FrozenLayer, SearchSpace
 
@@ -31,24 +33,24 @@ def convert(model: nn.Module, recipe: Any = None, dummy_input: Any = None) -> Se
     """Convert a model in place into a search space following the recipe's rules (None: all defaults)."""
     if isinstance(model, SearchSpace):
         raise NasPruneError("convert: the model is already converted (got a SearchSpace)")
+    load_extensions(model)
     if dummy_input is None:
-        dummy_input = dummy_input_for(recipe)
+        dummy_input = dummy_input_for(recipe, model)
     resolved = resolve_rules(recipe, model)
     _warn_unused(resolved.unused_patterns)
     rules = resolved.by_module
     converted = {name for name, rule in rules.items() if rule is not None}
     modules = dict(model.named_modules())
-    attention = [n for n in converted if isinstance(modules[n], ATTENTION_TYPES)]
+    attention = [n for n in converted if isinstance(modules[n], ATTENTION_TYPES) or type(modules[n]) in EXTERNAL_LAYERS]
     # an attention block slices its own projections: its inner layers are not converted on their own
     converted -= {n for n in converted if any(n.startswith(f"{a}.") for a in attention)}
     depth_seqs = [n for n in converted if isinstance(modules[n], nn.Sequential)]
 
     trace = trace_model(model, dummy_input, depth_seqs)  # first: its errors (e.g. a non-tensor output) are clearer
     checked = [n for n in sorted(converted) if _needs_probe(type(modules[n]))]
-    original_flops = fvcore_flops(model, dummy_input, by_module=bool(depth_seqs or checked))
-    original = Cost(
-        float(original_flops[""] if isinstance(original_flops, dict) else original_flops), float(count_params(model))
-    )
+    original_flops = fvcore_flops(model, dummy_input, by_module=True)  # one fvcore pass: the total is [""]
+    original = Cost(float(original_flops[""]), float(count_params(model)))
+    stages = stage_costs(model, original_flops, stage_names(model))
     depth_hparams = _depth_hparams(trace, rules, modules)
     # a Sequential subclass (a stage of blocks) is converted only when it has something to skip
     with_depth = {hp.members[0].rpartition(".")[0] for hp in depth_hparams.values()}
@@ -82,7 +84,15 @@ def convert(model: nn.Module, recipe: Any = None, dummy_input: Any = None) -> Se
         FrozenLayer(src, g.frozen_reason) for g in grouping.groups if g.frozen_reason is not None for src in g.sources
     ]
     sides = {key: rec.vec for key, rec in trace.sides.items()}
-    return SearchSpace(model, dummy_input, hparams, frozen, grouping, group_hparams, sides, cost_model, original)
+    return SearchSpace(
+        model, dummy_input, hparams, frozen, grouping, group_hparams, sides, cost_model, original, stages=stages
+    )
+
+
+def load_extensions(model: nn.Module) -> None:
+    """Register the dynamic layers of the libraries a model uses (transformers' attention); imports nothing else."""
+    if any(type(m).__module__.startswith("transformers.") for m in model.modules()):
+        import nasprune_cli.dynamic.hf_attention  # noqa: F401 - registers on import
 
 
 def _needs_probe(module_type: type[nn.Module]) -> bool:

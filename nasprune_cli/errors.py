@@ -25,3 +25,7 @@ class SearchError(NasPruneError):
 
 class CheckpointError(NasPruneError):
     """A checkpoint or pruned-model file is missing, corrupt or made for something else."""
+
+
+class TrainingError(NasPruneError):
+    """Training a search space or fine-tuning a pruned model could not run: bad settings, unlabelled data, ..."""

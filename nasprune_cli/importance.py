@@ -112,6 +112,9 @@ def _side_magnitude(module: nn.Module | None, side: str) -> torch.Tensor | None:
     """Per-position weight magnitude of a layer side (L1 of the slice that touches it)."""
     if not isinstance(module, DynamicModule):
         return None
+    own = getattr(module, "side_magnitude", None)  # a layer made of several (transformers attention)
+    if callable(own):
+        return own(side)
     weight = getattr(module, "weight", None)
     if weight is None:
         return None

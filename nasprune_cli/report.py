@@ -1,8 +1,8 @@
 """The visual report of a search: one self-contained HTML page (plots as embedded base64 PNG, no external files).
 
-`report_data(state, layers, config, searcher)` keeps what the page needs as plain values (stored in the pruned file
-under `report`); `render_report(summary, data)` draws the plots with matplotlib (imported lazily, Agg backend) and
-assembles the page; `write_report` writes it atomically.
+`report_data(state, layers, config, searcher, stages)` keeps what the page needs as plain values (stored in the
+pruned file under `report`); `render_report(summary, data)` draws the plots with matplotlib (imported lazily, Agg
+backend) and assembles the page; `write_report` writes it atomically.
 """
 
 from __future__ import annotations
@@ -24,10 +24,20 @@ INSTALL_HINT = "pip install 'nasprune[report]'"
 
 # ---- the data ----------------------------------------------------------------------------------------------
 def report_data(
-    state: Mapping[str, Any], layers: Sequence[Mapping[str, Any]], config: Mapping[str, int], searcher: str
+    state: Mapping[str, Any],
+    layers: Sequence[Mapping[str, Any]],
+    config: Mapping[str, int],
+    searcher: str,
+    stages: Mapping[str, Mapping[str, Sequence[float]]] | None = None,
 ) -> dict[str, Any]:
-    """What the page needs of a search, as plain JSON-able values: layers, sensitivity map, scored candidates."""
+    """What the page needs of a search, as plain JSON-able values: layers, FLOPs and params per stage before and
+    after, sensitivity map, scored candidates."""
     data: dict[str, Any] = {"searcher": searcher, "layers": [dict(row) for row in layers]}
+    if stages:
+        data["stages"] = {
+            str(name): {key: [float(v) for v in costs[key]] for key in ("flops", "params")}
+            for name, costs in stages.items()
+        }
     sensitivity = state.get("sensitivity_map") or {}
     if sensitivity:
         data["sensitivity"] = {
@@ -58,6 +68,8 @@ def missing_parts(data: Mapping[str, Any]) -> list[str]:
     missing = []
     if not data.get("layers"):
         missing.append("the per-layer widths")
+    if not data.get("stages"):
+        missing.append("the FLOPs and params per stage")
     if not data.get("sensitivity") and not data.get("history"):
         missing.append("the sensitivity curves / scored candidates")
     if not data.get("searcher"):
@@ -125,10 +137,11 @@ def plot_layers(layers: Sequence[Mapping[str, Any]]) -> str:
     return _figure("Kept width of every layer (original vs kept)", _png(fig))
 
 
-def plot_costs(metrics: Mapping[str, Any], layers: Sequence[Mapping[str, Any]]) -> str:
-    """FLOPs and params before and after, and the kept share of widths per stage (first name component)."""
+def plot_costs(metrics: Mapping[str, Any], layers: Sequence[Mapping[str, Any]], per_stage: bool = False) -> str:
+    """FLOPs and params before and after, and (unless the per-stage costs have their own plot) the kept share of
+    widths per stage (first name component)."""
     plt = require_matplotlib()
-    stages = stage_widths(layers)
+    stages = {} if per_stage else stage_widths(layers)
     fig, axes = plt.subplots(1, 3 if stages else 2, figsize=(9 if stages else 6, 3.5))
     for ax, key in zip(axes[:2], ("flops", "params"), strict=True):
         before, after = metrics["original"][key], metrics["pruned"][key]
@@ -140,7 +153,44 @@ def plot_costs(metrics: Mapping[str, Any], layers: Sequence[Mapping[str, Any]]) 
         ax.set_ylim(0, 1.05)
         ax.set_title("kept width per stage", fontsize=9)
         ax.tick_params(axis="x", labelrotation=45, labelsize=7)
-    return _figure("FLOPs and params before and after (and kept width per stage)", _png(fig))
+    caption = "FLOPs and params before and after" + ("" if per_stage else " (and kept width per stage)")
+    return _figure(caption, _png(fig))
+
+
+def plot_stages(stages: Mapping[str, Mapping[str, Sequence[float]]]) -> str:
+    """FLOPs and params of every stage before and after (grouped horizontal bars, one panel each)."""
+    plt = require_matplotlib()
+    names = list(stages)
+    fig, axes = plt.subplots(1, 2, figsize=(9, max(2.5, 0.3 * len(names) + 1.2)), sharey=True)
+    ys = list(range(len(names)))
+    for ax, key in zip(axes, ("flops", "params"), strict=True):
+        before = [stages[n][key][0] for n in names]
+        after = [stages[n][key][1] for n in names]
+        ax.barh([y - 0.2 for y in ys], before, height=0.4, color="#cccccc", label="original")
+        ax.barh([y + 0.2 for y in ys], after, height=0.4, color="#1f77b4", label="pruned")
+        ax.set_title("FLOPs" if key == "flops" else "params", fontsize=9)
+        ax.tick_params(axis="x", labelsize=7)
+    axes[0].set_yticks(ys, names, fontsize=7)
+    axes[0].invert_yaxis()
+    axes[0].legend(fontsize=7)
+    return _figure("FLOPs and params per stage, original vs pruned", _png(fig))
+
+
+def stage_table(stages: Mapping[str, Mapping[str, Sequence[float]]]) -> str:
+    """The per-stage figures as a table (raw values in data-value attributes, equal to the JSON's `stages`)."""
+    head = "<tr><th>stage</th><th>FLOPs before</th><th>FLOPs after</th><th>params before</th><th>params after</th></tr>"
+    rows = "".join(
+        f"<tr><th>{html.escape(name)}</th>"
+        + "".join(
+            f'<td data-stage="{html.escape(name)}" data-key="{key}_{when}" data-value="{html.escape(repr(value))}">'
+            f"{html.escape(_show(float(value)))}</td>"
+            for key in ("flops", "params")
+            for when, value in zip(("before", "after"), costs[key], strict=True)
+        )
+        + "</tr>"
+        for name, costs in stages.items()
+    )
+    return f'<table class="stages">{head}{rows}</table>'
 
 
 def stage_widths(layers: Sequence[Mapping[str, Any]]) -> dict[str, tuple[int, int]]:
@@ -218,7 +268,9 @@ def plots(summary: Mapping[str, Any], data: Mapping[str, Any]) -> list[str]:
     if data.get("layers"):
         figures.append(plot_layers(data["layers"]))
     if summary.get("metrics"):
-        figures.append(plot_costs(summary["metrics"], data.get("layers") or []))
+        figures.append(plot_costs(summary["metrics"], data.get("layers") or [], per_stage=bool(data.get("stages"))))
+    if data.get("stages"):
+        figures.append(plot_stages(data["stages"]) + stage_table(data["stages"]))
     return figures
 
 

@@ -44,6 +44,8 @@ class SearchSpace:
         sides: dict[tuple[str, str], torch.Tensor],
         cost_model: CostModel,
         original_cost: Cost,
+        *,
+        stages: dict[str, dict[str, float]] | None = None,
     ) -> None:
         self.model = model
         self.dummy_input = dummy_input
@@ -51,6 +53,7 @@ class SearchSpace:
         self.frozen = frozen
         self.grouping = grouping
         self.original_cost = original_cost
+        self.original_stages = stages or {}  # stage -> {"flops", "params"} of the original (metrics/stages.py)
         self._group_hparams = group_hparams  # width hparam name -> group index
         self._sides = sides  # (module, side) -> labels
         self._cost_model = cost_model
@@ -64,6 +67,7 @@ class SearchSpace:
         self._modules = dict(model.named_modules())
         self._skippable = self._skippable_children()
         self.latency_model: LatencyModel | None = None
+        self.order_locked = False  # True once trained: the search keeps the channel order the training trained
         self.select(self._active)
 
     # ---- configs -------------------------------------------------------------------------------------------
@@ -171,6 +175,25 @@ class SearchSpace:
         for g, score in scores.items():
             self._orders[g] = _group_order(self.grouping.groups[g], score)
             self._cost_model.set_order(g, self._orders[g])
+        self.select(self._active)
+
+    def channel_orders(self) -> dict[str, list[int]]:
+        """The channel order of every width hparam (its group's positions, most important first)."""
+        return {name: self._orders[g].tolist() for name, g in self._group_hparams.items()}
+
+    def set_channel_orders(self, orders: Mapping[str, list[int]], *, lock: bool = True) -> None:
+        """Restore channel orders from `channel_orders()`; `lock` keeps a search from re-sorting them."""
+        for name, order in orders.items():
+            g = self._group_hparams.get(name)
+            size = self.grouping.groups[g].size if g is not None else 0
+            if g is None or sorted(order) != list(range(size)):
+                raise NasPruneError(
+                    f"channel order of '{name}': expected a permutation of the {size} positions of a width hparam "
+                    "of this space; rebuild the space from the model the order was made for"
+                )
+            self._orders[g] = torch.tensor(order, dtype=torch.long)
+            self._cost_model.set_order(g, self._orders[g])
+        self.order_locked = lock
         self.select(self._active)
 
     # ---- export --------------------------------------------------------------------------------------------

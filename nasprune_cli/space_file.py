@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from nasprune_cli.checkpoint import StoredModel, rebuild_space
@@ -49,11 +50,22 @@ class StoredFrozen(_Schema):
     reason: str
 
 
+class StoredTraining(_Schema):
+    """A trained space (`nasprune train --output`): the converted model's weights, the channel order its subnets were
+    trained in, and what the training did."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, arbitrary_types_allowed=True)
+    state_dict: dict[str, torch.Tensor]
+    orders: dict[str, list[int]]
+    summary: dict[str, Any] = Field(default_factory=dict)
+
+
 class SpaceFile(StoredModel):
-    """A search-space file (`nasprune convert --output`)."""
+    """A search-space file (`nasprune convert --output`, or `nasprune train --output` with `training`)."""
 
     hparams: list[StoredHparam]
     frozen: list[StoredFrozen]
+    training: StoredTraining | None = None  # absent: the space of an untrained (converted) model
     sha256: str | None = None
 
 
@@ -63,8 +75,11 @@ def save_space(
     model_spec: dict[str, Any],
     recipe: Recipe,
     overwrite: bool = False,
+    training: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a search-space file atomically (tmp file + os.replace); refuses to replace a file unless overwrite."""
+    """Write a search-space file atomically (tmp file + os.replace); refuses to replace a file unless overwrite.
+
+    `training` (a trained space): the training summary; the weights and the channel order are stored with it."""
     path = Path(path)
     check_output(path, overwrite)
     data = {
@@ -72,7 +87,7 @@ def save_space(
         "format_version": FORMAT_VERSION,
         "model": {"entry_point": model_spec["entry_point"], "kwargs": dict(model_spec.get("kwargs") or {})},
         "recipe": recipe_to_dict(recipe),
-        "input": {"shape": recipe.input.shape, "dtype": recipe.input.dtype},
+        "input": recipe_to_dict(recipe)["input"],
         "config": dict(space.config()),
         "hparams": [
             {
@@ -86,6 +101,12 @@ def save_space(
         ],
         "frozen": [{"name": f.name, "reason": f.reason} for f in space.frozen],
     }
+    if training is not None:
+        data["training"] = {
+            "state_dict": {k: v.detach().cpu().clone() for k, v in space.model.state_dict().items()},
+            "orders": space.channel_orders(),
+            "summary": dict(training),
+        }
     atomic_save(add_checksum(data), path)
     return path
 
@@ -116,5 +137,22 @@ def restore_space(
             f"{path}: the model converts to other hparams than the stored ones (first difference: {diff[0]}); pass a "
             f"fresh instance of {spec['entry_point']} with the stored kwargs {spec.get('kwargs') or {}}"
         )
+    if data.get("training") is not None:
+        _load_training(path, space, data["training"])
     space.select(data["config"])
     return space
+
+
+def _load_training(path: Path, space: SearchSpace, training: dict[str, Any]) -> None:
+    """Put a trained space's weights and channel order (locked: a search keeps it) into the rebuilt space."""
+    from nasprune_cli.errors import NasPruneError
+
+    try:
+        space.set_channel_orders(training["orders"], lock=True)
+        space.model.load_state_dict(training["state_dict"], strict=True)
+    except (NasPruneError, RuntimeError) as exc:
+        detail = " ".join(str(exc).strip().splitlines()[:2])[:300]
+        raise CheckpointError(
+            f"{path}: the trained weights do not fit the rebuilt model ({detail}); pass a fresh instance of the "
+            "model the space was trained from"
+        ) from exc

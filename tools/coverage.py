@@ -123,10 +123,15 @@ def render(rows: dict[str, dict[str, Any]], flops: str, ratios: list[float] | No
 
 
 def _kept_sections(path: Path) -> str:
-    """The sections other tools write at the end of the file (tools/timm_coverage.py's, from its marker on)."""
-    marker = "<!-- timm section: written by tools/timm_coverage.py --write -->"
+    """The sections other tools write after the table (tools/timm_coverage.py's and tools/hf_coverage.py's), from the
+    first of their markers to the end of the file."""
+    markers = (
+        "<!-- timm section: written by tools/timm_coverage.py --write -->",
+        "<!-- transformers section: python tools/hf_coverage.py -->",
+    )
     text = path.read_text() if path.is_file() else ""
-    return f"\n{marker}{text.split(marker, 1)[1]}" if marker in text else ""
+    starts = [text.index(m) for m in markers if m in text]
+    return "\n" + text[min(starts) :] if starts else ""
 
 
 def main() -> int:

@@ -3,7 +3,8 @@ section: share of conv / linear parameters in prunable groups, smallest reachabl
 
     python tools/timm_coverage.py [--size 224] [--write] [MODEL ...]
 
---write replaces the section in docs/COVERAGE.md (from MARKER to the end; tools/coverage.py keeps it).
+--write replaces the section in docs/COVERAGE.md (from MARKER to the transformers section of tools/hf_coverage.py,
+or the end; tools/coverage.py keeps both).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from tools.zoo_models import with_ratios  # noqa: E402
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "fastnas.yaml"
 COVERAGE = Path(__file__).resolve().parents[1] / "docs" / "COVERAGE.md"
 MARKER = "<!-- timm section: written by tools/timm_coverage.py --write -->"
+NEXT_MARKER = "<!-- transformers section: python tools/hf_coverage.py -->"  # the section after this one
 NOTES = Path(__file__).resolve().with_name("timm_coverage_notes.md")
 
 
@@ -99,8 +101,10 @@ def main() -> None:
         )
         notes = NOTES.read_text().format(size=args.size)
         text = COVERAGE.read_text() if COVERAGE.is_file() else ""
-        kept = text.split(MARKER)[0].rstrip("\n")
-        COVERAGE.write_text(f"{kept}\n\n{header}\n" + "\n".join(lines) + f"\n\n{notes}")
+        before, _, after = text.partition(MARKER)
+        rest = after[after.index(NEXT_MARKER) :] if NEXT_MARKER in after else ""  # hf_coverage.py's section
+        section = f"{before.rstrip()}\n\n{header}\n" + "\n".join(lines) + f"\n\n{notes}"
+        COVERAGE.write_text(f"{section.rstrip()}\n\n{rest}" if rest else section)
 
 
 if __name__ == "__main__":

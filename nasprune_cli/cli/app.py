@@ -22,7 +22,7 @@ from nasprune_cli.cli import output
 from nasprune_cli.errors import NasPruneError
 
 _PACKAGE_DIR = str(Path(__file__).resolve().parents[1])
-_COMMANDS = ("convert", "profile", "search", "export", "recipe", "report")
+_COMMANDS = ("convert", "profile", "search", "export", "recipe", "report", "train", "finetune")
 
 
 def debug_enabled() -> bool:

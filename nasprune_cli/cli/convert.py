@@ -8,6 +8,7 @@ import typer
 
 from nasprune_cli.cli import output
 from nasprune_cli.cli.options import (
+    InputDtypeOpt,
     InputShapeOpt,
     JsonOpt,
     ModelKwargsOpt,
@@ -30,6 +31,7 @@ def convert_command(
     recipe: RecipeOpt = None,
     sets: SetOpt = None,
     input_shape: InputShapeOpt = None,
+    input_dtype: InputDtypeOpt = None,
     overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -42,10 +44,12 @@ def convert_command(
     from nasprune_cli.space_file import save_space
 
     kwargs = parse_kwargs(model_kwargs)
-    loaded = load_recipe(recipe, recipe_overrides(input_shape=input_shape), "command line", sets=sets or ())
+    loaded = load_recipe(
+        recipe, recipe_overrides(input_shape=input_shape, input_dtype=input_dtype), "command line", sets=sets or ()
+    )
     check_output(output_path, overwrite, inputs={"--recipe": recipe})  # fail before the slow part
     net = build_model(model, kwargs)
-    space = convert(net, loaded, dummy_input_for(loaded))
+    space = convert(net, loaded, dummy_input_for(loaded, net))
     save_space(output_path, space, {"entry_point": model, "kwargs": kwargs}, loaded, overwrite=overwrite)
 
     rows = space_rows(space)

@@ -56,7 +56,7 @@ def export_command(
     from nasprune_cli.checkpoint import EXPORT_FORMATS, load_pruned, restore, write_deployable
     from nasprune_cli.errors import CheckpointError
     from nasprune_cli.fileio import check_output
-    from nasprune_cli.inputs import make_dummy_input
+    from nasprune_cli.inputs import dummy_input_from_spec
     from nasprune_cli.loading import build_model, parse_kwargs
 
     if fmt not in EXPORT_FORMATS:
@@ -72,8 +72,9 @@ def export_command(
         )
     entry_point = model or spec["entry_point"]
     kwargs = parse_kwargs(model_kwargs) if model_kwargs else dict(spec.get("kwargs") or {})
-    net = restore(build_model(entry_point, kwargs), pruned)
-    dummy = make_dummy_input(list(data["input"]["shape"]), data["input"].get("dtype", "float32"))
+    original = build_model(entry_point, kwargs)
+    dummy = dummy_input_from_spec(data["input"], original)  # before restore: the model's config and forward
+    net = restore(original, pruned)
     result = write_deployable(net, output_path, fmt, dummy, overwrite=overwrite)
     params = sum(p.numel() for p in net.parameters())
     if json_out:

@@ -55,6 +55,15 @@ InputShapeOpt = Annotated[
         show_default=False,
     ),
 ]
+InputDtypeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--input-dtype",
+        help="Dummy input dtype: float32, float16, bfloat16 or int64 (token ids, drawn within the model's "
+        "config.vocab_size or the recipe's input.high); overrides the recipe's input.dtype.",
+        show_default=False,
+    ),
+]
 FlopsOpt = Annotated[
     str | None,
     typer.Option(
@@ -111,11 +120,14 @@ def recipe_overrides(
     flops: str | None = None,
     params: str | None = None,
     latency: str | None = None,
+    input_dtype: str | None = None,
 ) -> dict[str, Any]:
     """The recipe keys set on the command line, as nested overrides for `load_recipe`."""
     overrides: dict[str, Any] = {}
     if input_shape is not None:
         overrides["input"] = {"shape": parse_input_shape(input_shape)}
+    if input_dtype is not None:
+        overrides.setdefault("input", {})["dtype"] = input_dtype
     search: dict[str, Any] = {}
     given = (("flops", flops), ("params", params), ("latency", latency))
     constraints = {name: value for name, value in given if value is not None}

@@ -9,6 +9,7 @@ import typer
 from nasprune_cli.cli import output
 from nasprune_cli.cli.options import (
     FlopsOpt,
+    InputDtypeOpt,
     InputShapeOpt,
     JsonOpt,
     ModelKwargsOpt,
@@ -41,6 +42,7 @@ def profile_command(
     flops: FlopsOpt = None,
     params: ParamsOpt = None,
     input_shape: InputShapeOpt = None,
+    input_dtype: InputDtypeOpt = None,
     strict: StrictOpt = False,
     explain: ExplainOpt = None,
     json_out: JsonOpt = False,
@@ -52,17 +54,17 @@ def profile_command(
     from nasprune_cli.recipe.load import load_recipe
 
     kwargs = parse_kwargs(model_kwargs)
-    overrides = recipe_overrides(input_shape=input_shape, flops=flops, params=params)
+    overrides = recipe_overrides(input_shape=input_shape, input_dtype=input_dtype, flops=flops, params=params)
     # without --recipe (or --set) the plain model is profiled; the budgets are still validated like a recipe's
     loaded = load_recipe(recipe, overrides, "command line", sets=sets or ())
     space_recipe = loaded if recipe is not None or sets else None
     net = build_model(model, kwargs)
     if explain is not None:
-        return explain_layer(net, space_recipe, dummy_input_for(loaded), explain, json_out)
+        return explain_layer(net, space_recipe, dummy_input_for(loaded, net), explain, json_out)
     report = profile(
         net,
         recipe=space_recipe,
-        dummy_input=dummy_input_for(loaded),
+        dummy_input=dummy_input_for(loaded, net),
         constraints=dict(loaded.search.constraints),
     )
 

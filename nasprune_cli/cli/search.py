@@ -11,6 +11,7 @@ import typer
 from nasprune_cli.cli import output
 from nasprune_cli.cli.options import (
     FlopsOpt,
+    InputDtypeOpt,
     InputShapeOpt,
     JsonOpt,
     LatencyOpt,
@@ -175,6 +176,15 @@ ReportOpt = Annotated[
         show_default=False,
     ),
 ]
+SpaceOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--space",
+        help="Search a trained space (`nasprune train --output`) or a converted one (`nasprune convert --output`) of "
+        "--model instead of converting --model; pass the --recipe it was made with.",
+        show_default=False,
+    ),
+]
 SearchOutputOpt = Annotated[
     Path | None,
     typer.Option("--output", "-o", help="Pruned-model file to write (e.g. pruned.pt).", show_default=False),
@@ -193,6 +203,7 @@ def search_command(
     latency_table: LatencyTableOpt = None,
     latency_batch: LatencyBatchOpt = None,
     input_shape: InputShapeOpt = None,
+    input_dtype: InputDtypeOpt = None,
     searcher: SearcherOpt = None,
     score: ScoreOpt = None,
     data: DataOpt = None,
@@ -214,6 +225,7 @@ def search_command(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
     report: ReportOpt = None,
+    space: SpaceOpt = None,
 ) -> None:
     """Search the best subnet within --flops / --params / --latency and write the pruned model (--output)."""
     from nasprune_cli.checkpoint import save_pruned
@@ -225,7 +237,9 @@ def search_command(
     from nasprune_cli.searching.prepare import seed_everything
 
     kwargs = parse_kwargs(model_kwargs)
-    overrides = recipe_overrides(input_shape=input_shape, flops=flops, params=params, latency=latency)
+    overrides = recipe_overrides(
+        input_shape=input_shape, input_dtype=input_dtype, flops=flops, params=params, latency=latency
+    )
     settings = setting_flags(ctx.params)  # every flag named like a field of the recipe's search section
     if settings:
         overrides.setdefault("search", {}).update(settings)
@@ -241,11 +255,14 @@ def search_command(
 
     seed_everything(loaded.search.seed)  # a builder that initialises randomly builds the same model every run
     net = build_model(model, kwargs)
+    dummy_input = dummy_input_for(loaded, net)  # from the plain model (a token model's vocabulary, its keywords)
+    if space is not None:
+        net = restore_space_for(space, net, loaded)
     progress = _Progress("off" if quiet else "bars" if sys.stderr.isatty() else "lines")
     with progress as on_progress:
         options = search_options({**config, "on_progress": on_progress})
         progress.info = score_info(options.score.value, options.score.name)
-        result = search(net, None, dummy_input_for(loaded), options)
+        result = search(net, None, dummy_input, options)
     if output_path is not None:
         save_pruned(output_path, result, overwrite=overwrite)
 
@@ -253,7 +270,8 @@ def search_command(
     if report is not None:
         from nasprune_cli.report import report_data, write_report
 
-        write_report(report, summary, report_data(result.state, summary["layers"], result.config, result.searcher))
+        data = report_data(result.state, summary["layers"], result.config, result.searcher, result.stages)
+        write_report(report, summary, data)
     if json_out:
         output.print_json({**summary, "output": str(output_path) if output_path is not None else None})
     else:
@@ -267,6 +285,23 @@ def search_command(
         output.info(f"wrote {output_path}")
     elif not json_out:
         output.info("pass --output pruned.pt to save the pruned model")
+
+
+def restore_space_for(path: Path, net: Any, recipe: Any) -> Any:
+    """The space of a `--space` file rebuilt on `net`; refused when it was made with other layer rules or input than
+    the --recipe (the pruned file stores the --recipe, and `restore` rebuilds from it)."""
+    from nasprune_cli.errors import CheckpointError
+    from nasprune_cli.recipe.load import recipe_to_dict
+    from nasprune_cli.space_file import load_space, restore_space
+
+    stored, given = load_space(path), recipe_to_dict(recipe)
+    for key in ("mode", "defaults", "rules", "input"):
+        if (stored.get("recipe") or {}).get(key) != given.get(key):
+            raise CheckpointError(
+                f"--space {path}: the space was made with another recipe ({key} differs from the --recipe's); pass "
+                "the --recipe (and --set / --input-shape) it was converted or trained with"
+            )
+    return restore_space(path, net)
 
 
 def check_files(output_path: Path | None, checkpoint: Any, table: Any, recipe: Path | None, overwrite: bool) -> None:

@@ -13,6 +13,8 @@ from nasprune_cli.errors import NasPruneError
 DYNAMIC_REGISTRY: dict[type[nn.Module], type[DynamicModule]] = {}
 # lookups tried after the registry of exact types: users' registered layers, subclasses of the registered types
 FALLBACK_LOOKUPS: list[Callable[[type[nn.Module]], type[DynamicModule] | None]] = []
+# recipe type names of other libraries' layers, registered when a model uses them (transformers.Attention)
+EXTERNAL_TYPE_NAMES: dict[type[nn.Module], str] = {}
 
 _D = TypeVar("_D", bound="type[DynamicModule]")
 _PLAIN_ATTR_TYPES = (bool, int, float, str, tuple, type(None))

@@ -25,6 +25,7 @@ from nasprune_cli.dynamic.known import KNOWN_LAYERS
 from nasprune_cli.dynamic.spec import SIDES, LayerKind, LayerSpec
 from nasprune_cli.dynamic.swap import SlicedState, SwapForward
 from nasprune_cli.errors import NasPruneError
+from nasprune_cli.graph.layers import SPEC_LOOKUPS
 
 CUSTOM_LAYERS: dict[type[nn.Module], LayerSpec] = {}
 _CREATED: dict[type[nn.Module], type[DynamicModule]] = {}
@@ -147,3 +148,4 @@ def custom_dynamic(module_type: type[nn.Module]) -> type[DynamicModule] | None:
 
 
 FALLBACK_LOOKUPS.insert(0, custom_dynamic)
+SPEC_LOOKUPS.append(layer_spec)  # the tracer runs registered layers as one op

@@ -10,6 +10,7 @@ from torch import nn
 
 from nasprune_cli.dynamic.base import DYNAMIC_REGISTRY, FALLBACK_LOOKUPS, DynamicModule
 from nasprune_cli.dynamic.swap import SwapForward
+from nasprune_cli.graph.layers import PARENT_LOOKUPS
 
 _CREATED: dict[type[nn.Module], type[DynamicModule]] = {}
 
@@ -52,3 +53,4 @@ def subclass_dynamic(module_type: type[nn.Module]) -> type[DynamicModule] | None
 
 
 FALLBACK_LOOKUPS.append(subclass_dynamic)
+PARENT_LOOKUPS.append(registered_parent)  # the tracer runs these subclasses as one op, with the parent's rule

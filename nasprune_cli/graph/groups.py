@@ -64,10 +64,10 @@ def build_groups(trace: Trace) -> Grouping:
     groups: list[ChannelGroup] = []
     for comp in components.values():
         first = sources[comp[0]]
-        kind = trace.layer_info.get(first.module, {}).get("type", "")
+        info = trace.layer_info.get(first.module, {})
         group = ChannelGroup(
             index=len(groups),
-            name=f"{first.module}.{_OUT_NAMES.get(kind, 'out_channels')}",
+            name=f"{first.module}.{info.get('out_name') or _OUT_NAMES.get(info.get('type', ''), 'out_channels')}",
             size=first.vec.numel(),
             sources=[sources[i].module for i in comp],
         )
@@ -112,7 +112,7 @@ def apply_block_constraints(trace: Trace, grouping: Grouping) -> None:
     record these constraints on the groups (or freeze a group whose constraints disagree)."""
     for name, info in trace.layer_info.items():
         if info.get("head_width"):
-            record = trace.sides.get((name, "features"))
+            record = trace.sides.get((name, info.get("head_side", "features")))
             if record is not None:
                 _constrain_units(grouping, name, info["head_width"], record.vec)
             continue

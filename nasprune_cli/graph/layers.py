@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -11,10 +12,8 @@ from torchvision.models.convnext import CNBlock, LayerNorm2d
 from torchvision.models.maxvit import RelativePositionalMultiHeadAttention
 from torchvision.models.swin_transformer import ShiftedWindowAttention
 
-from nasprune_cli.dynamic.custom import layer_spec
-from nasprune_cli.dynamic.spec import SIDES
-from nasprune_cli.dynamic.subclass import registered_parent
 from nasprune_cli.graph.context import CostTerm, TraceContext
+from nasprune_cli.graph.hf_layers import EXTERNAL_LAYERS
 from nasprune_cli.graph.labels import ChannelLabels, fixed_vec
 
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -26,15 +25,6 @@ ATOMIC_TYPES = frozenset(
     (*CONV_TYPES, *CONVT_TYPES, nn.Linear, *BN_TYPES, *IN_TYPES, nn.LayerNorm, LayerNorm2d, nn.GroupNorm)
     + ATTENTION_TYPES
 )
-
-
-def is_atomic(module_type: type[nn.Module]) -> bool:
-    """Whether the tracer runs a layer as one op: a registered type, a subclass of one, or a user-registered layer."""
-    return (
-        module_type in ATOMIC_TYPES
-        or layer_spec(module_type) is not None
-        or registered_parent(module_type) in ATOMIC_TYPES
-    )
 
 
 # parameters that scale channels inside a traced (not atomic) module: type -> {parameter name: its channel dim}
@@ -52,8 +42,46 @@ def _input_vec(ctx: TraceContext, name: str, x: torch.Tensor, dim: int, size: in
     return lab.vec
 
 
+# lookups the dynamic package adds when it is imported (it imports graph, not the other way round): the LayerSpec of
+# a layer registered with register_layer or by name, and the registered type a subclass is sliced like
+SPEC_LOOKUPS: list[Callable[[type[nn.Module]], Any]] = []
+PARENT_LOOKUPS: list[Callable[[type[nn.Module]], type[nn.Module] | None]] = []
+
+
+def layer_spec(module_type: type[nn.Module]) -> Any:
+    """The LayerSpec of a registered layer type (None: not registered)."""
+    return next((s for s in (f(module_type) for f in SPEC_LOOKUPS) if s is not None), None)
+
+
+def registered_parent(module_type: type[nn.Module]) -> type[nn.Module] | None:
+    """The convertible type a subclass is sliced like (None: not such a subclass)."""
+    return next((p for p in (f(module_type) for f in PARENT_LOOKUPS) if p is not None), None)
+
+
+def is_atomic(module: nn.Module) -> bool:
+    """Whether the tracer runs a module as one op: a convertible layer, another library's (EXTERNAL_LAYERS), a
+    subclass of a convertible layer, or a layer registered with register_layer."""
+    module_type = type(module)
+    return (
+        module_type in ATOMIC_TYPES
+        or module_type in EXTERNAL_LAYERS
+        or layer_spec(module_type) is not None
+        or registered_parent(module_type) in ATOMIC_TYPES
+    )
+
+
 def handle_layer(ctx: TraceContext, name: str, module: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
     """Apply the channel rule of one call of a convertible layer."""
+    external = EXTERNAL_LAYERS.get(type(module))
+    if external is not None:
+        first = name not in ctx.layer_info
+        params_before = len(ctx.params)
+        external(ctx, name, module, args, kwargs, out)
+        if not first:  # a shared layer's parameters are counted once
+            del ctx.params[params_before:]
+        for term in ctx.params[params_before:]:
+            term.scope = tuple(ctx.stack)
+        return
     x = args[0] if args else kwargs.get("input")
     if not isinstance(x, torch.Tensor) or not isinstance(out, torch.Tensor):
         for t in list(args) + list(kwargs.values()):
@@ -228,7 +256,7 @@ def _custom(ctx: TraceContext, name: str, m: nn.Module, spec: Any, x: torch.Tens
     ctx.layer_info[name] = info
     dim = spec.channel_dim_of(m) % x.dim()
     sizes = spec.side_sizes(m)
-    if len(sizes) < len(SIDES[spec.kind]):  # no tensor or attribute says how wide a side is: kept whole
+    if len(sizes) < (2 if spec.kind == "linear" else 1):  # no tensor or attribute says how wide a side is: kept whole
         for t in (x, out):
             ctx.freeze(ctx.labels_of(t), f"{type(m).__name__} '{name}': its registration gives no size for a side")
         ctx.set_labels(out, None)

@@ -172,13 +172,13 @@ def _add_layer_hooks(ctx: TraceContext, model: nn.Module, handles: list[Removabl
         name = ctx.names.get(id(module), "")
         ctx.stack.append(name)
         ctx.call_inputs.append(tensors_in((args, kwargs)))
-        if is_atomic(type(module)):
+        if is_atomic(module):
             ctx.suspended += 1
 
     def post(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
         name = ctx.stack.pop() if ctx.stack else ""
         inputs = ctx.call_inputs.pop() if ctx.call_inputs else []
-        atomic = is_atomic(type(module))
+        atomic = is_atomic(module)
         if not atomic:
             if not ctx.suspended:
                 module_returned(ctx, name, output)

@@ -18,7 +18,7 @@ from torch import nn
 
 from nasprune_cli.constraints import Cost
 from nasprune_cli.errors import TraceError
-from nasprune_cli.inputs import eval_mode, input_tensors
+from nasprune_cli.inputs import eval_mode, input_tensors, keyword_inputs, positional_model
 
 FLOPS_UNIT = "fvcore FLOPs: one per multiply-add, on the dummy input, eval mode"
 
@@ -27,11 +27,25 @@ def _as_tuple(dummy_input: Any) -> tuple:
     """fvcore wants a tuple of positional inputs."""
     if isinstance(dummy_input, tuple):
         if dummy_input and isinstance(dummy_input[-1], dict):
-            if dummy_input[-1]:
-                raise TraceError("fvcore cannot count FLOPs with keyword inputs; pass positional inputs only")
             return dummy_input[:-1]
         return dummy_input
     return (dummy_input,)
+
+
+def _counted(model: nn.Module, dummy_input: Any) -> tuple[nn.Module, tuple, str]:
+    """(module, positional inputs, prefix of its module names) that fvcore counts for a model and dummy input."""
+    if not keyword_inputs(dummy_input) and not _returns_model_output(model):
+        return model, _as_tuple(dummy_input), ""
+    wrapper, args = positional_model(model, dummy_input)
+    return wrapper, args, "model."
+
+
+def _returns_model_output(model: nn.Module) -> bool:
+    """Whether a model is a transformers PreTrainedModel (a ModelOutput); transformers is not imported for this."""
+    import sys
+
+    module = sys.modules.get("transformers")
+    return module is not None and isinstance(model, module.PreTrainedModel)
 
 
 def fvcore_flops(model: nn.Module, dummy_input: Any, by_module: bool = False) -> float | dict[str, float]:
@@ -43,10 +57,16 @@ def fvcore_flops(model: nn.Module, dummy_input: Any, by_module: bool = False) ->
     logging.getLogger("fvcore").setLevel(logging.ERROR)
     try:
         with eval_mode(model), torch.no_grad():
-            analysis = FlopCountAnalysis(model, _as_tuple(dummy_input))
+            counted, args, prefix = _counted(model, dummy_input)
+            analysis = FlopCountAnalysis(counted, args)
             analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
             if by_module:
-                return {k: float(v) for k, v in analysis.by_module().items()}
+                by_name = {k: float(v) for k, v in analysis.by_module().items()}
+                if prefix:  # the wrapper's names: "" and "model" are the model, "model.x" is x
+                    by_name = {k[len(prefix) :]: v for k, v in by_name.items() if k.startswith(prefix)} | {
+                        "": by_name[""]
+                    }
+                return by_name
             return float(analysis.total())
     except Exception as exc:  # noqa: BLE001 - fvcore's jit trace fails in many ways; report one line
         raise TraceError(

@@ -52,6 +52,17 @@ def file_layers(path: Path, source: str) -> list[Layer]:
         path, source = _parent_file(parent, path, source)
 
 
+def dict_layers(data: Mapping[str, Any], source: str) -> list[Layer]:
+    """The layers of a recipe given as a mapping (the Python API): the recipes its `extends` names (a shipped name,
+    or a path relative to the working directory), the farthest base first, then the mapping without `extends`."""
+    data = dict(data)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return [Layer(source, data)]
+    path, parent_source = _parent_file(parent, Path.cwd() / "recipe.yaml", source)
+    return [*file_layers(path, parent_source), Layer(source, data)]
+
+
 def _parent_file(value: Any, child: Path, source: str) -> tuple[Path, str]:
     """The file an `extends` value names: a shipped recipe's name, or a path relative to the extending file."""
     if not isinstance(value, str) or not value.strip():

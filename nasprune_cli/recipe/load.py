@@ -10,7 +10,7 @@ from pydantic import BaseModel, ValidationError
 
 from nasprune_cli.errors import RecipeError
 from nasprune_cli.loading import short_repr
-from nasprune_cli.recipe.compose import Layer, apply_set, file_layers, holds, merge, nested, set_layer
+from nasprune_cli.recipe.compose import Layer, apply_set, dict_layers, file_layers, holds, merge, nested, set_layer
 from nasprune_cli.recipe.files import MAX_RECIPE_BYTES, recipe_file
 from nasprune_cli.recipe.schema import MODULE_TYPES, InputSection, Recipe, SearchSettings, default_keys, rule_fields
 
@@ -63,6 +63,9 @@ def recipe_to_dict(recipe: Recipe, *, effective_rules: bool = False) -> dict[str
     checkpoints and `nasprune recipe show`. `effective_rules`: also write the mode's rules when there is no `rules`
     section (they are written anyway when `defaults` changes them)."""
     data = recipe.model_dump(mode="json", exclude={"rules", "defaults"})
+    for key, unset in (("high", None), ("keywords", {})):  # the token-input keys only when set (older files lack them)
+        if data["input"].get(key) == unset:
+            del data["input"][key]
     rules = recipe.rules_table() if effective_rules or (recipe.rules is None and recipe.defaults) else recipe.rules
     if rules is None:
         data["rules"] = None
@@ -77,10 +80,15 @@ def recipe_to_dict(recipe: Recipe, *, effective_rules: bool = False) -> dict[str
 
 
 def recipe_from_dict(data: Mapping[str, Any], source: str = "recipe") -> Recipe:
-    """Rebuild a Recipe from `recipe_to_dict` output (e.g. read from a checkpoint)."""
+    """A Recipe from a mapping: `recipe_to_dict` output (e.g. read from a checkpoint), or a recipe written in Python,
+    which may `extends` a shipped recipe or a file (a path relative to the working directory)."""
     if not isinstance(data, Mapping):
         raise RecipeError(f"{source}: expected a mapping (got {_show(data)})")
-    return _validate(data, source)
+    layers = dict_layers(data, source)
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        merged = merge(merged, layer.data)
+    return _validate(merged, source, layers)
 
 
 def _validate(data: Mapping[str, Any], source: str, layers: Sequence[Layer] = ()) -> Recipe:

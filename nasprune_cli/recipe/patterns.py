@@ -9,7 +9,7 @@ from fnmatch import fnmatchcase
 
 from torch import nn
 
-from nasprune_cli.dynamic.base import is_sequential_like
+from nasprune_cli.dynamic.base import EXTERNAL_TYPE_NAMES, is_sequential_like
 from nasprune_cli.dynamic.custom import layer_spec
 from nasprune_cli.dynamic.subclass import registered_parent
 from nasprune_cli.recipe.schema import MODULE_TYPES, FeatureRule, LayerRule, Recipe, layer_class, type_defaults
@@ -36,7 +36,7 @@ def resolve_rules(recipe: Recipe | None, model: nn.Module) -> ResolvedRules:
     resolved = ResolvedRules()
     used: set[tuple[str, str]] = set()
     for name, module in model.named_modules():
-        type_name = _type_name(type(module), by_class)
+        type_name = _type_name(type(module), by_class) or EXTERNAL_TYPE_NAMES.get(type(module))
         stage = type_name is None and is_sequential_like(type(module))
         if stage:
             type_name = "nn.Sequential"

@@ -30,6 +30,12 @@ from nasprune_cli.dynamic.subclass import registered_parent
 from nasprune_cli.errors import NasPruneError
 from nasprune_cli.inputs import input_size_problem
 
+
+class TransformersAttention(nn.Module):
+    """Stands for every transformers attention class nasprune prunes by heads (nasprune_cli/dynamic/hf_attention.py);
+    never built."""
+
+
 MODULE_TYPES: dict[str, type[nn.Module]] = {
     "nn.Conv1d": nn.Conv1d,
     "nn.Conv2d": nn.Conv2d,
@@ -53,6 +59,8 @@ MODULE_TYPES: dict[str, type[nn.Module]] = {
     "torchvision.ShiftedWindowAttention": ShiftedWindowAttention,
     "torchvision.RelativePositionalMultiHeadAttention": RelativePositionalMultiHeadAttention,
     "torchvision.CNBlock": CNBlock,  # ConvNeXt block: its layer_scale follows the stream's channels
+    # transformers attention (BERT, RoBERTa, Llama, Mistral, Qwen2, ViT): whole heads / key-value groups
+    "transformers.Attention": TransformersAttention,
 }
 
 # FastNAS defaults: 0.05, 0.10, ..., 1.0 (rounded, so 0.15 and not 0.15000000000000002) and a divisor of 32.
@@ -160,11 +168,18 @@ class AttentionRule(_Rule):
     min_heads: int = Field(1, ge=1)
 
 
+class HeadsRule(FeatureRule):
+    """transformers attention: its heads are a group of their own, feature ratios and divisor as for Linear (widths
+    are also multiples of a head, or of a key/value group's query heads); keep at least `min_heads` such units."""
+
+    min_heads: int = Field(1, ge=1)
+
+
 class ScaleRule(_Rule):
     """Blocks with a per-channel scale parameter (ConvNeXt's CNBlock): no settings, the scale follows the stream."""
 
 
-LayerRule = ConvRule | FeatureRule | GroupNormRule | SequentialRule | AttentionRule | ScaleRule
+LayerRule = ConvRule | FeatureRule | GroupNormRule | SequentialRule | AttentionRule | ScaleRule | HeadsRule
 
 _CONV = ("nn.Conv1d", "nn.Conv2d", "nn.Conv3d", "nn.ConvTranspose1d", "nn.ConvTranspose2d", "nn.ConvTranspose3d")
 _SPECIAL_RULES: dict[str, type[_Rule]] = {
@@ -173,6 +188,7 @@ _SPECIAL_RULES: dict[str, type[_Rule]] = {
     "torchvision.ShiftedWindowAttention": AttentionRule,
     "torchvision.RelativePositionalMultiHeadAttention": AttentionRule,
     "torchvision.CNBlock": ScaleRule,
+    "transformers.Attention": HeadsRule,
 }
 RULE_MODELS: dict[str, type[_Rule]] = {
     name: ConvRule if name in _CONV else _SPECIAL_RULES.get(name, FeatureRule) for name in MODULE_TYPES
@@ -442,12 +458,17 @@ def _check_dims(value: Any) -> list[int]:
 
 
 class InputSection(BaseModel):
-    """The dummy input: one shape (or a list of shapes for several positional inputs) and a dtype."""
+    """The dummy input: one shape (or a list of shapes for several positional inputs), a dtype, the bound of token
+    ids and keyword inputs."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
     shape: Annotated[Any, BeforeValidator(_check_shape)] = Field(default_factory=lambda: [1, 3, 224, 224])
     dtype: Literal["float32", "float16", "bfloat16", "int64"] = "float32"
+    # int64 inputs are token ids drawn in [0, high); default: the model's config.vocab_size, else all zeros
+    high: Annotated[int, Field(gt=0)] | None = None
+    # keyword inputs shaped like the first input, e.g. {attention_mask: ones}
+    keywords: dict[str, Literal["ones", "zeros"]] = Field(default_factory=dict)
 
 
 def _import_plugin(module_name: str) -> str:

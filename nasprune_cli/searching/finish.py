@@ -12,6 +12,7 @@ from nasprune_cli.constraints import Cost, satisfies
 from nasprune_cli.errors import SearchError
 from nasprune_cli.metrics.flops import count_params, fvcore_flops
 from nasprune_cli.metrics.score import Evaluator
+from nasprune_cli.metrics.stages import before_after, stage_costs
 from nasprune_cli.searching.options import SearchOptions
 from nasprune_cli.searching.prepare import Prepared
 from nasprune_cli.searching.result import Figures, Reconstruction, SearchResult, layer_rows
@@ -23,7 +24,7 @@ def finish(prepared: Prepared, options: SearchOptions, state: dict[str, Any]) ->
     space, best = prepared.space, state["best"]
     _warn_if_unpruned(space, prepared.bounds, best["config"])
     pruned, reconstruction = _export(prepared, options, best)
-    measured = _verified_cost(pruned, prepared, best["config"])
+    measured, stages = _verified_cost(pruned, prepared, best["config"])
     original = space.original_cost
     info = prepared.evaluator.info  # the state holds what the searchers maximise; the result, measured values
     score = info.measured(best["score"]) if reconstruction.score is None else reconstruction.score
@@ -44,6 +45,7 @@ def finish(prepared: Prepared, options: SearchOptions, state: dict[str, Any]) ->
         input=prepared.input_spec,
         state=state,
         score_info=info,
+        stages=stages,
     )
 
 
@@ -108,10 +110,14 @@ def reconstructed_export(
     )
 
 
-def _verified_cost(pruned: nn.Module, prepared: Prepared, config: Mapping[str, int]) -> Cost:
-    """The pruned model's FLOPs (fvcore) and params, and its predicted latency; a SearchError if over budget."""
+def _verified_cost(
+    pruned: nn.Module, prepared: Prepared, config: Mapping[str, int]
+) -> tuple[Cost, dict[str, dict[str, list[float]]]]:
+    """The pruned model's FLOPs (fvcore) and params, and its predicted latency; a SearchError if over budget. Also
+    the FLOPs and params per stage, before and after (metrics/stages.py)."""
     predicted_latency = prepared.space.cost(config).latency  # a latency table's prediction (None without one)
-    flops = float(fvcore_flops(pruned, prepared.dummy_input))
+    by_module = fvcore_flops(pruned, prepared.dummy_input, by_module=True)
+    flops = float(by_module[""])
     measured = Cost(flops, float(count_params(pruned)), predicted_latency)
     if not satisfies(measured, prepared.bounds):
         raise SearchError(
@@ -119,4 +125,6 @@ def _verified_cost(pruned: nn.Module, prepared: Prepared, config: Mapping[str, i
             f"{measured.params:.4g}; limits {prepared.bounds}) although the cost model said it fits; please report "
             "this bug"
         )
-    return measured
+    original_stages = prepared.space.original_stages
+    stages = before_after(original_stages, stage_costs(pruned, by_module, list(original_stages)))
+    return measured, stages

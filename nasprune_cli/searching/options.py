@@ -105,7 +105,7 @@ def _recipe(value: Any) -> Recipe | None:
     if isinstance(value, (str, Path)):
         return load_recipe(value)
     if isinstance(value, Mapping):
-        return recipe_from_dict(value)
+        return recipe_from_dict(value, "search config: recipe")
     raise SearchError(f"search config: recipe must be a Recipe, a path or a dict (got {type(value).__name__})")
 
 

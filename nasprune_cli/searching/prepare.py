@@ -15,7 +15,7 @@ from nasprune_cli.builtin import DataSource, LabelScore
 from nasprune_cli.constraints import parse_constraints
 from nasprune_cli.errors import SearchError
 from nasprune_cli.fileio import digest
-from nasprune_cli.inputs import dummy_input_for, input_spec, inputs_as_given, random_batches
+from nasprune_cli.inputs import dummy_input_for, input_spec, inputs_as_given, random_batches, token_bound
 from nasprune_cli.metrics.latency import LATENCY_UNIT, latency_model_for
 from nasprune_cli.metrics.score import Evaluator, load_batches
 from nasprune_cli.recipe.load import recipe_to_dict
@@ -62,7 +62,7 @@ def prepare(
     check_bounds(bounds, space)  # before the data is loaded or any subnet is scored
     evaluator = _evaluator(space, dummy_input, options)
     model_spec = options.model_spec or _class_spec(space.model)
-    spec = input_spec(dummy_input)
+    spec = input_spec(dummy_input, options.recipe.input.high if options.recipe is not None else None)
     recipe = recipe_to_dict(options.recipe) if options.recipe is not None else None
     fp = fingerprint(
         model=model_spec,
@@ -79,6 +79,11 @@ def prepare(
     )
     has_data = options.data.value is not None
     return Prepared(space, dummy_input, bounds, evaluator, has_data, latency, model_spec, spec, recipe, fp)
+
+
+def _token_bound(space: SearchSpace, options: SearchOptions) -> int | None:
+    """The bound of the random batches' token ids: the recipe's input.high, else the model's config.vocab_size."""
+    return token_bound(space.model, options.recipe.input.high if options.recipe is not None else None)
 
 
 def seed_everything(seed: int) -> None:
@@ -101,7 +106,7 @@ def _space(model: nn.Module | SearchSpace, dummy_input: Any, options: SearchOpti
         raise SearchError(f"search: expected an nn.Module or a SearchSpace (got {type(model).__name__})")
     from nasprune_cli.conversion import convert
 
-    dummy_input = dummy_input_for(options.recipe) if dummy_input is None else dummy_input
+    dummy_input = dummy_input_for(options.recipe, model) if dummy_input is None else dummy_input
     return convert(model, options.recipe, dummy_input), dummy_input
 
 
@@ -127,7 +132,7 @@ def _evaluator(space: SearchSpace, dummy_input: Any, options: SearchOptions) -> 
     collect = options.collect.value
     if options.data.value is None:
         warnings.warn(NO_DATA_WARNING, stacklevel=4)
-        batches = random_batches(dummy_input, settings.max_batches, settings.seed)
+        batches = random_batches(dummy_input, settings.max_batches, settings.seed, _token_bound(space, options))
         if collect is None:  # a random batch is the model's whole input (a tuple: all its positional inputs)
             collect = inputs_as_given
     else:
@@ -136,7 +141,8 @@ def _evaluator(space: SearchSpace, dummy_input: Any, options: SearchOptions) -> 
             data = data.batches(dummy_input)
         batches = load_batches(data, settings.max_batches, options.data.name)
     seed_everything(settings.seed)
-    space.sort_parameters(settings.importance)
+    if not space.order_locked:  # a trained space keeps the order its subnets were trained in
+        space.sort_parameters(settings.importance)
     space.select(space.max())
     score_fn = options.score.value
     on_score = getattr(options.on_progress, "on_score", None)

@@ -86,6 +86,7 @@ class SearchResult:
     input: dict[str, Any]  # {"shape", "dtype"} of the dummy input
     state: dict[str, Any]  # the searcher's state (history, sensitivity map, ...), as in its checkpoint
     score_info: ScoreInfo | None = None  # what the score measures; None: named by score_name only, higher is better
+    stages: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # stage -> flops/params [before, after]
 
     def score_label(self) -> str:
         """What the score measures and its values, e.g. 'val accuracy 99.20% -> 98.90%'."""
@@ -129,6 +130,7 @@ class SearchResult:
             "latency": asdict(self.latency) if self.latency is not None else None,
             "reconstruction": self.reconstruction.to_dict(),
             "layers": [asdict(row) for row in self.layers],
+            "stages": {name: {k: list(v) for k, v in costs.items()} for name, costs in self.stages.items()},
         }
 
 

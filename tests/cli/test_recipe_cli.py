@@ -75,7 +75,7 @@ def test_show_without_rules_prints_the_mode_rules(runner: CliRunner, tmp_path: P
 def test_check_ok_is_one_line_on_stderr(runner: CliRunner) -> None:
     result = runner.invoke(app, ["recipe", "check", "autonas"])
     assert result.exit_code == 0 and result.stdout == ""
-    assert result.stderr.strip() == "autonas: OK (autonas, rules for 21 module types)"
+    assert result.stderr.strip() == "autonas: OK (autonas, rules for 22 module types)"
 
 
 def test_check_errors(runner: CliRunner, tmp_path: Path) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from nasprune_cli.fileio import add_checksum
 from tests.cli.checks import assert_one_error, warning_lines
 
 ROOT = Path(__file__).resolve().parents[2]
+BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
 DEMO = ["search", "--model", "nasprune_cli.demo:build", "--recipe", str(ROOT / "recipes" / "demo.yaml")]
 TOY = ["search", "--model", "tests.toys:Chain", "--input-shape", "1,3,8,8", "--flops", "60%"]
 
@@ -47,8 +50,9 @@ def test_search_report_is_one_self_contained_page_with_the_json_numbers(demo_run
     page = (tmp / "report.html").read_text()
     assert "http" not in page and not re.search(r"(src|href)=\"(?!data:)", page)
     assert '<meta name="viewport"' in page
-    assert len(captions(page)) == len(re.findall(r'src="data:image/png;base64,', page)) == 3
+    assert len(captions(page)) == len(re.findall(r'src="data:image/png;base64,', page)) == 4
     assert captions(page)[0].startswith("Sensitivity")
+    assert "FLOPs and params per stage, original vs pruned" in captions(page)
     metrics, numbers = summary["metrics"], shown(page)
     assert float(numbers["original_flops"]) == metrics["original"]["flops"]
     assert float(numbers["pruned_flops"]) == metrics["pruned"]["flops"]
@@ -56,6 +60,14 @@ def test_search_report_is_one_self_contained_page_with_the_json_numbers(demo_run
     assert float(numbers["pruned_score"]) == metrics["pruned"]["score"]
     assert int(numbers["evaluations"]) == metrics["evaluations"]
     assert numbers["searcher"] == "&#x27;binary&#x27;"
+    cells = re.findall(r'data-stage="([^"]+)" data-key="(\w+)_(before|after)" data-value="([^"]*)"', page)
+    stages = summary["stages"]
+    assert {stage for stage, *_ in cells} == set(stages) and len(cells) == 4 * len(stages)
+    for stage, key, when, value in cells:
+        assert float(value) == stages[stage][key][0 if when == "before" else 1]
+    for key in ("flops", "params"):  # the stages add up to the totals fvcore and count_params gave
+        assert sum(s[key][0] for s in stages.values()) == metrics["original"][key]
+        assert sum(s[key][1] for s in stages.values()) == metrics["pruned"][key]
     # the demo's named score: what it measures, as a percent
     pruned_row = f"<th>pruned {metrics['score_measures']}</th>"
     assert pruned_row in page and f">{metrics['pruned']['score']:.2%}</td>" in page
@@ -91,7 +103,7 @@ def test_evolve_report_plots_the_candidates(runner: CliRunner, tmp_path: Path) -
     assert result.exit_code == 0, (result.stdout, result.stderr)
     page = report.read_text()
     assert "Scored candidates against their FLOPs (chosen one marked)" in captions(page)
-    assert len(captions(page)) == 3
+    assert len(captions(page)) == 4
     assert float(shown(page)["pruned_flops"]) == json.loads(result.stdout)["metrics"]["pruned"]["flops"]
 
 
@@ -108,3 +120,20 @@ def test_existing_report_is_refused_before_the_search(runner: CliRunner, tmp_pat
     (tmp_path / "r.html").write_text("x")
     result = runner.invoke(app, [*TOY, "--report", str(tmp_path / "r.html")])
     assert_one_error(result, "already exists", "--overwrite")
+
+
+@pytest.mark.skipif(BROWSER is None, reason="no chromium on PATH (apt-get install chromium)")
+def test_the_page_renders_in_a_headless_browser_at_phone_width(demo_run: tuple[Path, dict], tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    tmp, summary = demo_run
+    uri = (tmp / "report.html").resolve().as_uri()
+    browser = [str(BROWSER), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
+    shot = tmp_path / "phone.png"
+    subprocess.run([*browser, "--window-size=412,2400", f"--screenshot={shot}", uri], capture_output=True, timeout=120)
+    pixels = np.asarray(Image.open(shot).convert("L"))
+    assert pixels.shape[1] == 412 and (pixels < 200).mean() > 0.02  # phone width, not blank
+    dom = subprocess.run([*browser, "--dump-dom", uri], capture_output=True, text=True, timeout=120).stdout
+    assert len(re.findall(r'<img [^>]*src="data:image/png;base64,', dom)) == 4  # the browser parsed every plot
+    assert float(shown(dom)["pruned_flops"]) == summary["metrics"]["pruned"]["flops"]

@@ -236,7 +236,7 @@ def test_cost_checks_never_retrace_and_fvcore_confirms_the_result(monkeypatch: p
     assert calls == {"trace": 1, "fvcore": 2}  # + the final subnet, confirmed on the exported model
     assert result.summary()["metrics"]["pruned"]["flops"] == fvcore_flops(pruned, dummy)
 
-    monkeypatch.setattr(finish, "fvcore_flops", lambda *args, **kwargs: 1e18)  # a cost model that would be wrong
+    monkeypatch.setattr(finish, "fvcore_flops", lambda *args, **kwargs: {"": 1e18})  # a cost model that would be wrong
     with warnings.catch_warnings(), pytest.raises(SearchError, match="breaks the budget when fvcore counts it"):
         warnings.simplefilter("ignore")
         search(space, {"flops": "60%"}, None, config)

@@ -240,3 +240,31 @@ def test_set_errors_name_the_flag(tmp_path: Path, item: str, message: str) -> No
 def test_a_flag_error_names_the_command_line_not_the_set(tmp_path: Path) -> None:
     with pytest.raises(RecipeError, match=re.escape("command line: search.seed: expected an integer")):
         load_recipe(None, {"search": {"seed": "x"}}, "command line", sets=["search.seed=1"])
+
+
+# ---- a recipe written in Python (search(config={"recipe": {...}})) ---------------------------------------------------
+def test_a_dict_recipe_extends_a_shipped_recipe_with_defaults() -> None:
+    recipe = recipe_from_dict({"extends": "fastnas", "defaults": {"channel_divisor": 8}})
+    assert divisors(recipe, "nn.Conv2d") == {"*": 8}
+    assert recipe.search == load_recipe("fastnas").search
+
+
+def test_a_dict_recipe_extends_a_file_relative_to_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write(tmp_path, "mode: autonas\nsearch: {iterations: 7}\n", "base.yaml")
+    monkeypatch.chdir(tmp_path)
+    recipe = recipe_from_dict({"extends": "base.yaml", "search": {"population_size": 3}})
+    assert recipe.mode == "autonas"
+    assert (recipe.search.iterations, recipe.search.population_size) == (7, 3)
+
+
+def test_a_dict_recipe_error_names_the_layer_that_gave_the_value(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write(tmp_path, "search: {iterations: many}\n", "base.yaml")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RecipeError, match=r"base\.yaml: search\.iterations: expected an integer"):
+        recipe_from_dict({"extends": "base.yaml"}, "search config: recipe")
+    with pytest.raises(RecipeError, match=r"^search config: recipe: extends: nope\.yaml: file not found"):
+        recipe_from_dict({"extends": "nope.yaml"}, "search config: recipe")

@@ -31,6 +31,10 @@ SUMMARY = {
     },
     "layers": LAYERS,
 }
+STAGES = {
+    "stem": {"flops": [5e5, 2.5e5], "params": [8000.0, 4000.0]},
+    "body": {"flops": [1e6, 4.9e5], "params": [12000.0, 5000.0]},
+}
 
 
 def figures(page: str) -> list[str]:
@@ -39,7 +43,8 @@ def figures(page: str) -> list[str]:
 
 def test_binary_data_keeps_the_sensitivity_map_as_plain_values() -> None:
     state = {"sensitivity_map": {"stem.conv.out": {16: 0.9, 32: 0.99}}, "original_score": 0.99, "history": []}
-    data = report_data(state, LAYERS, {"stem.conv.out": 16}, "binary")
+    data = report_data(state, LAYERS, {"stem.conv.out": 16}, "binary", STAGES)
+    assert data["stages"] == STAGES
     assert data["sensitivity"] == {"stem.conv.out": {"16": 0.9, "32": 0.99}}
     assert data["original_score"] == 0.99 and data["layers"] == LAYERS and "history" not in data
     assert missing_parts(data) == []
@@ -57,10 +62,11 @@ def test_evolve_data_marks_the_chosen_candidate() -> None:
 
 def test_page_is_self_contained_with_every_plot_and_the_headline_numbers() -> None:
     state = {"sensitivity_map": {"stem.conv.out": {8: 0.5, 16: 0.9, 32: 0.99}}, "original_score": 0.99}
-    page = render_report(SUMMARY, report_data(state, LAYERS, {}, "binary"))
+    page = render_report(SUMMARY, report_data(state, LAYERS, {}, "binary", STAGES))
     assert '<meta name="viewport"' in page and "max-width:100%" in page
     assert not re.search(r"(src|href)=\"(?!data:)", page) and "http" not in page
-    assert len(figures(page)) == len(re.findall(r'<img [^>]*src="data:image/png;base64,', page)) == 3
+    assert len(figures(page)) == len(re.findall(r'<img [^>]*src="data:image/png;base64,', page)) == 4
+    assert "FLOPs and params per stage, original vs pruned" in figures(page)
     assert any(c.startswith("Sensitivity") for c in figures(page))
     shown = dict(re.findall(r'data-key="(\w+)" data-value="([^"]*)"', page))
     for _, key, value in headline_rows(SUMMARY):
@@ -74,9 +80,17 @@ def test_evolve_page_has_the_candidates_plot() -> None:
     assert any(c.startswith("Scored candidates") for c in figures(page)) and len(figures(page)) == 3
 
 
+def test_page_shows_every_stage_figure_with_its_raw_value() -> None:
+    page = render_report(SUMMARY, report_data({}, LAYERS, {}, "binary", STAGES))
+    cells = re.findall(r'data-stage="(\w+)" data-key="(\w+)_(before|after)" data-value="([^"]*)"', page)
+    assert len(cells) == 4 * len(STAGES)
+    for stage, key, when, value in cells:
+        assert float(value) == STAGES[stage][key][0 if when == "before" else 1]
+
+
 def test_page_without_the_stored_data_says_what_is_missing() -> None:
     page = render_report({"searcher": None, "metrics": SUMMARY["metrics"]}, {})
-    assert "Not in this file: the per-layer widths" in page
+    assert "Not in this file: the per-layer widths, the FLOPs and params per stage" in page
     assert len(figures(page)) == 1  # FLOPs and params, from the metrics
 
 

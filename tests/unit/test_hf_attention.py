@@ -1,0 +1,109 @@
+"""transformers attention pruned by whole heads (small random configs): exported == dynamic at random subnets,
+fvcore FLOPs of the export == the space's cost, the max subnet == the original, consistent per-layer head counts."""
+
+from __future__ import annotations
+
+import copy
+import random
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from nasprune_cli import convert, load_recipe  # noqa: E402
+from nasprune_cli.inputs import call_model, dummy_input_for, tensors_in  # noqa: E402
+from nasprune_cli.metrics.flops import fvcore_flops  # noqa: E402
+from tools import hf_models  # noqa: E402
+
+TOKENS = {"input": {"shape": [1, 16], "dtype": "int64"}}
+# BERT style (no output projection inside) and Llama style with grouped-query attention; Qwen2, Mistral and ViT
+# run the same checks in tests/zoo/test_zoo_hf.py
+MODELS = {
+    "bert": (hf_models.bert, TOKENS),
+    "llama": (hf_models.llama, TOKENS),
+}
+
+
+def _logits(out: object) -> torch.Tensor:
+    return [t for t in tensors_in(out, sort_keys=True) if t.is_floating_point()][0]
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_hf_heads_export_matches_dynamic(name: str) -> None:
+    build, overrides = MODELS[name]
+    torch.manual_seed(0)
+    model = build()
+    original = copy.deepcopy(model)
+    recipe = load_recipe("fastnas", overrides, "test", sets=["defaults.divisor=16"])
+    x = dummy_input_for(recipe, model)
+    space = convert(model, recipe, x)
+    heads = [hp for hp in space.hparams.values() if any("attn" in m or "attention" in m for m in hp.members)]
+    assert heads, f"no head hparam: {list(space.hparams)}"
+    with torch.no_grad():
+        torch.testing.assert_close(_logits(call_model(space.model, x)), _logits(call_model(original, x)))
+    rng = random.Random(0)
+    for _ in range(3):
+        config = space.sample(rng)
+        pruned = space.export()
+        with torch.no_grad():
+            dynamic_out, pruned_out = _logits(call_model(space.model, x)), _logits(call_model(pruned, x))
+        torch.testing.assert_close(pruned_out, dynamic_out, rtol=1e-4, atol=1e-5)
+        assert fvcore_flops(pruned, x) == pytest.approx(space.cost(config).flops)
+        assert sum(p.numel() for p in pruned.parameters()) == space.cost(config).params
+        for module in pruned.modules():
+            proj = getattr(module, "q_proj", None) or getattr(module, "query", None)
+            if proj is None or not hasattr(module, "config"):
+                continue
+            width = getattr(module, "head_dim", None) or module.attention_head_size
+            kept = proj.out_features // width
+            for attr in ("num_attention_heads", "num_heads"):
+                if isinstance(getattr(module, attr, None), int):
+                    assert getattr(module, attr) == kept
+            if hasattr(module, "k_proj"):  # grouped-query attention keeps its query heads per key/value head
+                assert kept == getattr(module, "num_key_value_groups", 1) * (module.k_proj.out_features // width)
+
+
+def test_hf_gqa_heads_are_whole_key_value_groups() -> None:
+    torch.manual_seed(0)
+    model = hf_models.llama()
+    recipe = load_recipe("fastnas", TOKENS, "test", sets=["defaults.divisor=16"])
+    space = convert(model, recipe, dummy_input_for(recipe, model))
+    hp = space.hparams["model.layers.0.self_attn.head_features"]
+    assert hp.members == ("model.layers.0.self_attn.heads",)
+    assert hp.choices == (32, 64)  # 2 key/value groups of 2 query heads of 16
+    attn = model.model.layers[0].self_attn
+    with pytest.raises(Exception, match="whole key/value groups"):
+        attn.set_index("heads", torch.arange(16))
+
+
+def test_hf_head_importance_keeps_the_strongest_key_value_group() -> None:
+    torch.manual_seed(0)
+    model = hf_models.llama()
+    recipe = load_recipe("fastnas", TOKENS, "test", sets=["defaults.divisor=16"])
+    space = convert(model, recipe, dummy_input_for(recipe, model))
+    attn = model.model.layers[0].self_attn
+    with torch.no_grad():  # weaken key/value group 0 and its two query heads
+        for proj, rows in ((attn.q_proj, 32), (attn.k_proj, 16), (attn.v_proj, 16)):
+            proj.weight[:rows] *= 0.01
+        attn.o_proj.weight[:, :32] *= 0.01
+    space.sort_parameters("magnitude")
+    space.select({"model.layers.0.self_attn.head_features": 32})
+    torch.testing.assert_close(attn.get_index("heads"), torch.arange(32, 64))
+    torch.testing.assert_close(attn.k_proj.get_index("out"), torch.arange(16, 32))
+
+
+def test_transformers_is_imported_only_for_models_that_use_it() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch\n"
+        "from nasprune_cli import convert, profile\n"
+        "model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))\n"
+        "space = convert(model, None, torch.randn(1, 8))\n"
+        "profile(space, None, torch.randn(1, 8), {})\n"
+        "print('transformers' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.strip() == "False"
