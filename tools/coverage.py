@@ -122,11 +122,16 @@ def render(rows: dict[str, dict[str, Any]], flops: str, ratios: list[float] | No
     return "\n".join(lines)
 
 
-def _transformers_section(path: Path) -> str:
-    """The transformers section of the page (tools/hf_coverage.py writes it), kept when the table is rewritten."""
-    marker = "<!-- transformers section: python tools/hf_coverage.py -->"
+def _kept_sections(path: Path) -> str:
+    """The sections other tools write after the table (tools/timm_coverage.py's and tools/hf_coverage.py's), from the
+    first of their markers to the end of the file."""
+    markers = (
+        "<!-- timm section: written by tools/timm_coverage.py --write -->",
+        "<!-- transformers section: python tools/hf_coverage.py -->",
+    )
     text = path.read_text() if path.is_file() else ""
-    return "\n" + marker + text.split(marker, 1)[1] if marker in text else ""
+    starts = [text.index(m) for m in markers if m in text]
+    return "\n" + text[min(starts) :] if starts else ""
 
 
 def main() -> int:
@@ -159,7 +164,7 @@ def main() -> int:
         print(f"{name}: {rows[name]}", flush=True)
         ordered = {n: rows[n] for n in ZOO if n in rows}
         store.write_text(json.dumps(ordered, indent=1) + "\n")  # after each model: a cut-off run keeps its rows
-        args.output.write_text(render(ordered, args.flops, args.ratios) + _transformers_section(args.output))
+        args.output.write_text(render(ordered, args.flops, args.ratios) + _kept_sections(args.output))
     print(f"wrote {args.output} and {store}")
     return 0 if all("error" not in r for r in rows.values()) else 1
 

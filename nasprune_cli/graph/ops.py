@@ -336,7 +336,10 @@ def _dims_arg(dim: Any, ndim: int) -> list[int] | None:
 
 def unknown(ctx: TraceContext, name: str, args: tuple, kwargs: dict, out: Any) -> None:
     """An op without a rule: freeze the channels of every tensor input; outputs carry no channels."""
-    reason = f"its channels reach '{name}', which nasprune has no channel rule for"
+    where = ctx.stack[-1] if ctx.stack else ""
+    kind = ctx.kinds.get(where, "the model")
+    caller = f"{kind} '{where}'" if where else f"{kind}.forward()"
+    reason = f"{caller} calls '{name}', which nasprune has no channel rule for (the channels it reads are kept whole)"
     for t in tensors_in((args, kwargs)):
         ctx.freeze(ctx.labels_of(t), reason)
     ctx.set_outputs(out, None)

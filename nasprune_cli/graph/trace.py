@@ -178,12 +178,13 @@ def _add_layer_hooks(ctx: TraceContext, model: nn.Module, handles: list[Removabl
     def post(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
         name = ctx.stack.pop() if ctx.stack else ""
         inputs = ctx.call_inputs.pop() if ctx.call_inputs else []
-        if not is_atomic(module):
+        atomic = is_atomic(module)
+        if not atomic:
             if not ctx.suspended:
                 module_returned(ctx, name, output)
         elif ctx.suspended == 1 and any(ctx.from_input(t) for t in inputs):  # the ops inside it are not followed
             ctx.mark_from_input(output)
-        if is_atomic(module):
+        if atomic:
             if ctx.suspended == 1:  # our own tensor calls below must not be traced: stay suspended
                 ctx.stack.append(name)
                 try:
