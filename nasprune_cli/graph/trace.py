@@ -18,11 +18,11 @@ from nasprune_cli.errors import TraceError
 from nasprune_cli.graph.branches import follow_values, freeze_branching_modules, module_returned
 from nasprune_cli.graph.context import SequentialCall, Trace, TraceContext
 from nasprune_cli.graph.layers import ATOMIC_TYPES, PARAM_SIDES, handle_layer
-from nasprune_cli.graph.ops import TABLE, unknown
+from nasprune_cli.graph.ops import SPLIT_OPS, TABLE, unknown
 from nasprune_cli.graph.watch import use_all, watched_ints
 from nasprune_cli.inputs import call_model, eval_mode, tensors_in
 
-_WATCH_AWARE = frozenset(("view", "reshape"))  # rules that decide themselves which channel counts are used
+_WATCH_AWARE = frozenset(("view", "reshape", *SPLIT_OPS))  # rules that decide themselves which channel counts are used
 
 
 def _canonical(func: Callable) -> str:
@@ -108,6 +108,7 @@ def trace_model(model: nn.Module, dummy_input: Any, depth_sequentials: Iterable[
         params=ctx.params,
         sequentials=ctx.sequentials,
         layer_info=ctx.layer_info,
+        cuts=ctx.cuts,
     )
 
 
