@@ -103,7 +103,9 @@ def _group_name(
     if not exact or name in used:
         where = torch.nonzero(group_of[src.vec] == g_idx).flatten()
         lo, hi = int(where.min()), int(where.max()) + 1
-        name = base = f"{base}[{lo}:{hi}]" if hi - lo == where.numel() else f"{base}[{where.numel()} of {src.vec.numel()}]"
+        name = base = (
+            f"{base}[{lo}:{hi}]" if hi - lo == where.numel() else f"{base}[{where.numel()} of {src.vec.numel()}]"
+        )
     count = 1
     while name in used:
         count += 1
