@@ -14,6 +14,7 @@ import torch
 
 from nasprune_cli.graph.context import TraceContext
 from nasprune_cli.graph.cuts import STALE, cut_channels, cut_dim
+from nasprune_cli.graph.fills import setitem
 from nasprune_cli.graph.labels import ChannelLabels, fixed_vec
 from nasprune_cli.graph.watch import WatchedInt, WatchedSize, use_all, watched_ints
 from nasprune_cli.inputs import tensors_in
@@ -312,6 +313,11 @@ _IGNORED_NON_TENSOR = {
     "get_device",
     "is_complex",
     "_set_grad_enabled",
+    "is_quantized.__get__",
+    "is_sparse.__get__",
+    "is_meta.__get__",
+    "is_mkldnn.__get__",
+    "is_nested.__get__",
 }
 
 
@@ -718,6 +724,21 @@ def size_read(ctx: TraceContext, name: str, args: tuple, kwargs: dict, out: Any)
     return None
 
 
+def roi_pool(ctx: TraceContext, name: str, args: tuple, kwargs: dict, out: Any) -> None:
+    """torchvision's roi_align / roi_pool: features [N, C, H, W] and boxes -> [K, C, h, w], channels kept in place."""
+    x = args[0]
+    lab = ctx.labels_of(x)
+    for t in tensors_in((args[1:], kwargs)):
+        ctx.freeze(ctx.labels_of(t), f"'{name}' reads channels as boxes at {ctx.where()}")
+    if lab is not None and (lab.dim != 1 or x.dim() != 4 or not isinstance(out, torch.Tensor)):
+        ctx.freeze(lab, f"'{name}' pools channels along dim {lab.dim}, not the feature dim 1, at {ctx.where()}")
+        lab = None
+    if isinstance(out, torch.Tensor):
+        ctx.set_labels(out, lab)
+    else:
+        ctx.set_outputs(out, None)
+
+
 def ignore(ctx: TraceContext, name: str, args: tuple, kwargs: dict, out: Any) -> None:
     """Ops that return no tensor (size(), dim(), ...)."""
     if isinstance(out, torch.Tensor):
@@ -759,6 +780,9 @@ def build_table() -> dict[str, Handler]:
             "broadcast_to": expand,
             "repeat": expand,
             "tile": expand,
+            "__setitem__": setitem,
+            "torchvision.roi_align": roi_pool,
+            "torchvision.roi_pool": roi_pool,
             "roll": roll_flip,
             "flip": roll_flip,
         }

@@ -10,6 +10,7 @@ import random
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from nasprune_cli import convert
@@ -220,3 +221,36 @@ def test_c2f_without_shortcut_prunes_the_bottleneck_outputs_on_their_own() -> No
     model, x = nn.Sequential(ConvBnSiLU(3, 64), C2f(64, 128, n=1), ConvBnSiLU(128, 8)).eval(), torch.randn(2, 3, 8, 8)
     space = convert(model, None, x)
     assert {"1.cv1.conv.out_channels", "1.m.0.cv2.conv.out_channels"} <= set(space.hparams)
+
+
+class _PooledByCopy(nn.Module):
+    """MultiScaleRoIAlign's pattern: a zeros tensor of the features' channel count, filled by index."""
+
+    def __init__(self, write: str) -> None:
+        super().__init__()
+        self.write = write
+        self.a = cbr(3, 64)
+        self.fc = nn.Linear(64 * 4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.adaptive_avg_pool2d(self.a(x), 2)
+        result = torch.zeros((4, y.shape[1], 2, 2))
+        if self.write == "rows":
+            result[torch.tensor([0, 2])] = y
+        else:  # a write into the channel dim itself
+            result[:2, :32] = y[:, :32]
+        return self.fc(result.flatten(1))
+
+
+def test_a_zeros_tensor_of_the_channel_count_filled_by_rows_stays_prunable() -> None:
+    torch.manual_seed(0)
+    model, x = _PooledByCopy("rows").eval(), torch.randn(2, 3, 8, 8)
+    space = convert(model, None, x)
+    assert "a.0.out_channels" in space.hparams and "fc.in" in space.hparams["a.0.out_channels"].members
+    config = space.sample(random.Random(1))
+    with torch.no_grad():
+        exported = space.export().eval()
+        torch.testing.assert_close(exported(x), model(x))
+    assert space.cost(config).flops == pytest.approx(fvcore_flops(exported, x), abs=0.5)
+    frozen = {f.name for f in convert(_PooledByCopy("channels").eval(), None, x).frozen}
+    assert "a.0" in frozen

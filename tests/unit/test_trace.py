@@ -301,7 +301,7 @@ def _count_of_another_tensor(y: torch.Tensor) -> torch.Tensor:
         (_channels_last_unused_count, None),
         (_count_of_another_tensor, None),  # y + 1 carries y's channels: the same count
         (_scale_by_count, f"the model computes with its channel count (read by shape.__get__ {FORWARD})"),
-        (_new_tensor_of_count, f"the model computes with its channel count (read by size {FORWARD})"),
+        (_new_tensor_of_count, None),  # zeros(C, 1, 1) of y's own count: y's channels, pruned with them
         (_split_by_count, f"the model computes with its channel count (read by shape.__get__ {FORWARD})"),
         (_slice_by_count, f"the model computes with its channel count (read by size {FORWARD})"),
     ],
