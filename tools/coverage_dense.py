@@ -27,8 +27,8 @@ BEFORE: dict[str, float] = {}
 
 
 def prunable_share(space: SearchSpace) -> float:
-    """The share of conv / linear parameters in layers that some width hparam slices (on either side)."""
-    layers = {m.rsplit(".", 1)[0] for hp in space.hparams.values() if hp.kind == "width" for m in hp.members}
+    """The share of conv / linear parameters in layers whose output channels some width hparam prunes."""
+    layers = {src for g in space.grouping.groups if g.name in space.hparams for src in g.sources}
     total = prunable = 0
     for name, module in space.model.named_modules():
         if isinstance(module, _WEIGHTED):
@@ -110,8 +110,9 @@ def render_dense(rows: dict[str, dict[str, Any]], frozen_cell: Any) -> list[str]
                 "their NMS IoU thresholds at 1.0: the counts are then the fixed caps (`rpn_post_nms_top_n_test`,",
                 "`box_detections_per_img`, `detections_per_img`), the same for the original, every subnet and the",
                 "export. The default score compares every floating-point output (boxes, scores, masks, keypoints;",
-                "the integer labels are left out). *prunable*: share of the conv / linear parameters in layers some",
-                "width hparam slices, before channel segments (and the roi_align / zeros-fill rules) -> now;",
+                "the integer labels are left out). *prunable*: share of the conv / linear parameters in layers whose",
+                "output channels a width hparam prunes, before channel segments (and the roi_align / zeros-fill",
+                "rules) -> now;",
                 "*exports*: the deployable forms the pruned model writes.",
             ]
         ),

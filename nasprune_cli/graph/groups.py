@@ -26,6 +26,7 @@ class ChannelGroup:
     block_of: torch.Tensor | None = None  # block of each canonical position
     unit: int = 1  # attention reads these channels: prune whole units (heads) of `unit` channels
     unit_of: torch.Tensor | None = None  # unit of each canonical position
+    cut_by: str | None = None  # the equal cut (chunk) whose parts are the blocks, e.g. "'chunk' at c2f"
 
 
 @dataclass
@@ -75,6 +76,7 @@ def build_groups(trace: Trace) -> Grouping:
         if len(segs) > 1:  # the equal parts of a cut: the same number of channels is kept in each
             group.blocks = len(segs)
             group.block_of = torch.cat([torch.full((len(segments.roots[seg]),), b) for b, seg in enumerate(segs)])
+            group.cut_by = segments.cut_by.get(segs[0])
         reasons = [frozen_roots[r] for r in sorted(canon) if r in frozen_roots]
         group.frozen_reason = (
             reasons[0] if reasons else _structure_problem(covering[g_idx], sources, roots, root_pos, segs, segments)

@@ -25,6 +25,7 @@ class Segments:
     of_root: dict[int, int]  # root -> segment
     groups: list[list[int]]  # group -> its segments, in order (the blocks of a cut's parts)
     cut_problems: dict[int, str]  # root -> why its cut cannot keep equal parts (the root is frozen)
+    cut_by: dict[int, str]  # segment -> the equal cut that made it a part ("'chunk' at c2f")
 
 
 def find_segments(roots: torch.Tensor, sources: list[SideRecord], cuts: list[SegmentCut]) -> Segments:
@@ -52,18 +53,21 @@ def find_segments(roots: torch.Tensor, sources: list[SideRecord], cuts: list[Seg
             segment_roots[by_key[key]].append(r)
     tied = UnionFind(len(segment_roots))
     problems: dict[int, str] = {}
+    cut_by: dict[int, str] = {}
     for cut in cuts:
-        _tie_cut(cut, roots, of_root, tied, problems)
+        for seg in _tie_cut(cut, roots, of_root, tied, problems):
+            cut_by.setdefault(seg, f"'{cut.op}' at {cut.where}")
     groups: dict[int, list[int]] = {}
     for seg in range(len(segment_roots)):
         groups.setdefault(tied.find(seg), []).append(seg)
-    return Segments(segment_roots, of_root, list(groups.values()), problems)
+    return Segments(segment_roots, of_root, list(groups.values()), problems, cut_by)
 
 
 def _tie_cut(
     cut: SegmentCut, roots: torch.Tensor, of_root: dict[int, int], tied: UnionFind, problems: dict[int, str]
-) -> None:
-    """Tie the segments of a cut's parts to equal widths; when a part is not one whole segment, record why."""
+) -> list[int]:
+    """Tie the segments of a cut's parts to equal widths (returns them); when a part is not one whole segment,
+    record why (and return none)."""
     segments = []
     for piece in cut.pieces:
         piece_roots = roots[piece].tolist()
@@ -75,7 +79,8 @@ def _tie_cut(
             )
             for r in torch.unique(roots[torch.cat(cut.pieces)]).tolist():
                 problems.setdefault(r, reason)
-            return
+            return []
         segments.append(found.pop())
     for seg in segments[1:]:
         tied.union(segments[0], seg)
+    return segments

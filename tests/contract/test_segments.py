@@ -78,7 +78,8 @@ def test_c2f_chunk_halves_keep_equal_widths() -> None:
     space = convert(model, None, x)
     assert [f.name for f in space.frozen] == ["fc"]
     group = next(g for g in space.grouping.groups if g.name == "c2f.cv1.conv.out_channels")
-    assert group.blocks == 2 and sorted(group.sources) == ["c2f.cv1.conv", "c2f.m.0.cv2.conv", "c2f.m.1.cv2.conv"]
+    assert group.blocks == 2 and group.cut_by == "'chunk' at c2f"
+    assert sorted(group.sources) == ["c2f.cv1.conv", "c2f.m.0.cv2.conv", "c2f.m.1.cv2.conv"]
     hp = space.hparams[group.name]
     assert all(c % 2 == 0 for c in hp.choices)
     space.select({hp.name: hp.choices[0]})
