@@ -51,7 +51,8 @@ def run_dense(entry: DenseModel, flops: str, ratios: list[float] | None) -> dict
     space = convert(model, search_recipe, x)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = search(space, {"flops": flops}, x, {"recipe": search_recipe, "max_batches": 1})
+        options = {"recipe": search_recipe, "max_batches": 1, "data": entry.search_data()}
+        result = search(space, {"flops": flops}, x, {k: v for k, v in options.items() if v is not None})
     seconds = time.perf_counter() - start
     pruned = result.model.eval()
     with torch.no_grad():

@@ -54,6 +54,15 @@ class DenseModel:
             return torch.randn(1, 3, size, size, generator=gen)
         return ([torch.rand(3, size, size, generator=gen)],)
 
+    def search_data(self, small: bool = False, images: int = 2) -> list[Any] | None:
+        """Detectors: one batch of `images` random images (the random batches nasprune draws for a list input are
+        the dummy input itself, one image: too few for BatchNorm recalibration at 1x1 maps); None otherwise."""
+        if self.task != "detection":
+            return None
+        size = self.small if small else self.full
+        gen = torch.Generator().manual_seed(2)
+        return [([torch.rand(3, size, size, generator=gen) for _ in range(images)],)]
+
 
 _RCNN_SMALL = {"rpn_post_nms_top_n_test": 50, "box_detections_per_img": 10}
 _FPN = ("backbone.fpn",)
