@@ -23,7 +23,18 @@ RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "fastnas.yaml"
 _WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.Linear)
 # the share of conv / linear parameters in prunable groups before channel segments, roi_align and the zeros-fill rule
 # (nasprune at commit 7068457, the same recipe and inputs; measured once with tools/coverage.py --dense on that commit)
-BEFORE: dict[str, float] = {}
+BEFORE: dict[str, float] = {
+    "lraspp_mobilenet_v3_large": 0.966,
+    "deeplabv3_mobilenet_v3_large": 0.99,
+    "fcn_resnet50": 0.9997,
+    "fasterrcnn_mobilenet_v3_large_fpn": 0.9087,
+    "fasterrcnn_resnet50_fpn": 0.9322,
+    "maskrcnn_resnet50_fpn": 0.9357,
+    "keypointrcnn_resnet50_fpn": 0.9575,
+    "retinanet_resnet50_fpn": 0.9421,
+    "fcos_resnet50_fpn": 0.9931,
+    "ssdlite320_mobilenet_v3_large": 0.5761,
+}
 
 
 def prunable_share(space: SearchSpace) -> float:
