@@ -11,6 +11,7 @@ __all__ = [
     "load_recipe",
     "measure_latency",
     "profile",
+    "register_layer",
     "restore",
     "save",
     "search",
@@ -22,6 +23,7 @@ if TYPE_CHECKING:  # what the lazy imports below give, for type checkers and edi
     from nasprune_cli.checkpoint import restore
     from nasprune_cli.checkpoint import save_pruned as save
     from nasprune_cli.conversion import convert
+    from nasprune_cli.dynamic.custom import register_layer
     from nasprune_cli.metrics.latency import measure_latency
     from nasprune_cli.profiling import profile
     from nasprune_cli.recipe.load import load_recipe
@@ -32,6 +34,7 @@ if TYPE_CHECKING:  # what the lazy imports below give, for type checkers and edi
 _LAZY = {
     "convert": ("nasprune_cli.conversion", "convert"),
     "profile": ("nasprune_cli.profiling", "profile"),
+    "register_layer": ("nasprune_cli.dynamic.custom", "register_layer"),
     "load_recipe": ("nasprune_cli.recipe.load", "load_recipe"),
     "SearchSpace": ("nasprune_cli.space", "SearchSpace"),
     "SearchResult": ("nasprune_cli.searching.result", "SearchResult"),

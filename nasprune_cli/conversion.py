@@ -12,7 +12,11 @@ from torch import nn
 from nasprune_cli.constraints import Cost
 from nasprune_cli.dynamic import make_dynamic
 from nasprune_cli.dynamic.base import type_label
+from nasprune_cli.dynamic.custom import layer_spec
+from nasprune_cli.dynamic.probe import probe_problem
+from nasprune_cli.dynamic.subclass import registered_parent
 from nasprune_cli.errors import NasPruneError
+from nasprune_cli.graph.context import CostTerm
 from nasprune_cli.graph.groups import Grouping, apply_block_constraints, build_groups
 from nasprune_cli.graph.hf_layers import EXTERNAL_LAYERS
 from nasprune_cli.graph.layers import ATTENTION_TYPES
@@ -43,6 +47,7 @@ def convert(model: nn.Module, recipe: Any = None, dummy_input: Any = None) -> Se
     depth_seqs = [n for n in converted if isinstance(modules[n], nn.Sequential)]
 
     trace = trace_model(model, dummy_input, depth_seqs)  # first: its errors (e.g. a non-tensor output) are clearer
+    checked = [n for n in sorted(converted) if _needs_probe(type(modules[n]))]
     original_flops = fvcore_flops(model, dummy_input, by_module=True)  # one fvcore pass: the total is [""]
     original = Cost(float(original_flops[""]), float(count_params(model)))
     stages = stage_costs(model, original_flops, stage_names(model))
@@ -50,6 +55,7 @@ def convert(model: nn.Module, recipe: Any = None, dummy_input: Any = None) -> Se
     # a Sequential subclass (a stage of blocks) is converted only when it has something to skip
     with_depth = {hp.members[0].rpartition(".")[0] for hp in depth_hparams.values()}
     converted -= {n for n in depth_seqs if type(modules[n]) is not nn.Sequential and n not in with_depth}
+    converted -= _check_layers(trace, modules, checked, original_flops)
     grouping = build_groups(trace)
     apply_block_constraints(trace, grouping)
     _freeze_unconverted(grouping, converted, modules)
@@ -87,6 +93,39 @@ def load_extensions(model: nn.Module) -> None:
     """Register the dynamic layers of the libraries a model uses (transformers' attention); imports nothing else."""
     if any(type(m).__module__.startswith("transformers.") for m in model.modules()):
         import nasprune_cli.dynamic.hf_attention  # noqa: F401 - registers on import
+
+
+def _needs_probe(module_type: type[nn.Module]) -> bool:
+    """A subclass of a registered type or a user-registered layer: its own forward runs on the sliced tensors."""
+    return registered_parent(module_type) is not None or layer_spec(module_type) is not None
+
+
+def _check_layers(
+    trace: Trace, modules: dict[str, nn.Module], names: list[str], flops_by_module: float | dict[str, float]
+) -> set[str]:
+    """Probe every subclass / registered layer (dynamic/probe.py): one that fails is frozen with the reason and left
+    unconverted. The FLOPs fvcore counts in one that runs once and the tracer's terms do not (a weight standardization,
+    a registered layer's ops) become a term scaled like the layer's own."""
+    failed: set[str] = set()
+    for name in names:
+        info = trace.layer_info.get(name, {})
+        if info.get("channel_dim") is None:
+            continue  # not run, or no prunable channels: nothing to slice
+        reason = probe_problem(modules[name], name, info["input_shape"], info["channel_dim"])
+        if reason is not None:
+            for (layer, _side), record in trace.sides.items():
+                if layer == name:
+                    trace.book.freeze(record.vec, reason)
+            failed.add(name)
+        elif info.get("calls") == 1 and isinstance(flops_by_module, dict):
+            own = [t for t in trace.flops if t.scope and t.scope[-1] == name]
+            counted = sum(t.factor * math.prod(v.numel() for v in t.vecs) for t in own)
+            missing = flops_by_module.get(name, 0.0) - counted
+            if own and abs(missing) > 0.5:
+                main = own[0]
+                factor = missing / math.prod(v.numel() for v in main.vecs)
+                trace.flops.append(CostTerm(factor, main.vecs, main.scope, None))
+    return failed
 
 
 def _freeze_unconverted(grouping: Grouping, converted: set[str], modules: dict[str, nn.Module]) -> None:
@@ -187,7 +226,7 @@ def _kernel_hparams(trace: Trace, rules: dict, modules: dict[str, nn.Module], co
     for name in sorted(converted):
         rule, info = rules[name], trace.layer_info.get(name, {})
         sizes = list(getattr(rule, "kernel_size", None) or [])
-        if not sizes or info.get("transposed") or "kernel_size" not in info:
+        if not sizes or info.get("transposed") or "kernel_size" not in info or _needs_probe(type(modules[name])):
             continue
         kernel = info["kernel_size"]
         padding = getattr(modules[name], "padding", 0)

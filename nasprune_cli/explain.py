@@ -61,7 +61,9 @@ def explain(space: SearchSpace, layer: str) -> LayerExplanation:
             status, reason = "prunable", "the tracer proved every layer reading these channels can be sliced"
             if group.unit > 1:
                 reason += f"; attention reads them, so they go in whole heads of {group.unit} channels"
-            if group.blocks > 1:
+            if group.blocks > 1 and group.cut_by:
+                reason += f"; {group.cut_by} cuts them into {group.blocks} equal parts: the same count is kept in each"
+            elif group.blocks > 1:
                 reason += f"; a grouped convolution reads them: the same count is kept in each of {group.blocks} groups"
         explanations.append(
             GroupExplanation(

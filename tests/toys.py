@@ -358,3 +358,200 @@ class ValueReadsWithoutInput(nn.Module):
             x = x * float(self.scale)
         size = int(torch.tensor(x.shape[-1]) // 2) + offset - 1
         return self.fc(F.adaptive_avg_pool2d(x, size).mean((2, 3)))
+
+
+# ---- channel segments (concat, equal cuts) and a YOLOv8-style detector --------------------------------------------
+
+
+class ConvBnSiLU(nn.Module):
+    """YOLOv8's Conv: conv-bn-SiLU."""
+
+    def __init__(self, cin: int, cout: int, k: int = 1, s: int = 1, groups: int = 1) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, k, s, k // 2, groups=groups, bias=False)
+        self.bn = nn.BatchNorm2d(cout)
+        self.act = nn.SiLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn(self.conv(x)))
+
+
+class Bottleneck(nn.Module):
+    """YOLOv8's Bottleneck: two 3x3 convs, with a shortcut when asked and the widths allow."""
+
+    def __init__(self, c1: int, c2: int, shortcut: bool = True) -> None:
+        super().__init__()
+        self.cv1 = ConvBnSiLU(c1, c2, 3)
+        self.cv2 = ConvBnSiLU(c2, c2, 3)
+        self.add = shortcut and c1 == c2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.cv2(self.cv1(x)) if self.add else self.cv2(self.cv1(x))
+
+
+class C2f(nn.Module):
+    """YOLOv8's CSP block: cv1's output chunked in two, the bottlenecks grown from the second half, all concatenated."""
+
+    def __init__(self, c1: int, c2: int, n: int = 1, shortcut: bool = False) -> None:
+        super().__init__()
+        self.c = c2 // 2
+        self.cv1 = ConvBnSiLU(c1, 2 * self.c)
+        self.cv2 = ConvBnSiLU((2 + n) * self.c, c2)
+        self.m = nn.ModuleList(Bottleneck(self.c, self.c, shortcut) for _ in range(n))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = list(self.cv1(x).chunk(2, 1))
+        y.extend(m(y[-1]) for m in self.m)
+        return self.cv2(torch.cat(y, 1))
+
+
+class SPPF(nn.Module):
+    """YOLOv8's spatial pyramid pooling: one max-pool applied three times, the four maps concatenated."""
+
+    def __init__(self, c1: int, c2: int) -> None:
+        super().__init__()
+        self.cv1 = ConvBnSiLU(c1, c1 // 2)
+        self.cv2 = ConvBnSiLU(c1 // 2 * 4, c2)
+        self.m = nn.MaxPool2d(5, 1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = [self.cv1(x)]
+        y.extend(self.m(y[-1]) for _ in range(3))
+        return self.cv2(torch.cat(y, 1))
+
+
+class C2fBlock(nn.Module):
+    """(a) a C2f block with shortcuts between a stem and a pooled classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = ConvBnSiLU(3, 64, 3)
+        self.c2f = C2f(64, 128, n=2, shortcut=True)
+        self.fc = nn.Linear(128, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.c2f(self.stem(x)).mean((2, 3)))
+
+
+class ConcatSE(nn.Module):
+    """(b) squeeze-and-excitation after a concat: fc2's output channels are the two branches' segments."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = cbr(3, 64)
+        self.b1 = cbr(64, 64)
+        self.b2 = cbr(64, 96)
+        self.fc1 = nn.Conv2d(160, 64, 1)
+        self.fc2 = nn.Conv2d(64, 160, 1)
+        self.out = cbr(160, 64, k=1)
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = torch.cat([self.b1(x), self.b2(x)], 1)
+        x = x * torch.sigmoid(self.fc2(F.relu(self.fc1(F.adaptive_avg_pool2d(x, 1)))))
+        return self.fc(self.out(x).mean((2, 3)))
+
+
+class EqualSplit(nn.Module):
+    """(c) equal splits whose sizes the model computes from the tensor: split(C // 2) and tensor_split(2)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = cbr(3, 128)
+        self.left = cbr(64, 96)
+        self.right = nn.Sequential(cbr(64, 96), nn.Conv2d(96, 64, 3, padding=1), nn.BatchNorm2d(64))
+        self.mix = cbr(160, 128, k=1)
+        self.fc = nn.Linear(128, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        a, b = torch.split(x, x.shape[1] // 2, dim=1)
+        y = torch.cat([self.left(a), b + self.right(b)], 1)  # a residual on one part
+        p, q = torch.tensor_split(self.mix(y), 2, dim=1)
+        return self.fc(torch.cat([p.mean((2, 3)), q.amax((2, 3))], 1))
+
+
+class GhostModule(nn.Module):
+    """GhostNet's module: half the channels from a conv, half from a cheap depthwise conv of them, sliced to `oup`."""
+
+    def __init__(self, inp: int, oup: int) -> None:
+        super().__init__()
+        self.oup = oup
+        init = (oup + 1) // 2
+        self.primary = cbr(inp, init, k=1)
+        self.cheap = cbr(init, init, k=3, groups=init)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x1 = self.primary(x)
+        x2 = self.cheap(x1)
+        return torch.cat([x1, x2], 1)[:, : self.oup]
+
+
+class Ghost(nn.Module):
+    """(d) a concat sliced with a bound fixed at construction: kept whole (the reason names the slice)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = cbr(3, 64)
+        self.ghost = GhostModule(64, 128)
+        self.mid = cbr(128, 96)
+        self.fc = nn.Linear(96, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.mid(self.ghost(self.stem(x))).mean((2, 3)))
+
+
+class DetectHead(nn.Module):
+    """YOLOv8's Detect head, training form: per level, a box branch and a class branch, concatenated."""
+
+    def __init__(self, channels: tuple[int, ...], classes: int = 8, reg_max: int = 16) -> None:
+        super().__init__()
+        c2, c3 = max(16, channels[0] // 4, reg_max * 4), max(channels[0], classes)
+        self.cv2 = nn.ModuleList(
+            nn.Sequential(ConvBnSiLU(c, c2, 3), ConvBnSiLU(c2, c2, 3), nn.Conv2d(c2, 4 * reg_max, 1)) for c in channels
+        )
+        self.cv3 = nn.ModuleList(
+            nn.Sequential(ConvBnSiLU(c, c3, 3), ConvBnSiLU(c3, c3, 3), nn.Conv2d(c3, classes, 1)) for c in channels
+        )
+
+    def forward(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [torch.cat([box(x), cls(x)], 1) for x, box, cls in zip(xs, self.cv2, self.cv3, strict=True)]
+
+
+class TinyYolo(nn.Module):
+    """A YOLOv8-style detector: C2f backbone, SPPF, an upsample / concat PAN neck and a Detect head of convs."""
+
+    def __init__(self, w: tuple[int, int, int, int] = (32, 64, 128, 256)) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(ConvBnSiLU(3, w[0], 3, 2), ConvBnSiLU(w[0], w[1], 3, 2), C2f(w[1], w[1], 1, True))
+        self.p3 = nn.Sequential(ConvBnSiLU(w[1], w[2], 3, 2), C2f(w[2], w[2], 2, True))
+        self.p4 = nn.Sequential(ConvBnSiLU(w[2], w[3], 3, 2), C2f(w[3], w[3], 2, True))
+        self.p5 = nn.Sequential(ConvBnSiLU(w[3], w[3], 3, 2), C2f(w[3], w[3], 1, True), SPPF(w[3], w[3]))
+        self.up = nn.Upsample(scale_factor=2, mode="nearest")
+        self.top4 = C2f(2 * w[3], w[2])
+        self.top3 = C2f(w[2] + w[2], w[1])
+        self.down3 = ConvBnSiLU(w[1], w[1], 3, 2)
+        self.out4 = C2f(w[1] + w[2], w[2])
+        self.down4 = ConvBnSiLU(w[2], w[2], 3, 2)
+        self.out5 = C2f(w[2] + w[3], w[3])
+        self.detect = DetectHead((w[1], w[2], w[3]))
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        p3 = self.p3(self.stem(x))
+        p4 = self.p4(p3)
+        p5 = self.p5(p4)
+        t4 = self.top4(torch.cat([self.up(p5), p4], 1))
+        n3 = self.top3(torch.cat([self.up(t4), p3], 1))
+        n4 = self.out4(torch.cat([self.down3(n3), t4], 1))
+        n5 = self.out5(torch.cat([self.down4(n4), p5], 1))
+        return self.detect([n3, n4, n5])
+
+
+SEGMENT_TOYS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
+    "c2f": (C2fBlock, (2, 3, 16, 16)),
+    "concat_se": (ConcatSE, (2, 3, 16, 16)),
+    "equal_split": (EqualSplit, (2, 3, 16, 16)),
+    "ghost": (Ghost, (2, 3, 16, 16)),
+    "tiny_yolo": (TinyYolo, (1, 3, 32, 32)),
+}

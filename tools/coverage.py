@@ -1,8 +1,10 @@
 """Regenerate docs/COVERAGE.md: convert, profile, search (60% FLOPs) and export every zoo model at full size.
 
 Usage: python tools/coverage.py [--models resnet18 swin_t] [--flops 60%] [--ratios ...] [--output docs/COVERAGE.md]
+       python tools/coverage.py --dense [fcn_resnet50 ...]   (the detection / segmentation section only)
 A model that fails is a row that says so; the table is never edited by hand. The figures are kept in
-docs/COVERAGE.json: a run with --models updates those rows and keeps the others.
+docs/COVERAGE.json (detection / segmentation: docs/COVERAGE_DENSE.json): a run with --models or --dense updates
+those rows and keeps the others.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ sys.path.insert(0, str(ROOT))
 
 from nasprune_cli import __version__, convert, load_recipe, search  # noqa: E402
 from nasprune_cli.metrics.flops import fvcore_flops  # noqa: E402
+from tools.coverage_dense import render_dense, run_dense  # noqa: E402
+from tools.zoo_dense import DENSE  # noqa: E402
 from tools.zoo_models import ZOO, ZooModel, stage_counts, with_ratios  # noqa: E402
 
 RECIPE = ROOT / "recipes" / "fastnas.yaml"
@@ -77,7 +81,9 @@ def _frozen_cell(reasons: dict[str, list[str]]) -> str:
     return "<br>".join(parts).replace("|", "\\|")
 
 
-def render(rows: dict[str, dict[str, Any]], flops: str, ratios: list[float] | None) -> str:
+def render(
+    rows: dict[str, dict[str, Any]], flops: str, ratios: list[float] | None, dense: dict[str, dict[str, Any]]
+) -> str:
     """The Markdown page."""
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
@@ -119,14 +125,21 @@ def render(rows: dict[str, dict[str, Any]], flops: str, ratios: list[float] | No
         )
     passed = sum(1 for r in rows.values() if "error" not in r)
     lines += ["", f"{passed} of {len(rows)} models pass.", ""]
+    if dense:
+        lines += render_dense(dense, _frozen_cell)
     return "\n".join(lines)
 
 
-def _transformers_section(path: Path) -> str:
-    """The transformers section of the page (tools/hf_coverage.py writes it), kept when the table is rewritten."""
-    marker = "<!-- transformers section: python tools/hf_coverage.py -->"
+def _kept_sections(path: Path) -> str:
+    """The sections other tools write after the table (tools/timm_coverage.py's and tools/hf_coverage.py's), from the
+    first of their markers to the end of the file."""
+    markers = (
+        "<!-- timm section: written by tools/timm_coverage.py --write -->",
+        "<!-- transformers section: python tools/hf_coverage.py -->",
+    )
     text = path.read_text() if path.is_file() else ""
-    return "\n" + marker + text.split(marker, 1)[1] if marker in text else ""
+    starts = [text.index(m) for m in markers if m in text]
+    return "\n" + text[min(starts) :] if starts else ""
 
 
 def main() -> int:
@@ -143,25 +156,40 @@ def main() -> int:
         default=[0.25, 0.5, 0.75, 1.0],
         help="width ratios for the search (default: 0.25 0.5 0.75 1.0; none: the recipe's 0.05 ... 1.0)",
     )
+    parser.add_argument(
+        "--dense",
+        nargs="*",
+        choices=list(DENSE),
+        help="run these detection / segmentation models (none named: all of them) instead of the classification zoo",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     store = args.output.with_suffix(".json")  # every row's figures; a run of some models updates their rows
-    rows: dict[str, dict[str, Any]] = {}
-    if args.models != list(ZOO) and store.is_file():
-        rows = json.loads(store.read_text())
-    for name in args.models:
+    dense_store = args.output.with_name(f"{args.output.stem}_DENSE.json")
+    rows: dict[str, dict[str, Any]] = json.loads(store.read_text()) if store.is_file() else {}
+    dense: dict[str, dict[str, Any]] = json.loads(dense_store.read_text()) if dense_store.is_file() else {}
+    if args.dense is None and args.models == list(ZOO):
+        rows = {}
+    names = (args.dense or list(DENSE)) if args.dense is not None else args.models
+    for name in names:
         print(f"{name} ...", flush=True)
+        target = dense if args.dense is not None else rows
         try:
-            rows[name] = run_model(ZOO[name], args.flops, args.ratios or None)
+            if args.dense is not None:
+                target[name] = run_dense(DENSE[name], args.flops, args.ratios or None)
+            else:
+                target[name] = run_model(ZOO[name], args.flops, args.ratios or None)
         except Exception as exc:  # noqa: BLE001 - a failing model is a row of the table, not the end of the run
             traceback.print_exc()
-            rows[name] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}".replace("|", "\\|")}
-        print(f"{name}: {rows[name]}", flush=True)
-        ordered = {n: rows[n] for n in ZOO if n in rows}
-        store.write_text(json.dumps(ordered, indent=1) + "\n")  # after each model: a cut-off run keeps its rows
-        args.output.write_text(render(ordered, args.flops, args.ratios) + _transformers_section(args.output))
-    print(f"wrote {args.output} and {store}")
-    return 0 if all("error" not in r for r in rows.values()) else 1
+            target[name] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}".replace("|", "\\|")}
+        print(f"{name}: {target[name]}", flush=True)
+        rows = {n: rows[n] for n in ZOO if n in rows}
+        dense = {n: dense[n] for n in DENSE if n in dense}
+        store.write_text(json.dumps(rows, indent=1) + "\n")  # after each model: a cut-off run keeps its rows
+        dense_store.write_text(json.dumps(dense, indent=1) + "\n")
+        args.output.write_text(render(rows, args.flops, args.ratios, dense) + _kept_sections(args.output))
+    print(f"wrote {args.output}, {store} and {dense_store}")
+    return 0 if all("error" not in r for r in (*rows.values(), *dense.values())) else 1
 
 
 if __name__ == "__main__":

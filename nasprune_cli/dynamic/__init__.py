@@ -11,6 +11,7 @@ from nasprune_cli.dynamic.conv import (
     DynamicConvTranspose3d,
 )
 from nasprune_cli.dynamic.convnext import DynamicCNBlock, DynamicLayerNorm2d
+from nasprune_cli.dynamic.custom import CUSTOM_LAYERS, LayerSpec, register_layer
 from nasprune_cli.dynamic.linear import DynamicLinear
 from nasprune_cli.dynamic.norm import (
     DynamicBatchNorm1d,
@@ -24,8 +25,13 @@ from nasprune_cli.dynamic.norm import (
     DynamicSyncBatchNorm,
 )
 from nasprune_cli.dynamic.sequential import DynamicSequential
+from nasprune_cli.dynamic.subclass import registered_parent
 
 __all__ = [
+    "CUSTOM_LAYERS",
+    "LayerSpec",
+    "register_layer",
+    "registered_parent",
     "DYNAMIC_REGISTRY",
     "DynamicBatchNorm1d",
     "DynamicCNBlock",

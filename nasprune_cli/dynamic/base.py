@@ -11,6 +11,8 @@ from torch import nn
 from nasprune_cli.errors import NasPruneError
 
 DYNAMIC_REGISTRY: dict[type[nn.Module], type[DynamicModule]] = {}
+# lookups tried after the registry of exact types: users' registered layers, subclasses of the registered types
+FALLBACK_LOOKUPS: list[Callable[[type[nn.Module]], type[DynamicModule] | None]] = []
 # recipe type names of other libraries' layers, registered when a model uses them (transformers.Attention)
 EXTERNAL_TYPE_NAMES: dict[type[nn.Module], str] = {}
 
@@ -23,7 +25,7 @@ def register(original: type[nn.Module]) -> Callable[[_D], _D]:
 
     def wrap(cls: _D) -> _D:
         if original in DYNAMIC_REGISTRY:
-            raise NasPruneError(f"dynamic registry: nn.{original.__name__} is registered twice")
+            raise NasPruneError(f"dynamic registry: {type_label(original)} is registered twice")
         cls.original_cls = original
         DYNAMIC_REGISTRY[original] = cls
         return cls
@@ -52,6 +54,9 @@ class DynamicModule:
 
     def _invalidate(self) -> None:
         self._nasprune_cache.clear()
+
+    def _after_forward(self, tensors: dict[str, torch.Tensor | None]) -> None:
+        """Write back what a forward updated in sliced copies of buffers (running statistics); most have none."""
 
     @property
     def _nasprune_label(self) -> str:
@@ -220,21 +225,31 @@ def is_dynamic(module: nn.Module | None) -> bool:
     return isinstance(module, DynamicModule)
 
 
+def dynamic_class_for(module_type: type[nn.Module]) -> type[DynamicModule] | None:
+    """The dynamic class make_dynamic gives a layer of this type (None: it cannot be converted)."""
+    cls = DYNAMIC_REGISTRY.get(module_type)
+    if cls is None and is_sequential_like(module_type):
+        cls = DYNAMIC_REGISTRY.get(nn.Sequential)
+    for lookup in FALLBACK_LOOKUPS:
+        if cls is None:
+            cls = lookup(module_type)
+    return cls
+
+
 def make_dynamic(module: nn.Module, *, name: str | None = None) -> DynamicModule:
     """Convert a module in place (its class is swapped, its parameters kept); `name` is used in error messages."""
     if isinstance(module, DynamicModule):
         if name:
             module._nasprune_name = name
         return module
-    cls = DYNAMIC_REGISTRY.get(type(module))
-    if cls is None and is_sequential_like(type(module)):
-        cls = DYNAMIC_REGISTRY.get(nn.Sequential)
+    cls = dynamic_class_for(type(module))
     if cls is None:
         supported = ", ".join(sorted(type_label(t) for t in DYNAMIC_REGISTRY))
         where = f" '{name}'" if name else ""
         raise NasPruneError(
             f"make_dynamic: layer{where} of type {type(module).__module__}.{type(module).__qualname__} cannot be "
-            f"converted; supported exact types: {supported}"
+            f"converted; supported types: {supported}, their subclasses that keep their tensors, and the layers "
+            "registered with nasprune_cli.register_layer"
         )
     module.__class__ = cls
     assert isinstance(module, DynamicModule)

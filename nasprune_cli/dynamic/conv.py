@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nasprune_cli.dynamic.base import DynamicModule, register, take
+from nasprune_cli.dynamic.swap import SlicedState
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
@@ -176,6 +177,12 @@ class _DynamicConvBase(DynamicModule):
                 weight = weight.narrow(2 + d, shift, k)
         bias = take(self.bias, 0, self.slice_index("out", device))
         return weight, bias, groups
+
+    def sliced_state(self) -> SlicedState:
+        """The sliced weight and bias, the active in/out channels and groups (a subclass's own forward runs on it)."""
+        weight, bias, groups = self.sliced_params()
+        sizes = {"in_channels": self.active_size("in"), "out_channels": self.active_size("out"), "groups": groups}
+        return {"weight": weight, "bias": bias}, sizes
 
     def _export_kwargs(self, groups: int) -> dict[str, Any]:
         kwargs: dict[str, Any] = {

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nasprune_cli.dynamic.base import DynamicModule, register, take
+from nasprune_cli.dynamic.swap import SlicedState
 
 
 @register(nn.Linear)
@@ -28,6 +29,14 @@ class DynamicLinear(DynamicModule, nn.Linear):
         out_index = self.slice_index("out", device)
         weight = take(take(self.weight, 0, out_index), 1, self.slice_index("in", device))
         return weight, take(self.bias, 0, out_index)
+
+    def sliced_state(self) -> SlicedState:
+        """The sliced weight and bias and the active in/out features (a subclass's own forward runs on it)."""
+        weight, bias = self.sliced_params()
+        return {"weight": weight, "bias": bias}, {
+            "in_features": self.active_size("in"),
+            "out_features": self.active_size("out"),
+        }
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         """F.linear with the sliced weight and bias."""

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nasprune_cli.dynamic.base import DynamicModule, register, take
+from nasprune_cli.dynamic.swap import SlicedState
 
 
 def _write_back(full: torch.Tensor | None, index: torch.Tensor | None, part: torch.Tensor | None) -> None:
@@ -47,6 +48,18 @@ class _DynamicNormBase(DynamicModule):
             take(self.running_mean, 0, index),
             take(self.running_var, 0, index),
         )
+
+    def sliced_state(self) -> SlicedState:
+        """The sliced weight, bias and running stats and the active num_features (a subclass's forward runs on it)."""
+        _, weight, bias, mean, var = self._sliced()
+        tensors = {"weight": weight, "bias": bias, "running_mean": mean, "running_var": var}
+        return tensors, {"num_features": self.active_size("features")}
+
+    def _after_forward(self, tensors: dict[str, torch.Tensor | None]) -> None:
+        """Running statistics the forward updated in the sliced copies go back to the kept positions."""
+        index = self.slice_index("features", self._nasprune_device())
+        _write_back(self.running_mean, index, tensors["running_mean"])
+        _write_back(self.running_var, index, tensors["running_var"])
 
     def _norm_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
@@ -217,6 +230,11 @@ class DynamicLayerNorm(DynamicModule, nn.LayerNorm):
         shape = tuple(self.normalized_shape) if index is None else (int(index.numel()),)
         return shape, take(self.weight, 0, index), take(self.bias, 0, index)
 
+    def sliced_state(self) -> SlicedState:
+        """The sliced weight and bias and the active normalized_shape (a subclass's own forward runs on it)."""
+        shape, weight, bias = self._sliced()
+        return {"weight": weight, "bias": bias}, {"normalized_shape": shape}
+
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         """F.layer_norm over the kept features."""
         shape, weight, bias = self._sliced()
@@ -259,6 +277,11 @@ class DynamicGroupNorm(DynamicModule, nn.GroupNorm):
         index = self.slice_index("channels", self._nasprune_device())
         n = self.num_channels if index is None else int(index.numel())
         return n, take(self.weight, 0, index), take(self.bias, 0, index)
+
+    def sliced_state(self) -> SlicedState:
+        """The sliced weight and bias and the active num_channels (a subclass's own forward runs on it)."""
+        n, weight, bias = self._sliced()
+        return {"weight": weight, "bias": bias}, {"num_channels": n}
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         """F.group_norm over the kept channels."""

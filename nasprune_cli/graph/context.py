@@ -37,6 +37,16 @@ class CostTerm:
 
 
 @dataclass
+class SegmentCut:
+    """An op that cut a tensor's channels into equal parts the pruned model computes from the tensor (chunk): each
+    part is a segment, and every part must keep the same number of channels."""
+
+    op: str
+    where: str
+    pieces: list[torch.Tensor]  # the labels of each part, in order
+
+
+@dataclass
 class SequentialCall:
     """Input/output labels and shapes of each child call of a depth-searchable Sequential."""
 
@@ -55,6 +65,7 @@ class Trace:
     params: list[CostTerm]
     sequentials: dict[str, SequentialCall]
     layer_info: dict[str, dict[str, Any]]  # module name -> facts (groups, kernel, num_groups ...)
+    cuts: list[SegmentCut] = field(default_factory=list)  # equal cuts of channel dims, in call order
 
 
 class TraceContext:
@@ -78,6 +89,7 @@ class TraceContext:
         self.params: list[CostTerm] = []
         self.layer_info: dict[str, dict[str, Any]] = {}
         self.sequentials: dict[str, SequentialCall] = {}
+        self.cuts: list[SegmentCut] = []
         # sliceable parameters of traced modules: id -> (module name, parameter name, channel dim, the parameter)
         self.param_sides: dict[int, tuple[str, str, int, torch.Tensor]] = {}
         for module_name, module in model.named_modules():

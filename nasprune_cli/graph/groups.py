@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 
 from nasprune_cli.graph.context import SideRecord, Trace
-from nasprune_cli.graph.unionfind import UnionFind
+from nasprune_cli.graph.segments import Segments, find_segments
 
 _OUT_NAMES = {"Linear": "out_features"}
 
@@ -26,6 +26,7 @@ class ChannelGroup:
     block_of: torch.Tensor | None = None  # block of each canonical position
     unit: int = 1  # attention reads these channels: prune whole units (heads) of `unit` channels
     unit_of: torch.Tensor | None = None  # unit of each canonical position
+    cut_by: str | None = None  # the equal cut (chunk) whose parts are the blocks, e.g. "'chunk' at c2f"
 
 
 @dataclass
@@ -38,49 +39,50 @@ class Grouping:
 
 
 def build_groups(trace: Trace) -> Grouping:
-    """Group sources united channel by channel; freeze groups the trace could not prove safe."""
+    """Group the channels into segments tied by equal cuts (graph/segments.py); freeze groups the trace could not
+    prove safe."""
     book = trace.book
     roots = book.roots() if len(book) else torch.zeros(0, dtype=torch.long)
     sources: list[SideRecord] = trace.sources
-    # sources that share a root belong to one component
-    linked = UnionFind(len(sources))
-    owner: dict[int, int] = {}
-    for s_idx, src in enumerate(sources):
-        for r in torch.unique(roots[src.vec]).tolist():
-            if r in owner:
-                linked.union(owner[r], s_idx)
-            else:
-                owner[r] = s_idx
-    components: dict[int, list[int]] = {}
-    for s_idx in range(len(sources)):
-        components.setdefault(linked.find(s_idx), []).append(s_idx)
-
+    segments = find_segments(roots, sources, trace.cuts)
     frozen_roots: dict[int, str] = {}
     for i, reason in sorted(book.frozen.items()):
         frozen_roots.setdefault(int(roots[i]), reason)
+    for r, reason in segments.cut_problems.items():
+        frozen_roots.setdefault(r, reason)
 
-    group_of = torch.full((len(book),), -1, dtype=torch.long)
-    pos_of = torch.full((len(book),), -1, dtype=torch.long)
+    root_group = torch.full((len(book),), -1, dtype=torch.long)  # indexed by root
+    root_pos = torch.full((len(book),), -1, dtype=torch.long)
+    for g_idx, segs in enumerate(segments.groups):
+        canon = [r for seg in segs for r in segments.roots[seg]]
+        root_group[canon] = g_idx
+        root_pos[canon] = torch.arange(len(canon))
+    group_of = root_group[roots] if len(book) else roots
+    pos_of = root_pos[roots] if len(book) else roots
+    covering: dict[int, list[int]] = {}  # group -> the sources that create some of its channels
+    for s_idx, src in enumerate(sources):
+        for g in torch.unique(group_of[src.vec]).tolist():
+            covering.setdefault(g, []).append(s_idx)
     groups: list[ChannelGroup] = []
-    for comp in components.values():
-        first = sources[comp[0]]
-        info = trace.layer_info.get(first.module, {})
+    used: set[str] = set()
+    for g_idx, segs in enumerate(segments.groups):
+        canon = [r for seg in segs for r in segments.roots[seg]]
         group = ChannelGroup(
-            index=len(groups),
-            name=f"{first.module}.{info.get('out_name') or _OUT_NAMES.get(info.get('type', ''), 'out_channels')}",
-            size=first.vec.numel(),
-            sources=[sources[i].module for i in comp],
+            index=g_idx,
+            name=_group_name(trace, [sources[i] for i in covering[g_idx]], group_of, g_idx, len(canon), used),
+            size=len(canon),
+            sources=[sources[i].module for i in covering[g_idx]],
         )
-        canon = roots[first.vec]
-        rank = {r: p for p, r in enumerate(canon.tolist())}
-        comp_roots = set(torch.unique(roots[torch.cat([sources[i].vec for i in comp])]).tolist())
-        reasons = [frozen_roots[r] for r in sorted(comp_roots) if r in frozen_roots]
-        group.frozen_reason = reasons[0] if reasons else _structure_problem(comp, sources, roots, rank, first)
-        for s_idx in comp:
-            vec = sources[s_idx].vec
-            group_of[vec] = group.index
-            if group.frozen_reason is None:
-                pos_of[vec] = torch.tensor([rank[r] for r in roots[vec].tolist()], dtype=torch.long)
+        if len(segs) > 1:  # the equal parts of a cut: the same number of channels is kept in each
+            group.blocks = len(segs)
+            group.block_of = torch.cat([torch.full((len(segments.roots[seg]),), b) for b, seg in enumerate(segs)])
+            group.cut_by = segments.cut_by.get(segs[0])
+        reasons = [frozen_roots[r] for r in sorted(canon) if r in frozen_roots]
+        group.frozen_reason = (
+            reasons[0] if reasons else _structure_problem(covering[g_idx], sources, roots, root_pos, segs, segments)
+        )
+        if group.frozen_reason is not None:
+            pos_of[group_of == g_idx] = -1
         groups.append(group)
     # members: every layer side reading a group's channels
     for (module, side), rec in trace.sides.items():
@@ -91,19 +93,51 @@ def build_groups(trace: Trace) -> Grouping:
     return Grouping(groups=groups, group_of=group_of, pos_of=pos_of)
 
 
+def _group_name(
+    trace: Trace, covering: list[SideRecord], group_of: torch.Tensor, g_idx: int, size: int, used: set[str]
+) -> str:
+    """The hparam name of a group: the first layer that creates exactly its channels (or the first that creates some
+    of them, with the range of its channels they are), unique among the groups."""
+    exact = [src for src in covering if bool((group_of[src.vec] == g_idx).all()) and src.vec.numel() == size]
+    src = exact[0] if exact else covering[0]
+    info = trace.layer_info.get(src.module, {})
+    out_name = info.get("out_name") or _OUT_NAMES.get(info.get("type", ""), "out_channels")
+    name = base = f"{src.module}.{out_name}"
+    if not exact or name in used:
+        where = torch.nonzero(group_of[src.vec] == g_idx).flatten()
+        lo, hi = int(where.min()), int(where.max()) + 1
+        name = base = (
+            f"{base}[{lo}:{hi}]" if hi - lo == where.numel() else f"{base}[{where.numel()} of {src.vec.numel()}]"
+        )
+    count = 1
+    while name in used:
+        count += 1
+        name = f"{base}#{count}"
+    used.add(name)
+    return name
+
+
 def _structure_problem(
-    comp: list[int], sources: list[SideRecord], roots: torch.Tensor, rank: dict[int, int], first: SideRecord
+    covering: list[int],
+    sources: list[SideRecord],
+    roots: torch.Tensor,
+    root_pos: torch.Tensor,
+    segs: list[int],
+    segments: Segments,
 ) -> str | None:
-    """Why the sources of a component are not united channel for channel (None when they are)."""
-    for s_idx in comp:
+    """Why the sources of a group do not carry its channels one for one, in one order (None when they do)."""
+    first = sources[covering[0]]
+    in_group = set(r for seg in segs for r in segments.roots[seg])
+    for s_idx in covering:
         src = sources[s_idx]
-        src_roots = roots[src.vec].tolist()
+        src_roots = [r for r in roots[src.vec].tolist() if r in in_group]
         if len(set(src_roots)) != len(src_roots):
             return f"channels of {src.module} are tied to each other (e.g. by a broadcast)"
-        if len(src_roots) != len(rank) or set(src_roots) != set(rank):
-            return f"{src.module} and {first.module} are coupled but not channel for channel"
-        if [rank[r] for r in src_roots] != list(range(len(rank))):
-            return f"channel order of {src.module} differs from {first.module}"
+        for seg in segs:
+            members = set(segments.roots[seg])
+            ranks = [int(root_pos[r]) for r in src_roots if r in members]
+            if ranks != sorted(ranks):
+                return f"channel order of {src.module} differs from {first.module}"
     return None
 
 

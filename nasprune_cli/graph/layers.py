@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -24,6 +25,8 @@ ATOMIC_TYPES = frozenset(
     (*CONV_TYPES, *CONVT_TYPES, nn.Linear, *BN_TYPES, *IN_TYPES, nn.LayerNorm, LayerNorm2d, nn.GroupNorm)
     + ATTENTION_TYPES
 )
+
+
 # parameters that scale channels inside a traced (not atomic) module: type -> {parameter name: its channel dim}
 PARAM_SIDES: dict[type[nn.Module], dict[str, int]] = {CNBlock: {"layer_scale": 0}}
 
@@ -39,9 +42,32 @@ def _input_vec(ctx: TraceContext, name: str, x: torch.Tensor, dim: int, size: in
     return lab.vec
 
 
+# lookups the dynamic package adds when it is imported (it imports graph, not the other way round): the LayerSpec of
+# a layer registered with register_layer or by name, and the registered type a subclass is sliced like
+SPEC_LOOKUPS: list[Callable[[type[nn.Module]], Any]] = []
+PARENT_LOOKUPS: list[Callable[[type[nn.Module]], type[nn.Module] | None]] = []
+
+
+def layer_spec(module_type: type[nn.Module]) -> Any:
+    """The LayerSpec of a registered layer type (None: not registered)."""
+    return next((s for s in (f(module_type) for f in SPEC_LOOKUPS) if s is not None), None)
+
+
+def registered_parent(module_type: type[nn.Module]) -> type[nn.Module] | None:
+    """The convertible type a subclass is sliced like (None: not such a subclass)."""
+    return next((p for p in (f(module_type) for f in PARENT_LOOKUPS) if p is not None), None)
+
+
 def is_atomic(module: nn.Module) -> bool:
-    """Whether the tracer runs a module as one op: a convertible layer, or another library's (EXTERNAL_LAYERS)."""
-    return type(module) in ATOMIC_TYPES or type(module) in EXTERNAL_LAYERS
+    """Whether the tracer runs a module as one op: a convertible layer, another library's (EXTERNAL_LAYERS), a
+    subclass of a convertible layer, or a layer registered with register_layer."""
+    module_type = type(module)
+    return (
+        module_type in ATOMIC_TYPES
+        or module_type in EXTERNAL_LAYERS
+        or layer_spec(module_type) is not None
+        or registered_parent(module_type) in ATOMIC_TYPES
+    )
 
 
 def handle_layer(ctx: TraceContext, name: str, module: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
@@ -66,7 +92,11 @@ def handle_layer(ctx: TraceContext, name: str, module: nn.Module, args: tuple, k
         return
     first = name not in ctx.layer_info
     params_before = len(ctx.params)
-    if isinstance(module, (*CONV_TYPES, *CONVT_TYPES)):
+    calls = ctx.layer_info.get(name, {}).get("calls", 0)
+    spec = layer_spec(type(module))
+    if spec is not None:
+        _custom(ctx, name, module, spec, x, out)
+    elif isinstance(module, (*CONV_TYPES, *CONVT_TYPES)):
         _conv(ctx, name, module, x, out)
     elif isinstance(module, nn.Linear):
         _linear(ctx, name, module, x, out)
@@ -74,6 +104,11 @@ def handle_layer(ctx: TraceContext, name: str, module: nn.Module, args: tuple, k
         _attention(ctx, name, module, x, out)
     else:
         _norm(ctx, name, module, x, out)
+    info = ctx.layer_info.setdefault(name, {})
+    info["calls"] = calls + 1
+    info.setdefault("input_shape", tuple(x.shape))  # the first call's: conversion checks subclasses on it
+    out_labels = ctx.labels_of(out)
+    info.setdefault("channel_dim", out_labels.dim if out_labels is not None else None)
     if not first:  # a shared layer's parameters are counted once
         del ctx.params[params_before:]
     for term in ctx.params[params_before:]:
@@ -172,7 +207,7 @@ def _norm(ctx: TraceContext, name: str, m: nn.Module, x: torch.Tensor, out: torc
         per_elem = 5 if m.weight is not None else 4
         affine = m.weight is not None
     elif isinstance(m, nn.LayerNorm):
-        side, dim, size = "features", x.dim() - 1, m.normalized_shape[-1]
+        side, dim, size = "features", _layer_norm_dim(ctx, m, x, out), m.normalized_shape[-1]
         affine = m.weight is not None
         per_elem = 5 if affine else 4
         if len(m.normalized_shape) > 1:
@@ -192,7 +227,9 @@ def _norm(ctx: TraceContext, name: str, m: nn.Module, x: torch.Tensor, out: torc
         side, size = "features", m.num_features
         dim = 1 if x.dim() > 2 or isinstance(m, BN_TYPES) else 0
         if isinstance(m, IN_TYPES):
-            dim = 1 if x.dim() == {nn.InstanceNorm1d: 3, nn.InstanceNorm2d: 4, nn.InstanceNorm3d: 5}[type(m)] else 0
+            ranks = ((nn.InstanceNorm1d, 3), (nn.InstanceNorm2d, 4), (nn.InstanceNorm3d, 5))
+            batched = next(n for t, n in ranks if isinstance(m, t))
+            dim = 1 if x.dim() == batched else 0
         affine = m.weight is not None
         per_elem = (2 if affine else 1) if isinstance(m, BN_TYPES) else (5 if affine else 4)
     vec = ctx.add_side(name, side, _input_vec(ctx, name, x, dim, size, "feature"))
@@ -201,6 +238,49 @@ def _norm(ctx: TraceContext, name: str, m: nn.Module, x: torch.Tensor, out: torc
     if affine:
         n_affine = sum(1 for p in (m.weight, getattr(m, "bias", None)) if p is not None)
         ctx.params.append(_param_term(n_affine, [vec]))
+
+
+def _layer_norm_dim(ctx: TraceContext, m: nn.LayerNorm, x: torch.Tensor, out: torch.Tensor) -> int:
+    """The last dim, or for a subclass (timm's LayerNorm2d, HF's ConvNextLayerNorm channels_first) the dim its input
+    channels arrive on when it has the normalized size (conversion checks that the subclass agrees)."""
+    lab = ctx.labels_of(x)
+    last = x.dim() - 1
+    if type(m) is nn.LayerNorm or lab is None or len(m.normalized_shape) != 1 or out.shape != x.shape:
+        return last
+    return lab.dim if x.shape[lab.dim] == m.normalized_shape[0] else last
+
+
+def _custom(ctx: TraceContext, name: str, m: nn.Module, spec: Any, x: torch.Tensor, out: torch.Tensor) -> None:
+    """A layer registered with register_layer: its sides along its channel dim; conversion measures its FLOPs."""
+    info: dict[str, Any] = {"type": type(m).__name__, "custom": True}
+    ctx.layer_info[name] = info
+    dim = spec.channel_dim_of(m) % x.dim()
+    sizes = spec.side_sizes(m)
+    if len(sizes) < (2 if spec.kind == "linear" else 1):  # no tensor or attribute says how wide a side is: kept whole
+        for t in (x, out):
+            ctx.freeze(ctx.labels_of(t), f"{type(m).__name__} '{name}': its registration gives no size for a side")
+        ctx.set_labels(out, None)
+        return
+    if spec.kind == "linear":
+        in_vec = ctx.add_side(name, "in", _input_vec(ctx, name, x, dim, sizes["in"], "input channel"))
+        out_vec = ctx.new_source(name, "out", sizes["out"])
+        vecs = {"in": in_vec, "out": out_vec}
+        out_dim = spec.channel_dim_of(m) % out.dim()
+    else:
+        vec = ctx.add_side(name, "features", _input_vec(ctx, name, x, dim, sizes["features"], "channel"))
+        vecs, out_dim = {"features": vec}, dim
+        out_vec = vec
+    if out.dim() <= out_dim or out.shape[out_dim] != out_vec.numel():
+        ctx.freeze(out_vec, f"{type(m).__name__} '{name}' returns a tensor without its channels on dim {out_dim}")
+        ctx.set_labels(out, None)
+    else:
+        ctx.set_labels(out, ChannelLabels(out_dim, out_vec))
+    ctx.add_flops(0.0, list(vecs.values()))  # the factor is measured with fvcore by conversion
+    for tensor_name, dims in spec.tensors.items():
+        tensor = getattr(m, tensor_name, None)
+        if isinstance(tensor, torch.Tensor) and tensor_name in m._parameters:
+            kept = [vecs[s] for s in dims]
+            ctx.params.append(_param_term(tensor.numel() / math.prod(v.numel() for v in kept), kept))
 
 
 def _param_term(factor: float, vecs: list[torch.Tensor], kernel_of: str | None = None) -> CostTerm:

@@ -13,6 +13,8 @@ from typing import Any
 import torch
 
 from nasprune_cli.graph.context import TraceContext
+from nasprune_cli.graph.cuts import STALE, cut_channels, cut_dim
+from nasprune_cli.graph.fills import setitem
 from nasprune_cli.graph.labels import ChannelLabels, fixed_vec
 from nasprune_cli.graph.watch import WatchedInt, WatchedSize, use_all, watched_ints
 from nasprune_cli.inputs import tensors_in
@@ -250,7 +252,7 @@ _SPATIAL = {
     "upsample_bilinear": None,
     "local_response_norm": None,
 }
-_SPLIT = {
+SPLIT_OPS = {
     "chunk",
     "split",
     "unbind",
@@ -311,6 +313,11 @@ _IGNORED_NON_TENSOR = {
     "get_device",
     "is_complex",
     "_set_grad_enabled",
+    "is_quantized.__get__",
+    "is_sparse.__get__",
+    "is_meta.__get__",
+    "is_mkldnn.__get__",
+    "is_nested.__get__",
 }
 
 
@@ -336,7 +343,10 @@ def _dims_arg(dim: Any, ndim: int) -> list[int] | None:
 
 def unknown(ctx: TraceContext, name: str, args: tuple, kwargs: dict, out: Any) -> None:
     """An op without a rule: freeze the channels of every tensor input; outputs carry no channels."""
-    reason = f"its channels reach '{name}', which nasprune has no channel rule for"
+    where = ctx.stack[-1] if ctx.stack else ""
+    kind = ctx.kinds.get(where, "the model")
+    caller = f"{kind} '{where}'" if where else f"{kind}.forward()"
+    reason = f"{caller} calls '{name}', which nasprune has no channel rule for (the channels it reads are kept whole)"
     for t in tensors_in((args, kwargs)):
         ctx.freeze(ctx.labels_of(t), reason)
     ctx.set_outputs(out, None)
@@ -618,9 +628,9 @@ def getitem(ctx: TraceContext, name: str, args: tuple, kwargs: dict, out: Any) -
             out_dim += 1
             continue
         if in_dim == lab.dim:
-            full = isinstance(it, slice) and slice(*it.indices(x.shape[in_dim])) == slice(0, x.shape[in_dim], 1)
-            if not full:
-                ctx.freeze(lab, f"indexing slices the channel dim at {ctx.where()}")
+            problem = _channel_index_problem(it, in_dim)
+            if problem is not None:
+                ctx.freeze(lab, f"{problem} at {ctx.where()}; {STALE}")
                 return ctx.set_outputs(out, None)
             return ctx.set_outputs(out, lab.moved(out_dim))
         if not isinstance(it, int):
@@ -629,25 +639,30 @@ def getitem(ctx: TraceContext, name: str, args: tuple, kwargs: dict, out: Any) -
     raise AssertionError("channel dim not reached while indexing")  # pragma: no cover
 
 
+def _channel_index_problem(item: Any, dim: int) -> str | None:
+    """Why indexing the channel dim with `item` would be wrong once channels are removed (None: it keeps them all).
+
+    A slice with any bound written out (`x[:, :16]`, as GhostNet's `torch.cat([x1, x2], 1)[:, :self.oup]`) is
+    fixed when the model was written, even when it happens to keep every channel today."""
+    if isinstance(item, slice) and item.start in (None, 0) and item.stop is None and item.step in (None, 1):
+        return None
+    if isinstance(item, slice):
+        shown = ":".join("" if v is None else str(int.__int__(v)) for v in (item.start, item.stop, item.step))
+        return f"indexing slices the channel dim ({dim}) with fixed bounds [{shown.rstrip(':') or ':'}]"
+    return f"indexing picks channel {item} of the channel dim ({dim})"
+
+
 def split(ctx: TraceContext, name: str, args: tuple, kwargs: dict, out: Any) -> None:
-    """chunk/split/narrow/select along another dim pass labels; along the channel dim they freeze."""
+    """chunk/split/narrow/select along another dim pass labels; along the channel dim see graph/cuts.py."""
     x = args[0]
     lab = ctx.labels_of(x)
     if lab is None:
+        use_all(watched_ints((args[1:], kwargs)))
         return ctx.set_outputs(out, None)
-    default_dim = 0
-    pos = 1 if name in ("select", "index_select", "narrow") else 2
-    dim = _arg(args, kwargs, pos, "dim", default_dim)
-    if name in ("hsplit",):
-        dim = 1 if x.dim() > 1 else 0
-    if name in ("vsplit",):
-        dim = 0
-    if name == "unbind":
-        dim = _arg(args, kwargs, 1, "dim", 0)
-    d = _norm_dim(int(dim), x.dim())
+    d = cut_dim(name, args, kwargs, x.dim())
     if d == lab.dim:
-        ctx.freeze(lab, f"'{name}' cuts the channel dim at {ctx.where()}")
-        return ctx.set_outputs(out, None)
+        return cut_channels(ctx, name, args, kwargs, out, lab)
+    use_all(watched_ints((args[1:], kwargs)))
     drops = name in ("select", "unbind")
     ctx.set_outputs(out, lab.moved(lab.dim - (1 if drops and d < lab.dim else 0)))
 
@@ -712,6 +727,21 @@ def size_read(ctx: TraceContext, name: str, args: tuple, kwargs: dict, out: Any)
     return None
 
 
+def roi_pool(ctx: TraceContext, name: str, args: tuple, kwargs: dict, out: Any) -> None:
+    """torchvision's roi_align / roi_pool: features [N, C, H, W] and boxes -> [K, C, h, w], channels kept in place."""
+    x = args[0]
+    lab = ctx.labels_of(x)
+    for t in tensors_in((args[1:], kwargs)):
+        ctx.freeze(ctx.labels_of(t), f"'{name}' reads channels as boxes at {ctx.where()}")
+    if lab is not None and (lab.dim != 1 or x.dim() != 4 or not isinstance(out, torch.Tensor)):
+        ctx.freeze(lab, f"'{name}' pools channels along dim {lab.dim}, not the feature dim 1, at {ctx.where()}")
+        lab = None
+    if isinstance(out, torch.Tensor):
+        ctx.set_labels(out, lab)
+    else:
+        ctx.set_outputs(out, None)
+
+
 def ignore(ctx: TraceContext, name: str, args: tuple, kwargs: dict, out: Any) -> None:
     """Ops that return no tensor (size(), dim(), ...)."""
     if isinstance(out, torch.Tensor):
@@ -728,7 +758,7 @@ def build_table() -> dict[str, Handler]:
         (_REDUCE, reduce),
         (_SOFTMAX, softmax),
         (set(_SPATIAL), spatial),
-        (_SPLIT, split),
+        (SPLIT_OPS, split),
         (_PERMUTE, permute),
         (_VIEW, view),
         (_IGNORED_NON_TENSOR, ignore),
@@ -753,6 +783,9 @@ def build_table() -> dict[str, Handler]:
             "broadcast_to": expand,
             "repeat": expand,
             "tile": expand,
+            "__setitem__": setitem,
+            "torchvision.roi_align": roi_pool,
+            "torchvision.roi_pool": roi_pool,
             "roll": roll_flip,
             "flip": roll_flip,
         }

@@ -17,12 +17,13 @@ from torch.utils.hooks import RemovableHandle
 from nasprune_cli.errors import TraceError
 from nasprune_cli.graph.branches import follow_values, freeze_branching_modules, module_returned
 from nasprune_cli.graph.context import SequentialCall, Trace, TraceContext
+from nasprune_cli.graph.fills import FACTORY_OPS, made_from_count
 from nasprune_cli.graph.layers import PARAM_SIDES, handle_layer, is_atomic
-from nasprune_cli.graph.ops import TABLE, unknown
+from nasprune_cli.graph.ops import SPLIT_OPS, TABLE, unknown
 from nasprune_cli.graph.watch import use_all, watched_ints
 from nasprune_cli.inputs import call_model, eval_mode, tensors_in
 
-_WATCH_AWARE = frozenset(("view", "reshape"))  # rules that decide themselves which channel counts are used
+_WATCH_AWARE = frozenset(("view", "reshape", *SPLIT_OPS))  # rules that decide themselves which channel counts are used
 
 
 def _canonical(func: Callable) -> str:
@@ -66,6 +67,8 @@ class _LabelMode(TorchFunctionMode):
         tensors = tensors_in((args, kwargs))
         follow_values(ctx, name, args, tensors, out)
         has_labels = any(ctx.labels_of(t) is not None for t in tensors)
+        if name in FACTORY_OPS and made_from_count(ctx, name, args, kwargs, out):
+            return out
         if name not in _WATCH_AWARE or not has_labels:  # a channel count passed to a torch function is used by it
             use_all(watched_ints((args, kwargs)))
         if not has_labels:
@@ -108,6 +111,7 @@ def trace_model(model: nn.Module, dummy_input: Any, depth_sequentials: Iterable[
         params=ctx.params,
         sequentials=ctx.sequentials,
         layer_info=ctx.layer_info,
+        cuts=ctx.cuts,
     )
 
 
@@ -178,12 +182,13 @@ def _add_layer_hooks(ctx: TraceContext, model: nn.Module, handles: list[Removabl
     def post(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
         name = ctx.stack.pop() if ctx.stack else ""
         inputs = ctx.call_inputs.pop() if ctx.call_inputs else []
-        if not is_atomic(module):
+        atomic = is_atomic(module)
+        if not atomic:
             if not ctx.suspended:
                 module_returned(ctx, name, output)
         elif ctx.suspended == 1 and any(ctx.from_input(t) for t in inputs):  # the ops inside it are not followed
             ctx.mark_from_input(output)
-        if is_atomic(module):
+        if atomic:
             if ctx.suspended == 1:  # our own tensor calls below must not be traced: stay suspended
                 ctx.stack.append(name)
                 try:

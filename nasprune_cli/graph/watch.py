@@ -6,6 +6,10 @@ or conversion on it freezes the channels it came from, and so does passing it to
 scans call arguments). One use is proven safe and allowed: reshaping the very tensor the count was read from
 with that count in the channel position (`B, C, H, W = x.shape; x.reshape(B, C, H * W)`), because the pruned
 model reads the pruned count there.
+
+Dividing the count by a constant that divides it (`x.shape[1] // 2`) is not a use yet: it gives a `WatchedShare`,
+an equal part of the channels, which a split of the same tensor into that many equal parts takes as its size (the
+pruned model computes the part from the pruned count); any other use of the share freezes the channels.
 """
 
 from __future__ import annotations
@@ -60,6 +64,31 @@ _USES = (
 ).split()
 for _name in _USES:
     setattr(WatchedInt, _name, _watched(_name))
+
+
+class WatchedShare(WatchedInt):
+    """`count // parts` of a watched channel count (parts dividing it): the size of one of `parts` equal parts."""
+
+    parts: int
+
+    def __new__(cls, value: int, origin: ChannelLabels, on_use: Callable[[], None], parts: int) -> WatchedShare:
+        obj = super().__new__(cls, value, origin, on_use)
+        obj.parts = parts
+        return obj
+
+
+_plain_floordiv = WatchedInt.__floordiv__
+
+
+def _floordiv(self: WatchedInt, other: Any) -> Any:
+    """count // k for a plain k dividing the count: a WatchedShare (not a use yet); anything else is a use."""
+    value = int.__int__(self)
+    if type(self) is WatchedInt and type(other) is int and other > 0 and value % other == 0:
+        return WatchedShare(value // other, self.origin, self._on_use, other)
+    return _plain_floordiv(self, other)
+
+
+WatchedInt.__floordiv__ = _floordiv  # type: ignore[method-assign]
 
 
 class WatchedSize(tuple):

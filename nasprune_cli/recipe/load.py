@@ -115,7 +115,13 @@ def format_error(error: Mapping[str, Any], data: Mapping[str, Any] | None = None
     if kind == "constraint_name":
         return f"{path}: {error['msg']}"
     if kind == "unknown_module_type":
-        return f"{path}: unknown module type (expected one of {', '.join(MODULE_TYPES)})"
+        return (
+            f"{path}: unknown module type (expected one of {', '.join(MODULE_TYPES)}, or the importable name of a "
+            "subclass of one of them or of a layer registered with nasprune_cli.register_layer, such as "
+            "timm.layers.BatchNormAct2d; list the module that registers it under `plugins:`)"
+        )
+    if kind in ("plugin_name", "plugin_import"):
+        return f"{path}: {error['msg']}"
     if kind == "missing":
         return f"{path}: required key is missing"
     return f"{path}: {_describe(kind, loc, ctx, error['msg'])} (got {_show(value)})"

@@ -10,7 +10,9 @@ from fnmatch import fnmatchcase
 from torch import nn
 
 from nasprune_cli.dynamic.base import EXTERNAL_TYPE_NAMES, is_sequential_like
-from nasprune_cli.recipe.schema import MODULE_TYPES, LayerRule, Recipe
+from nasprune_cli.dynamic.custom import layer_spec
+from nasprune_cli.dynamic.subclass import registered_parent
+from nasprune_cli.recipe.schema import MODULE_TYPES, FeatureRule, LayerRule, Recipe, layer_class, type_defaults
 
 _TYPE_NAMES: dict[type[nn.Module], str] = {cls: name for name, cls in MODULE_TYPES.items()}
 
@@ -24,21 +26,28 @@ class ResolvedRules:
 
 
 def resolve_rules(recipe: Recipe | None, model: nn.Module) -> ResolvedRules:
-    """Rule of every module whose exact type is convertible (and of nn.Sequential subclasses that keep its forward,
-    where their rule has `skippable: blocks`); later matching patterns win, unmatched = None."""
-    table = (recipe if recipe is not None else Recipe()).rules_table()
+    """Rule of every module whose type is convertible: an exact type, a subclass of one (the rules keyed by its
+    qualified class name, else its parent's) or a registered layer (its qualified name's rules, else the recipe's
+    defaults), and nn.Sequential subclasses that keep its forward where their rule has `skippable: blocks`; later
+    matching patterns win, unmatched = None."""
+    recipe = recipe if recipe is not None else Recipe()
+    table = recipe.rules_table()
+    by_class = {cls: key for key in table if (cls := layer_class(key)) is not None}
     resolved = ResolvedRules()
     used: set[tuple[str, str]] = set()
     for name, module in model.named_modules():
-        type_name = _TYPE_NAMES.get(type(module)) or EXTERNAL_TYPE_NAMES.get(type(module))
+        type_name = _type_name(type(module), by_class) or EXTERNAL_TYPE_NAMES.get(type(module))
         stage = type_name is None and is_sequential_like(type(module))
         if stage:
             type_name = "nn.Sequential"
         if type_name is None:
             continue
-        patterns = table.get(type_name)
+        if type_name not in table and layer_spec(type(module)) is not None:
+            # a registered layer no rule names: converted with the recipe's defaults
+            resolved.by_module[name] = FeatureRule.model_validate(type_defaults("nn.Linear", recipe.defaults))
+            continue
         rule: LayerRule | None = None
-        for pattern, candidate in (patterns or {}).items():
+        for pattern, candidate in (table.get(type_name) or {}).items():
             if fnmatchcase(name, pattern):
                 rule = candidate
                 used.add((type_name, pattern))
@@ -51,6 +60,17 @@ def resolve_rules(recipe: Recipe | None, model: nn.Module) -> ResolvedRules:
             if pattern != "*" and (type_name, pattern) not in used:
                 resolved.unused_patterns.append(f"{type_name}: {pattern}")
     return resolved
+
+
+def _type_name(module_type: type[nn.Module], by_class: dict[type[nn.Module], str]) -> str | None:
+    """The rules key that applies to a module type: its own name, its qualified class name, its parent's name."""
+    if module_type in _TYPE_NAMES:
+        return _TYPE_NAMES[module_type]
+    if module_type in by_class:
+        return by_class[module_type]
+    if layer_spec(module_type) is not None:
+        return f"{module_type.__module__}.{module_type.__qualname__}"
+    return _TYPE_NAMES.get(registered_parent(module_type))  # type: ignore[arg-type]
 
 
 def width_choices(size: int, ratios: Sequence[float], divisor: int) -> list[int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, get_args
@@ -24,6 +25,8 @@ from torchvision.models.maxvit import RelativePositionalMultiHeadAttention
 from torchvision.models.swin_transformer import ShiftedWindowAttention
 
 from nasprune_cli.constraints import CONSTRAINT_NAMES, parse_constraint
+from nasprune_cli.dynamic.custom import layer_spec
+from nasprune_cli.dynamic.subclass import registered_parent
 from nasprune_cli.errors import NasPruneError
 from nasprune_cli.inputs import input_size_problem
 
@@ -197,14 +200,47 @@ AUTONAS_TYPES: tuple[str, ...] = tuple(MODULE_TYPES)
 RulesTable = dict[str, dict[str, LayerRule | None] | None]
 
 
+def layer_class(type_name: str) -> type[nn.Module] | None:
+    """The class a qualified rule key names ("timm.layers.BatchNormAct2d"), imported; None when it names none."""
+    module_name, _, attr = type_name.rpartition(".")
+    if not module_name or type_name in MODULE_TYPES:
+        return None
+    try:
+        obj = getattr(importlib.import_module(module_name), attr, None)
+    except Exception:  # noqa: BLE001 - any import failure means "not a class nasprune can find"
+        return None
+    return obj if isinstance(obj, type) and issubclass(obj, nn.Module) else None
+
+
+def rule_model(type_name: str) -> type[_Rule] | None:
+    """The rule model of a module type: a MODULE_TYPES name, or the qualified name of a subclass of one of them (its
+    parent's rule) or of a layer registered with register_layer (a feature rule); None for anything else."""
+    if type_name in RULE_MODELS:
+        return RULE_MODELS[type_name]
+    cls = layer_class(type_name)
+    if cls is None:
+        return None
+    if layer_spec(cls) is not None:
+        return FeatureRule
+    parent = registered_parent(cls)
+    names = {t: n for n, t in MODULE_TYPES.items()}
+    return RULE_MODELS[names[parent]] if parent in names else None
+
+
 def rule_fields(type_name: str) -> list[str]:
     """Field names of the rule model of a module type, sorted."""
-    return sorted(RULE_MODELS[type_name].model_fields)
+    return sorted(_rule_model(type_name).model_fields)
+
+
+def _rule_model(type_name: str) -> type[_Rule]:
+    model = rule_model(type_name)
+    assert model is not None, type_name  # callers check the name first
+    return model
 
 
 def is_unnested(type_name: str, value: Mapping[Any, Any]) -> bool:
     """Whether a mapping is one rule config (short for {"*": config}) rather than glob pattern -> config."""
-    fields = set(RULE_MODELS[type_name].model_fields)
+    fields = set(_rule_model(type_name).model_fields)
     if not value or any(key in fields for key in value):  # `{}` means "this type with default settings"
         return True
     # a mapping whose values are not all mappings / null cannot be patterns: treat it as a (misspelled) config
@@ -226,7 +262,7 @@ def default_keys() -> list[str]:
 
 def type_defaults(type_name: str, defaults: Mapping[str, Any] | None) -> dict[str, Any]:
     """The `defaults` that apply to one module type's rules (a field named itself wins over an alias)."""
-    fields = RULE_MODELS[type_name].model_fields
+    fields = _rule_model(type_name).model_fields
     expanded = {f: v for key, v in (defaults or {}).items() for f in DEFAULT_ALIASES.get(key, ())}
     expanded.update({key: v for key, v in (defaults or {}).items() if key not in DEFAULT_ALIASES})
     return {f: v for f, v in expanded.items() if f in fields}
@@ -269,7 +305,7 @@ def _validate_rules(value: Any, handler: Any, info: ValidationInfo) -> RulesTabl
     table: RulesTable = {}
     errors: list[InitErrorDetails] = []
     for type_name, entry in value.items():
-        if type_name not in MODULE_TYPES:
+        if not isinstance(type_name, str) or rule_model(type_name) is None:
             errors.append(_error("unknown_module_type", "unknown module type", (type_name,), type_name))
             continue
         if entry is None:
@@ -299,7 +335,7 @@ def _validate_rules(value: Any, handler: Any, info: ValidationInfo) -> RulesTabl
                 given = config.model_dump(exclude_unset=True) if isinstance(config, _Rule) else config
                 config = {**fill, **given}
             try:
-                table[type_name][pattern] = RULE_MODELS[type_name].model_validate(config)
+                table[type_name][pattern] = _rule_model(type_name).model_validate(config)
             except ValidationError as exc:
                 for err in exc.errors():
                     errors.append(
@@ -436,6 +472,23 @@ class InputSection(BaseModel):
     keywords: dict[str, Literal["ones", "zeros"]] = Field(default_factory=dict)
 
 
+def _import_plugin(module_name: str) -> str:
+    """Import a plugin module (it registers layers with register_layer); an error names the one that failed."""
+    if not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", module_name):
+        raise PydanticCustomError(
+            "plugin_name", "expected a module's import path such as mypkg.layers (got '{name}')", {"name": module_name}
+        )
+    try:
+        importlib.import_module(module_name)
+    except Exception as exc:  # noqa: BLE001 - any failure of the user's module is reported in one line
+        raise PydanticCustomError(
+            "plugin_import",
+            "importing plugin '{name}' failed: {error} (is it installed, or on PYTHONPATH?)",
+            {"name": module_name, "error": f"{type(exc).__name__}: {exc}"},
+        ) from None
+    return module_name
+
+
 class Recipe(BaseModel):
     """A whole recipe file: mode, rule defaults, layer rules, search and input sections."""
 
@@ -444,6 +497,8 @@ class Recipe(BaseModel):
     version: Literal[1] = 1
     mode: Literal["fastnas", "autonas"] = "fastnas"
     description: str = ""
+    # modules imported before the rules are read: they register users' layers (nasprune_cli.register_layer)
+    plugins: list[Annotated[str, AfterValidator(_import_plugin)]] = Field(default_factory=list)
     # fields every rule takes unless it sets them itself (before `rules`: its validator reads them)
     defaults: Annotated[dict[str, Any], AfterValidator(_check_defaults)] = Field(default_factory=dict)
     rules: Annotated[RulesTable | None, WrapValidator(_validate_rules)] = None

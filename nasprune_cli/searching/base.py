@@ -41,13 +41,26 @@ def check_bounds(bounds: Mapping[str, float], space: Any) -> None:
         f"({smallest.get(name) / max(original.get(name), 1e-12):.1%})"
         for name in failed
     ]
-    hint = "(smaller channels_ratio / channel_divisor); `nasprune profile` shows the achievable range"
+    raise SearchError(f"constraints cannot be met: {'; '.join(parts)}; {unsatisfiable_hint(space, failed)}")
+
+
+def unsatisfiable_hint(space: Any, failed: list[str]) -> str:
+    """What to do when even the smallest subnet breaks a budget: say plainly when nothing (or little) is prunable."""
+    frozen = list(getattr(space, "frozen", []))
+    example = f" (e.g. '{frozen[0].name}': {frozen[0].reason})" if frozen else ""
+    explain = "`nasprune profile --explain LAYER` says why a layer is frozen"
+    if not any(hp.kind == "width" for hp in space.hparams.values()):
+        return (
+            f"nothing in this model is prunable: no layer has a width to search, {len(frozen)} layer(s) are frozen"
+            f"{example}; `nasprune profile` lists them and {explain}"
+        )
+    hint = (
+        "raise the budget, or widen the search space in the recipe (smaller channels_ratio / channel_divisor); "
+        f"`nasprune profile` shows the achievable range and the frozen layers, and {explain}"
+    )
     if "latency" in failed:
         hint += "; layers that are frozen, and time spent outside prunable layers, do not shrink with the width"
-    raise SearchError(
-        f"constraints cannot be met: {'; '.join(parts)}; raise the budget, or widen the search space in the recipe "
-        + hint
-    )
+    return hint
 
 
 class Searcher(ABC):

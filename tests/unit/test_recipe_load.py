@@ -107,7 +107,7 @@ BAD_RECIPES = [
     (
         "rulez: {}\n",
         "x.yaml: rulez: unknown key "
-        "(expected one of defaults, description, extends, input, mode, rules, search, version)",
+        "(expected one of defaults, description, extends, input, mode, plugins, rules, search, version)",
     ),
     (
         "search: {constraints: {flops: 160%}}\n",

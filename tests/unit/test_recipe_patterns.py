@@ -17,7 +17,7 @@ class Net(nn.Module):
 
 
 class MyConv(nn.Conv2d):
-    """A subclass: not the exact type, so never converted."""
+    """A subclass: converted like its parent unless a rule names its class."""
 
 
 def recipe(rules: dict | None, **kwargs: object) -> Recipe:
@@ -42,10 +42,15 @@ def test_autonas_defaults_cover_sequential() -> None:
     assert resolved.by_module["features"] == SequentialRule()
 
 
-def test_exact_type_only() -> None:
+def test_subclass_follows_its_parents_rules_unless_a_rule_names_its_class() -> None:
     model = nn.Sequential(MyConv(3, 8, 1), nn.Conv2d(8, 8, 1))
-    resolved = resolve_rules(None, model)
-    assert "0" not in resolved.by_module and resolved.by_module["1"] == ConvRule()
+    resolved = resolve_rules(recipe({"nn.Conv2d": {"channel_divisor": 4}}), model)
+    assert resolved.by_module["0"] == resolved.by_module["1"] == ConvRule(channel_divisor=4)
+    named = {"nn.Conv2d": {}, f"{__name__}.MyConv": {"channel_divisor": 2}}
+    resolved = resolve_rules(recipe(named), model)
+    assert resolved.by_module["0"] == ConvRule(channel_divisor=2) and resolved.by_module["1"] == ConvRule()
+    resolved = resolve_rules(recipe({"nn.Conv2d": {}, f"{__name__}.MyConv": None}), model)
+    assert resolved.by_module["0"] is None
 
 
 def test_later_patterns_win_and_null_excludes() -> None:

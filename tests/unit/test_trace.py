@@ -48,11 +48,13 @@ def test_concat_keeps_each_input_prunable() -> None:
     }
 
 
-def test_chunk_on_channels_freezes_only_the_cut_tensor() -> None:
-    groups = groups_of("split")
-    assert groups["stem.0.out_channels"][1] == f"'chunk' cuts the channel dim {FORWARD}"
-    assert groups["branch.0.0.out_channels"][1] is None
-    assert groups["branch.1.0.out_channels"][1] is None  # re-concatenated, still prunable
+def test_chunk_on_channels_cuts_equal_segments_that_stay_prunable() -> None:
+    cls, shape = TOYS["split"]
+    grouping = build_groups(trace_model(cls(), torch.randn(shape)))
+    stem = next(g for g in grouping.groups if g.name == "stem.0.out_channels")
+    assert stem.frozen_reason is None and stem.blocks == 2  # each half keeps the same number of channels
+    assert torch.equal(stem.block_of, torch.arange(128) // 64)
+    assert {g.name: g.frozen_reason for g in grouping.groups}["branch.1.0.out_channels"] is None
 
 
 def test_depthwise_follows_its_input() -> None:
@@ -100,9 +102,10 @@ def test_squeeze_excite_scale_unites_with_the_stream() -> None:
     assert prunable("squeeze_excite")["stem.0.out_channels"] == ["fc2", "stem.0"]
 
 
-def test_padding_the_channel_dim_freezes_the_padded_sum() -> None:
+def test_padding_the_channel_dim_freezes_only_the_padded_positions() -> None:
     groups = groups_of("pad_channels")
-    assert groups["stem.0.out_channels"][1] == f"'add' pairs them with fixed positions {FORWARD}"
+    assert groups["body.0.out_channels[32 of 64]"] == (["body.0"], f"'add' pairs them with fixed positions {FORWARD}")
+    assert groups["stem.0.out_channels"] == (["body.0", "stem.0"], None)  # body's middle channels: stem's segment
     assert groups["inner.0.out_channels"][1] is None
 
 
@@ -118,7 +121,7 @@ def test_channel_shuffle_is_frozen() -> None:
 def test_attention_prunes_mlp_hidden_and_freezes_head_split() -> None:
     groups = groups_of("attention")
     assert groups["mlp.0.out_features"][1] is None
-    assert groups["qkv.out_features"][1] == f"'chunk' cuts the channel dim {FORWARD}"
+    assert groups["qkv.out_features"][1] == f"'reshape' splits the channel dim (2, 8, 64) -> (2, 8, 4, 16) {FORWARD}"
     # `b, t, d = x.shape` reads the stream width into Python: it must be frozen
     assert (
         groups["embed.out_features"][1]
@@ -142,7 +145,9 @@ def test_unknown_op_freezes_its_inputs() -> None:
 
     grouping = build_groups(trace_model(Weird(), torch.randn(1, 3, 8, 8)))
     reason = next(g.frozen_reason for g in grouping.groups if g.name == "a.out_channels")
-    assert reason == "its channels reach 'fft.fft', which nasprune has no channel rule for"
+    assert reason == (
+        "Weird.forward() calls 'fft.fft', which nasprune has no channel rule for (the channels it reads are kept whole)"
+    )
 
 
 def test_plain_parameter_on_channels_freezes_them() -> None:
@@ -298,7 +303,7 @@ def _count_of_another_tensor(y: torch.Tensor) -> torch.Tensor:
         (_channels_last_unused_count, None),
         (_count_of_another_tensor, None),  # y + 1 carries y's channels: the same count
         (_scale_by_count, f"the model computes with its channel count (read by shape.__get__ {FORWARD})"),
-        (_new_tensor_of_count, f"the model computes with its channel count (read by size {FORWARD})"),
+        (_new_tensor_of_count, None),  # zeros(C, 1, 1) of y's own count: y's channels, pruned with them
         (_split_by_count, f"the model computes with its channel count (read by shape.__get__ {FORWARD})"),
         (_slice_by_count, f"the model computes with its channel count (read by size {FORWARD})"),
     ],
@@ -322,7 +327,10 @@ def test_torch_split_along_a_spatial_dim_keeps_channels_prunable() -> None:
 
     grouping = build_groups(trace_model(_ShapeUser(channel_halves), torch.randn(2, 3, 4, 4)))
     reason = next(g for g in grouping.groups if g.name == "a.out_channels").frozen_reason
-    assert reason == f"'split' cuts the channel dim {FORWARD}"
+    assert reason == (
+        f"'split' cuts the channel dim (1) into parts of a fixed size 32 {FORWARD}; fixed when the model was written, "
+        "it would be stale once channels are removed"
+    )
 
 
 def test_convnext_stream_is_prunable_with_its_layer_scales() -> None:
