@@ -6,8 +6,7 @@ score and the weight refit run on them), FLOPs budget 50%, the binary (FastNAS) 
 torchrun command, start-up included, and the search() call alone), the evaluations and seconds per evaluation, the
 subnet (it must be the same for every process count), and rank 0's time evaluating its share vs waiting in the gather
 for the slowest rank, and the evaluations computed ahead that the search did not use. The weight refit is shared out
-among the ranks (its batches and its ridge fits). A third run per divisor (one process, no refit) scores every descent
-step as before the lazy descent (BinarySearcher.lazy_descent = False): the evaluations it cuts, and the same subnet.
+among the ranks (its batches and its ridge fits): its seconds on 1 and 2 processes are recorded apart.
 
 Run: python bench/scale.py [--quick]    (--quick: 112x112, 4 batches of 8: about 15 minutes on two busy cores)
 Writes bench/results/scale.json (scale_quick.json).
@@ -47,10 +46,6 @@ def worker(args: argparse.Namespace) -> None:
     from nasprune_cli.searching import search
 
     torch.set_num_threads(1)
-    if args.eager_descent:
-        from nasprune_cli.searching.binary import BinarySearcher
-
-        BinarySearcher.lazy_descent = False
     world = init_world("cpu")
     start = time.perf_counter()
     torch.manual_seed(0)
@@ -63,8 +58,6 @@ def worker(args: argparse.Namespace) -> None:
     ]
     recipe = load_recipe("fastnas", None, "bench/scale.py", sets=[f"defaults.divisor={args.divisor}"])
     config = {"recipe": recipe, "device": "cpu", "data": data, "max_batches": args.batches, "seed": 0}
-    if args.eager_descent:
-        config["reconstruct"] = False  # only the subnet and the evaluations are compared
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = search(model, {"flops": "50%"}, torch.randn(1, 3, args.size, args.size), config)
@@ -96,9 +89,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run(procs: int, divisor: int, shape: dict[str, Any], tmp: Path, eager: bool = False) -> dict[str, Any]:
-    """Time one torchrun search with `procs` processes (eager: every descent step scored, no refit)."""
-    out = tmp / f"scale_{procs}_{divisor}_{int(eager)}.json"
+def run(procs: int, divisor: int, shape: dict[str, Any], tmp: Path) -> dict[str, Any]:
+    """Time one torchrun search with `procs` processes."""
+    out = tmp / f"scale_{procs}_{divisor}.json"
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     command = [
@@ -121,7 +114,6 @@ def run(procs: int, divisor: int, shape: dict[str, Any], tmp: Path, eager: bool 
         str(shape["batches"]),
         "--batch-size",
         str(shape["batch_size"]),
-        *(["--eager-descent"] if eager else []),
     ]
     start = time.perf_counter()
     done = subprocess.run(command, env=env, capture_output=True, text=True)
@@ -133,7 +125,7 @@ def run(procs: int, divisor: int, shape: dict[str, Any], tmp: Path, eager: bool 
         f"divisor {divisor}, {procs} process(es): {wall:.1f} s wall, {figures['search_s']} s search, "
         f"{figures['evaluations']} evaluations, parallel {figures['parallel']}"
     )
-    return {"procs": procs, "divisor": divisor, "eager_descent": eager, "wall_s": round(wall, 2), **figures}
+    return {"procs": procs, "divisor": divisor, "wall_s": round(wall, 2), **figures}
 
 
 def main() -> None:
@@ -145,7 +137,6 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batches", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--eager-descent", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker(args)
@@ -156,17 +147,8 @@ def main() -> None:
         for divisor in shape["divisors"]:
             for procs in (1, 2):
                 rows.append(run(procs, divisor, shape, Path(tmp)))
-            rows.append(run(1, divisor, shape, Path(tmp), eager=True))
     for divisor in shape["divisors"]:
-        lazy = [r for r in rows if r["divisor"] == divisor and not r["eager_descent"]]
-        one, two = (next(r for r in lazy if r["procs"] == p) for p in (1, 2))
-        eager = next(r for r in rows if r["divisor"] == divisor and r["eager_descent"])
-        one["evaluations_eager_descent"] = eager["evaluations"]
-        one["same_subnet_as_eager"] = eager["config"] == one["config"] and eager["search_score"] == one["search_score"]
-        log(
-            f"divisor {divisor}: {eager['evaluations']} -> {one['evaluations']} evaluations with the lazy descent; "
-            f"same subnet: {one['same_subnet_as_eager']}"
-        )
+        one, two = (next(r for r in rows if r["divisor"] == divisor and r["procs"] == p) for p in (1, 2))
         two["speedup_wall"] = round(one["wall_s"] / two["wall_s"], 2)
         two["speedup_search"] = round(one["search_s"] / two["search_s"], 2)
         two["speedup_without_refit"] = round(one["search_without_refit_s"] / two["search_without_refit_s"], 2)

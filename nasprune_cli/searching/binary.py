@@ -42,7 +42,6 @@ class BinarySearcher(Searcher):
 
     name = "binary"
     _floored: tuple[Any, dict[str, Any]] | None = None  # (the state's floor, the hparams it leaves)
-    lazy_descent = True  # score only the descent steps that could win (False: every step, the earlier behaviour)
 
     def default_state(self) -> dict[str, Any]:
         """Adds the sensitivity map, the binary-search interval and the candidate subnets."""
@@ -244,43 +243,20 @@ class BinarySearcher(Searcher):
         hparams = self.hparams if hparams is None else hparams
         config = self.space.max()
         while not self.fits(config):
-            step = self.descent_step(config, hparams)
-            if step is None:  # pragma: no cover - sanitize checked that the smallest subnet fits
+            steps = self.descent_steps(config, hparams)
+            scored = self.sensitivity_map.is_scored
+            self.prefetch([self.probe_config(n, c) for n, c, _ in steps if not scored(n, c)])
+            best_key: float | None = None
+            best_step: tuple[str, int] | None = None
+            for name, below, saved in steps:
+                self.probe(name, below)
+                key = (self.drop(name, below) - self.drop(name, config[name])) / saved
+                if best_key is None or key < best_key:  # ties: the first hparam
+                    best_key, best_step = key, (name, below)
+            if best_step is None:  # pragma: no cover - sanitize checked that the smallest subnet fits
                 return {n: hp.choices[0] for n, hp in hparams.items()}
-            config[step[0]] = step[1]
+            config[best_step[0]] = best_step[1]
         return config
-
-    def descent_step(self, config: Mapping[str, int], hparams: Mapping[str, Any]) -> tuple[str, int] | None:
-        """The step with the least drop increase per share of budget saved (ties: the first hparam).
-
-        A step to an unscored choice is scored only when it could win. With monotone drops its drop is at least
-        that of the hparam's narrowest scored choice, a lower bound on its key: steps are scored in the order of
-        their bounds, and the rest are left unscored once a bound is past the best key found (the map's "full" mode
-        scores every step). The chosen step is the one scoring every step would choose."""
-        steps = self.descent_steps(config, hparams)
-        sensitivity = self.sensitivity_map
-        keys: dict[int, float] = {}
-        bounds: dict[int, float] = {}
-        for i, (name, below, saved) in enumerate(steps):
-            if sensitivity.is_scored(name, below):
-                keys[i] = (self.drop(name, below) - self.drop(name, config[name])) / saved
-            else:
-                bounds[i] = (self.drop(name, sensitivity.narrowest(name)) - self.drop(name, config[name])) / saved
-        lazy = sensitivity.monotone and self.lazy_descent
-        pending = sorted(bounds, key=lambda i: (bounds[i], i)) if lazy else sorted(bounds)
-        for position, i in enumerate(pending):
-            best = min(((k, j) for j, k in keys.items()), default=None)
-            if lazy and best is not None and (bounds[i], i) > best:
-                break  # neither this step nor a later one (higher bounds) can beat the best step
-            ahead = pending[position : position + self.world.size] if lazy else pending[position:]
-            self.prefetch([self.probe_config(steps[j][0], steps[j][1]) for j in ahead])
-            name, below, saved = steps[i]
-            self.probe(name, below)
-            keys[i] = (self.drop(name, below) - self.drop(name, config[name])) / saved
-        if not keys:
-            return None
-        _, chosen = min((k, j) for j, k in keys.items())
-        return steps[chosen][0], steps[chosen][1]
 
     def descent_steps(self, config: Mapping[str, int], hparams: Mapping[str, Any]) -> list[tuple[str, int, float]]:
         """(hparam, its next narrower choice, the largest share of an exceeded budget that step saves) for every
