@@ -65,10 +65,12 @@ class Normal:
         return max(float((w @ self.xtx * w).sum() - 2 * (w * self.xty.T).sum()) + self.yty, 0.0)
 
 
-def summed_folds(world: World, count: int, batch_folds: Callable[[int], Folds], what: str) -> Folds:
+def summed_folds(
+    world: World, count: int, batch_folds: Callable[[int], Folds], what: str, device: torch.device
+) -> Folds:
     """Both folds summed over `count` batches in batch order; batch i's sums are computed by rank i % size, in
     rounds of one batch per rank, so a rank holds at most `size` batches' sums at a time. A rank that fails stops
-    every rank with a SearchError that names it."""
+    every rank with a SearchError that names it. Several ranks: the sums are gathered on `device`."""
     folds = (Normal(), Normal())
     for start in range(0, count, world.size):
         index = start + world.rank
@@ -81,13 +83,47 @@ def summed_folds(world: World, count: int, batch_folds: Callable[[int], Folds], 
                 if world.size == 1:
                     raise
                 error = one_line(exc)
-        gathered = world.gather((error, mine))
-        _raise_first(world, [e for e, _ in gathered], what)
-        for _, got in gathered:  # rank order is batch order
-            if got is not None:
-                folds[0].absorb(got[0])
-                folds[1].absorb(got[1])
+        for got in _gathered(world, error, mine, what, device):  # rank order is batch order
+            folds[0].absorb(got[0])
+            folds[1].absorb(got[1])
     return folds
+
+
+def _gathered(world: World, error: str | None, mine: Folds | None, what: str, device: torch.device) -> list[Folds]:
+    """Every rank's batch sums of this round, in rank order (one process: its own). The tensors travel as one flat
+    float64 tensor per rank through an all_gather on `device` (zeros from a rank without a batch), the rest as small
+    objects."""
+    if world.size == 1:
+        return [mine] if mine is not None else []
+    meta = None if mine is None else [(f.yty, f.rows, _shapes(f)) for f in mine]
+    metas = world.gather((error, meta))
+    _raise_first(world, [e for e, _ in metas], what)
+    shapes = next((s for _, m in metas if m is not None for _, _, s in m if s is not None), None)
+    if shapes is None:
+        return []
+    sizes = [shapes[0].numel(), shapes[1].numel()] * 2
+    flat = torch.zeros(sum(sizes), dtype=torch.float64, device=device)
+    if mine is not None:
+        parts = flat.split(sizes)
+        for k, fold in enumerate(mine):
+            if fold.xtx is not None and fold.xty is not None:
+                parts[2 * k].copy_(fold.xtx.reshape(-1))
+                parts[2 * k + 1].copy_(fold.xty.reshape(-1))
+    out = []
+    for (_, theirs), tensor in zip(metas, world.gather_tensor(flat), strict=True):
+        if theirs is None:
+            continue
+        parts = tensor.split(sizes)
+        folds = [
+            Normal(parts[2 * k].view(shapes[0]), parts[2 * k + 1].view(shapes[1]), yty, rows) if s else Normal()
+            for k, (yty, rows, s) in enumerate(theirs)
+        ]
+        out.append((folds[0], folds[1]))
+    return out
+
+
+def _shapes(fold: Normal) -> tuple[torch.Size, torch.Size] | None:
+    return None if fold.xtx is None or fold.xty is None else (fold.xtx.shape, fold.xty.shape)
 
 
 def held_out_fit(
@@ -120,8 +156,10 @@ def held_out_fit(
     best = min(held_out, key=lambda r: held_out[r])
     if held_out[best] >= whole.error(kept):
         return None
-    solved = whole.solve(kept, best) if world.is_main else None
-    return world.broadcast(solved), best
+    if world.size == 1:
+        return whole.solve(kept, best), best
+    solved = whole.solve(kept, best) if world.is_main else torch.empty_like(kept)
+    return world.broadcast_tensor(solved), best
 
 
 def _raise_first(world: World, errors: list[str | None], what: str) -> None:

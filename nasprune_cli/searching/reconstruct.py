@@ -176,9 +176,9 @@ def _refit(regimes: _Regimes, name: str, ridges: Sequence[float], report: Recons
     """
     module = regimes.space.model.get_submodule(name)
     rows, cols = module.get_index("out"), module.get_index("in")
-    folds = summed_folds(
-        world, len(regimes.batches), lambda i: _batch_folds(regimes, module, rows, i), f"refitting layer '{name}'"
-    )
+    refit = f"refitting layer '{name}'"
+    batch_folds = lambda i: _batch_folds(regimes, module, rows, i)  # noqa: E731
+    folds = summed_folds(world, len(regimes.batches), batch_folds, refit, module.weight.device)
     if folds[0].xtx is None or folds[1].xtx is None:
         report.skipped[name] = "one data batch of one sample: no rows to check a fit on (pass more --data batches)"
         return False
