@@ -234,6 +234,8 @@ def test_a_failing_rank_stops_every_rank_and_the_run_resumes_on_one(two_ranks: t
 def test_a_single_process_world_costs_nothing_and_raises_its_own_error() -> None:
     world = World()
     assert world.gather(3) == [3] and world.broadcast("x") == "x" and world.is_main
+    tensor = torch.arange(3.0)
+    assert world.gather_tensor(tensor)[0] is tensor and world.broadcast_tensor(tensor) is tensor
     world.agree(None, "anything")
     with pytest.raises(SearchError, match="own"):
         world.agree(SearchError("its own"), "anything")
