@@ -602,12 +602,14 @@ def render_scale(data: Mapping[str, Any]) -> str:
                 _num(r["wall_s"], 1),
                 _num(r["search_s"], 1),
                 _num(r.get("search_without_refit_s"), 1),
+                _num(r.get("refit_s"), 1),
                 str(r["evaluations"]),
                 _num(r["search_without_refit_s"] / max(r["evaluations"], 1), 2),
                 _num(par.get("evaluating_s"), 1) if par else "-",
                 _num(par.get("waiting_s"), 1) if par else "-",
                 f"{par['evaluated'] - par['used']}" if par else "-",
-                f"{r['speedup_wall']}x / {r['speedup_search']}x / {r.get('speedup_without_refit', '-')}x"
+                f"{r['speedup_wall']}x / {r['speedup_search']}x / {r.get('speedup_without_refit', '-')}x / "
+                f"{r.get('speedup_refit', '-')}x"
                 if "speedup_wall" in r
                 else "-",
                 ("yes" if r["same_subnet"] else "NO") if "same_subnet" in r else "-",
@@ -620,12 +622,13 @@ def render_scale(data: Mapping[str, Any]) -> str:
         "wall s",
         "search s",
         "search s without the refit",
+        "refit s",
         "evaluations",
         "s / evaluation (without the refit)",
         "rank 0 evaluating s",
         "rank 0 waiting s",
         "unused ahead",
-        "speed-up wall / search / without the refit",
+        "speed-up wall / search / without the refit / refit",
         "same subnet",
     ]
     out.append(_table(header, rows))

@@ -5,7 +5,8 @@ score and the weight refit run on them), FLOPs budget 50%, the binary (FastNAS) 
 (more choices per hparam with a smaller one) and process count it records: the wall time of the whole search (the
 torchrun command, start-up included, and the search() call alone), the evaluations and seconds per evaluation, the
 subnet (it must be the same for every process count), and rank 0's time evaluating its share vs waiting in the gather
-for the slowest rank, and the evaluations computed ahead that the search did not use.
+for the slowest rank, and the evaluations computed ahead that the search did not use. The weight refit is shared out
+among the ranks (its batches and its ridge fits): its seconds on 1 and 2 processes are recorded apart.
 
 Run: python bench/scale.py [--quick]    (--quick: 112x112, 4 batches of 8: about 15 minutes on two busy cores)
 Writes bench/results/scale.json (scale_quick.json).
@@ -73,6 +74,7 @@ def worker(args: argparse.Namespace) -> None:
             "choices": sum(len(v) for v in searched["sensitivity_map"].values()) + len(result.config),
             "config": result.config,
             "score": result.pruned.score,
+            "search_score": searched["best"]["score"],
             "flops_ratio": result.pruned.flops / result.original.flops,
             "parallel": result.parallel,
             "refit_s": round(result.reconstruction.seconds or 0.0, 2),
@@ -151,9 +153,10 @@ def main() -> None:
         two["speedup_search"] = round(one["search_s"] / two["search_s"], 2)
         two["speedup_without_refit"] = round(one["search_without_refit_s"] / two["search_without_refit_s"], 2)
         two["same_subnet"] = one["config"] == two["config"] and one["score"] == two["score"]
+        two["speedup_refit"] = round(one["refit_s"] / max(two["refit_s"], 1e-9), 2)
         log(
             f"divisor {divisor}: speedup {two['speedup_wall']}x wall, {two['speedup_search']}x search, "
-            f"{two['speedup_without_refit']}x without the refit; "
+            f"{two['speedup_without_refit']}x without the refit, {two['speedup_refit']}x the refit; "
             f"same subnet: {two['same_subnet']}"
         )
     name = "scale_quick" if args.quick else "scale"

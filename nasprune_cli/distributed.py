@@ -45,6 +45,18 @@ class World:
             raise lost_peers(self, exc) from exc
         return values
 
+    def gather_tensor(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        """Every rank's tensor (same shape and dtype on every rank), in rank order; far faster than `gather` for
+        large tensors (no pickling)."""
+        if self.size == 1:
+            return [tensor]
+        out = [torch.empty_like(tensor) for _ in range(self.size)]
+        try:
+            torch.distributed.all_gather(out, tensor.contiguous())
+        except Exception as exc:  # noqa: BLE001
+            raise lost_peers(self, exc) from exc
+        return out
+
     def broadcast(self, value: Any) -> Any:
         """Rank 0's value on every rank."""
         if self.size == 1:
@@ -55,6 +67,17 @@ class World:
         except Exception as exc:  # noqa: BLE001
             raise lost_peers(self, exc) from exc
         return box[0]
+
+    def broadcast_tensor(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Rank 0's tensor on every rank (every rank passes one of the same shape and dtype; filled in place)."""
+        if self.size == 1:
+            return tensor
+        tensor = tensor.contiguous()
+        try:
+            torch.distributed.broadcast(tensor, src=0)
+        except Exception as exc:  # noqa: BLE001
+            raise lost_peers(self, exc) from exc
+        return tensor
 
     def agree(self, error: BaseException | None, what: str) -> None:
         """Raise on every rank when any rank failed at `what`: a SearchError naming the first failing rank and why

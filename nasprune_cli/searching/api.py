@@ -48,21 +48,22 @@ def search(
             world=world,
         )
         state = searcher.search()
-        result = _finish_on_rank0(world, prepared, options, state)
+        result = _finish_together(world, prepared, options, state)
     if world.size > 1:
         result.parallel = {"world_size": world.size, **searcher.shared.to_dict()}
     return result
 
 
-def _finish_on_rank0(world: World, prepared: Prepared, options: SearchOptions, state: dict[str, Any]) -> SearchResult:
-    """Rank 0 refits, exports and checks the best subnet (the others wait: the refit is not shared out, and a copy
-    on every rank would only compete for the cores); every rank gets its result, or its error."""
+def _finish_together(world: World, prepared: Prepared, options: SearchOptions, state: dict[str, Any]) -> SearchResult:
+    """Every rank refits (the batches and the fits shared out), exports and checks the best subnet; every rank gets
+    rank 0's result, or the first failing rank's error."""
+    if world.size == 1:
+        return finish(prepared, options, state)
     result, error = None, None
-    if world.is_main:
-        try:
-            result = finish(prepared, options, state)
-        except Exception as exc:  # noqa: BLE001 - every rank hears of it before anything is written
-            error = exc
+    try:
+        result = finish(prepared, options, state, world)
+    except Exception as exc:  # noqa: BLE001 - every rank hears of it before anything is written
+        error = exc
     world.agree(error, "finishing the search (refit, export, budget check)")
     result = world.broadcast(result)
     assert result is not None  # agree() raised otherwise

@@ -9,6 +9,7 @@ from typing import Any
 from torch import nn
 
 from nasprune_cli.constraints import Cost, satisfies
+from nasprune_cli.distributed import World
 from nasprune_cli.errors import SearchError
 from nasprune_cli.metrics.flops import count_params, fvcore_flops
 from nasprune_cli.metrics.score import Evaluator
@@ -19,11 +20,15 @@ from nasprune_cli.searching.result import Figures, Reconstruction, SearchResult,
 from nasprune_cli.space import SearchSpace
 
 
-def finish(prepared: Prepared, options: SearchOptions, state: dict[str, Any]) -> SearchResult:
-    """Export the best subnet (refitted when the settings and the data allow it) and check its cost with fvcore."""
+def finish(
+    prepared: Prepared, options: SearchOptions, state: dict[str, Any], world: World | None = None
+) -> SearchResult:
+    """Export the best subnet (refitted when the settings and the data allow it) and check its cost with fvcore.
+    Under torchrun every rank calls it (the refit is shared out among them) and every rank gets the same result."""
     space, best = prepared.space, state["best"]
-    _warn_if_unpruned(space, prepared.bounds, best["config"])
-    pruned, reconstruction = _export(prepared, options, best)
+    if world is None or world.is_main:
+        _warn_if_unpruned(space, prepared.bounds, best["config"])
+    pruned, reconstruction = _export(prepared, options, best, world)
     measured, stages = _verified_cost(pruned, prepared, best["config"])
     original = space.original_cost
     info = prepared.evaluator.info  # the state holds what the searchers maximise; the result, measured values
@@ -66,25 +71,31 @@ def _warn_if_unpruned(space: SearchSpace, bounds: Mapping[str, float], config: M
     )
 
 
-def _export(prepared: Prepared, options: SearchOptions, best: Mapping[str, Any]) -> tuple[nn.Module, Reconstruction]:
+def _export(
+    prepared: Prepared, options: SearchOptions, best: Mapping[str, Any], world: World | None = None
+) -> tuple[nn.Module, Reconstruction]:
     """The exported best subnet, refitted unless the settings say no or there is no data to refit on."""
     if not options.settings.reconstruct:
         return prepared.space.export(), Reconstruction(False, "off (reconstruct: false)")
     if not prepared.has_data:
         reason = "no data: refitting weights on random inputs would fit noise"
         return prepared.space.export(), Reconstruction(False, reason)
-    return reconstructed_export(prepared.space, prepared.evaluator, best, options.on_progress)
+    return reconstructed_export(prepared.space, prepared.evaluator, best, options.on_progress, world)
 
 
 def reconstructed_export(
-    space: SearchSpace, evaluator: Evaluator, best: Mapping[str, Any], on_progress: Any = None
+    space: SearchSpace,
+    evaluator: Evaluator,
+    best: Mapping[str, Any],
+    on_progress: Any = None,
+    world: World | None = None,
 ) -> tuple[nn.Module, Reconstruction]:
     """Export the best subnet with its weights refitted on the data, unless that lowers its score (the scores in the
     Reconstruction are measured values; `best["score"]` and the evaluator's are what the searchers maximise)."""
     from nasprune_cli.searching.reconstruct import reconstructed
 
     before = float(best["score"])
-    with reconstructed(space, evaluator.batches, evaluator.inputs, on_progress) as report:
+    with reconstructed(space, evaluator.batches, evaluator.inputs, on_progress, world=world) as report:
         after = evaluator() if report.layers else before
         applied = bool(report.layers) and after >= before
         pruned = space.export() if applied else None

@@ -27,14 +27,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nasprune_cli.distributed import World
 from nasprune_cli.dynamic import is_dynamic
 from nasprune_cli.errors import SearchError
 from nasprune_cli.inputs import call_model, eval_mode
 from nasprune_cli.metrics.score import default_collect, norm_layers, recalibrate_bn
+from nasprune_cli.searching.normals import Folds, Normal, held_out_fit, summed_folds
+
+__all__ = ["EXACT", "RIDGES", "Normal", "ReconstructReport", "held_out_fit", "reconstructed", "refit_reason"]
 
 RIDGES = (1e-3, 1e-2, 1e-1, 1.0)  # pulls towards the kept weights tried, as shares of the mean diagonal of X^T X
 EXACT = "its output already matches the original model's"
-_CHUNK_ELEMENTS = 1 << 24  # unfolded conv inputs are built at most this many elements at a time
 ProgressFn = Callable[[str, int, int], None]
 
 
@@ -131,9 +134,11 @@ def reconstructed(
     collect: Callable[[Any], Any] = default_collect,
     on_progress: ProgressFn | None = None,
     ridges: Sequence[float] = RIDGES,
+    world: World | None = None,
 ) -> Iterator[ReconstructReport]:
     """Inside the block the space's active subnet runs with refitted weights and recalibrated normalization
-    statistics (export it there); on exit every weight and statistic of the space is put back."""
+    statistics (export it there); on exit every weight and statistic of the space is put back. Under torchrun every
+    rank calls it: the ranks share out the batches and the fits, and all end with the weights one process finds."""
     if not batches:
         raise SearchError("reconstruction: no data batches to refit the weights on (pass --data)")
     start = time.perf_counter()
@@ -148,7 +153,7 @@ def reconstructed(
             for i, name in enumerate(layers):
                 if on_progress is not None:
                     on_progress("reconstruct", i, len(layers))
-                if _refit(regimes, name, ridges, report):
+                if _refit(regimes, name, ridges, report, world if world is not None else World()):
                     regimes.calibrate("work")  # later layers are fitted to what this one now produces
             if on_progress is not None:
                 on_progress("reconstruct", len(layers), len(layers))
@@ -162,82 +167,18 @@ def reconstructed(
 
 
 # ---- one layer ---------------------------------------------------------------------------------------------
-@dataclass
-class Normal:
-    """Accumulated X^T X, X^T Y and ||Y||^2 of one fold of the data rows."""
-
-    xtx: torch.Tensor | None = None
-    xty: torch.Tensor | None = None
-    yty: float = 0.0
-    rows: int = 0
-
-    def add(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """Accumulate rows x (inputs) and y (targets)."""
-        for xs, ys in _chunks(x, y):  # products in the data's precision, sums in float64
-            xtx, xty = (xs.T @ xs).double(), (xs.T @ ys).double()
-            self.xtx = xtx if self.xtx is None else self.xtx + xtx
-            self.xty = xty if self.xty is None else self.xty + xty
-            self.yty += float((ys.double() * ys.double()).sum())
-        self.rows += x.shape[0]
-
-    def __add__(self, other: Normal) -> Normal:
-        """Both folds' rows together."""
-        assert self.xtx is not None and self.xty is not None and other.xtx is not None and other.xty is not None
-        return Normal(self.xtx + other.xtx, self.xty + other.xty, self.yty + other.yty, self.rows + other.rows)
-
-    def solve(self, kept: torch.Tensor, ridge: float) -> torch.Tensor:
-        """The refitted rows: least squares pulled towards `kept` by ridge x the mean of diag(X^T X)."""
-        assert self.xtx is not None and self.xty is not None
-        reg = ridge * float(self.xtx.diagonal().mean()) + 1e-12
-        eye = torch.eye(self.xtx.shape[0], dtype=self.xtx.dtype, device=self.xtx.device)
-        system, rhs = self.xtx + reg * eye, self.xty + reg * kept.T
-        factor, info = torch.linalg.cholesky_ex(system)  # positive definite: the ridge is added to X^T X
-        if int(info) != 0:  # pragma: no cover - only when rounding breaks positive definiteness
-            return torch.linalg.solve(system, rhs).T
-        return torch.cholesky_solve(rhs, factor).T
-
-    def error(self, w: torch.Tensor) -> float:
-        """||X W^T - Y||^2 on these rows."""
-        assert self.xtx is not None and self.xty is not None
-        return max(float((w @ self.xtx * w).sum() - 2 * (w * self.xty.T).sum()) + self.yty, 0.0)
-
-
-def held_out_fit(
-    folds: tuple[Normal, Normal], kept: torch.Tensor, ridges: Sequence[float]
-) -> tuple[torch.Tensor, float] | None:
-    """(weights fitted on both folds, their ridge) with the ridge whose fit on one fold predicts the other best
-    (both ways); None when no ridge predicts the held-out fold better than the kept weights do."""
-    whole = folds[0] + folds[1]
-    held_out = {r: folds[1].error(folds[0].solve(kept, r)) + folds[0].error(folds[1].solve(kept, r)) for r in ridges}
-    best = min(held_out, key=lambda r: held_out[r])
-    if held_out[best] >= whole.error(kept):
-        return None
-    return whole.solve(kept, best), best
-
-
-def _refit(regimes: _Regimes, name: str, ridges: Sequence[float], report: ReconstructReport) -> bool:
+def _refit(regimes: _Regimes, name: str, ridges: Sequence[float], report: ReconstructReport, world: World) -> bool:
     """Fit one layer's active weights; False when it is left as it is.
 
     The data rows are split in two folds by sample. Each ridge strength is fitted on one fold and scored on the
     other; the best one is fitted on all rows, unless no strength predicts the held-out fold better than the kept
     weights (too few rows for the number of weights: the fit would memorize the batches).
     """
-    model = regimes.space.model
-    module = model.get_submodule(name)
+    module = regimes.space.model.get_submodule(name)
     rows, cols = module.get_index("out"), module.get_index("in")
-    folds = (Normal(), Normal())
-    for i, batch in enumerate(regimes.batches):
-        inputs = regimes.collect(batch)
-        regimes.use_original()
-        target = _capture(model, module, inputs, "output")
-        regimes.use_work()
-        x_in = _capture(model, module, inputs, "input")
-        x, y = _design(module, x_in), _targets(module, target, rows)
-        samples = x_in.shape[0]
-        half = (samples // 2) * (x.shape[0] // samples) if samples > 1 else (x.shape[0] if i % 2 == 0 else 0)
-        for fold, part in zip(folds, (slice(0, half), slice(half, None)), strict=True):
-            if x[part].shape[0]:
-                fold.add(x[part], y[part])
+    refit = f"refitting layer '{name}'"
+    batch_folds = lambda i: _batch_folds(regimes, module, rows, i)  # noqa: E731
+    folds = summed_folds(world, len(regimes.batches), batch_folds, refit, module.weight.device)
     if folds[0].xtx is None or folds[1].xtx is None:
         report.skipped[name] = "one data batch of one sample: no rows to check a fit on (pass more --data batches)"
         return False
@@ -248,7 +189,7 @@ def _refit(regimes: _Regimes, name: str, ridges: Sequence[float], report: Recons
         report.skipped[name] = EXACT
         return False
     try:
-        fit = held_out_fit(folds, kept, ridges)
+        fit = held_out_fit(folds, kept, ridges, world)
     except RuntimeError as exc:  # pragma: no cover - the ridge keeps the systems regular
         report.skipped[name] = f"least squares failed ({exc})"
         return False
@@ -264,6 +205,25 @@ def _refit(regimes: _Regimes, name: str, ridges: Sequence[float], report: Recons
     _write(module, regimes.work[name], solved, rows, cols)
     report.layers.append(name)
     return True
+
+
+def _batch_folds(regimes: _Regimes, module: nn.Module, rows: torch.Tensor | None, index: int) -> Folds:
+    """One data batch's sums of both folds: its samples split in two halves (a batch of one sample goes to the
+    first fold when its index is even, else to the second)."""
+    model = regimes.space.model
+    inputs = regimes.collect(regimes.batches[index])
+    regimes.use_original()
+    target = _capture(model, module, inputs, "output")
+    regimes.use_work()
+    x_in = _capture(model, module, inputs, "input")
+    x, y = _design(module, x_in), _targets(module, target, rows)
+    samples = x_in.shape[0]
+    half = (samples // 2) * (x.shape[0] // samples) if samples > 1 else (x.shape[0] if index % 2 == 0 else 0)
+    folds = (Normal(), Normal())
+    for fold, part in zip(folds, (slice(0, half), slice(half, None)), strict=True):
+        if x[part].shape[0]:
+            fold.add(x[part], y[part])
+    return folds
 
 
 def _capture(model: nn.Module, module: nn.Module, inputs: Any, what: str) -> torch.Tensor:
@@ -310,12 +270,6 @@ def _targets(module: nn.Module, y: torch.Tensor, rows: torch.Tensor | None) -> t
         return y.flatten(2).transpose(1, 2).reshape(-1, y.shape[1])
     y = y if rows is None else y.index_select(y.dim() - 1, rows.to(y.device))
     return y.reshape(-1, y.shape[-1])
-
-
-def _chunks(x: torch.Tensor, y: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    step = max(1, _CHUNK_ELEMENTS // max(x.shape[1], 1))
-    for i in range(0, x.shape[0], step):
-        yield x[i : i + step], y[i : i + step]
 
 
 def _padding(module: nn.Conv2d) -> tuple[int, int]:

@@ -222,3 +222,23 @@ def test_held_out_check_fits_a_layer_the_data_determines_and_refuses_one_it_woul
     # 8 rows for 20 weights, 64 outputs unrelated to the inputs (best predicted by zero weights): a fit memorizes
     few, noise = x[:8], torch.randn(8, 64, generator=gen, dtype=torch.float64)
     assert held_out_fit(folds_of(few, noise), torch.zeros(64, 20, dtype=torch.float64), RIDGES) is None
+
+
+def test_batch_sums_added_in_batch_order_are_the_running_sum_to_the_bit() -> None:
+    from nasprune_cli.distributed import World
+    from nasprune_cli.searching.normals import summed_folds
+
+    gen = torch.Generator().manual_seed(0)
+    rows = [(torch.randn(50, 7, generator=gen), torch.randn(50, 3, generator=gen)) for _ in range(5)]
+    running = Normal()
+    for x, y in rows:
+        running.add(x, y)
+
+    def batch(i: int) -> tuple[Normal, Normal]:
+        first = Normal()
+        first.add(*rows[i])
+        return first, Normal()
+
+    summed, empty = summed_folds(World(), len(rows), batch, "test", torch.device("cpu"))
+    assert torch.equal(summed.xtx, running.xtx) and torch.equal(summed.xty, running.xty)
+    assert summed.yty == running.yty and summed.rows == running.rows == 250 and empty.xtx is None

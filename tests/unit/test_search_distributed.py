@@ -81,6 +81,27 @@ def chain_search(searcher: str) -> dict[str, Any]:
     }
 
 
+def refit_search(tmp: Path, tag: str) -> dict[str, Any]:
+    """search() with data on the small conv net: the refit runs (3 batches: one rank sits out the last round); the
+    pruned weights are saved to tmp/refit_<tag>.pt."""
+    from nasprune_cli.searching import search
+    from tests.toys import Chain
+
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(4)
+    data = [(torch.randn(6, 3, 16, 16, generator=gen),) for _ in range(3)]
+    config: dict[str, Any] = {"device": "cpu", "data": data, "max_batches": 3, "seed": 1}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = search(Chain(), {"flops": "45%"}, torch.randn(1, 3, 16, 16), config)
+    torch.save(result.model.state_dict(), tmp / f"refit_{tag}.pt")
+    return {"config": result.config, "reconstruction": result.reconstruction.to_dict(), "score": result.pruned.score}
+
+
+def scenario_refit(rank: int, tmp: Path) -> Any:
+    return refit_search(tmp, f"rank{rank}")
+
+
 def scenario_chain(rank: int, tmp: Path) -> Any:
     return {s: chain_search(s) for s in ("binary", "evolve")}
 
@@ -95,7 +116,7 @@ def scenario_fail(rank: int, tmp: Path) -> Any:
     return outcome(fake_search("binary", tmp / "fail.ckpt", lambda space: FailingEvaluator(space, rank, 1, 2)))
 
 
-SCENARIOS = {"chain": scenario_chain, "resume": scenario_resume, "fail": scenario_fail}
+SCENARIOS = {"refit": scenario_refit, "chain": scenario_chain, "resume": scenario_resume, "fail": scenario_fail}
 
 
 def worker(rank: int, size: int, port: int, tmp: str) -> None:
@@ -174,6 +195,23 @@ def test_two_processes_find_the_subnet_one_process_finds(two_ranks: tuple[Path, 
             assert shared["used"] >= expected["evaluations"] // 2  # most evaluations were shared out
 
 
+def test_two_processes_refit_the_weights_one_process_refits_to_the_bit(two_ranks: tuple[Path, list[dict]]) -> None:
+    tmp, ranks = two_ranks
+    with one_thread():
+        alone = jsonable(refit_search(tmp, "alone"))
+    assert alone["reconstruction"]["layers"] >= 2, alone  # the refit ran and changed layers
+    expected = torch.load(tmp / "refit_alone.pt")
+    for rank, payload in enumerate(ranks):
+        got = payload["refit"]["ok"]
+        for key in ("score_before", "score_after", "score", "mean_error_before", "mean_error_after", "skipped"):
+            assert got["reconstruction"][key] == alone["reconstruction"][key], (rank, key)
+        assert got["config"] == alone["config"] and got["score"] == alone["score"]
+        weights = torch.load(tmp / f"refit_rank{rank}.pt")
+        assert weights.keys() == expected.keys()
+        for name, tensor in expected.items():
+            assert torch.equal(weights[name], tensor), (rank, name)
+
+
 def test_a_checkpoint_from_one_process_resumes_on_two(two_ranks: tuple[Path, list[dict]]) -> None:
     expected = {kind: jsonable(outcome(fake_search(kind))) for kind in FAKE_RUNS}
     for payload in two_ranks[1]:
@@ -196,6 +234,8 @@ def test_a_failing_rank_stops_every_rank_and_the_run_resumes_on_one(two_ranks: t
 def test_a_single_process_world_costs_nothing_and_raises_its_own_error() -> None:
     world = World()
     assert world.gather(3) == [3] and world.broadcast("x") == "x" and world.is_main
+    tensor = torch.arange(3.0)
+    assert world.gather_tensor(tensor)[0] is tensor and world.broadcast_tensor(tensor) is tensor
     world.agree(None, "anything")
     with pytest.raises(SearchError, match="own"):
         world.agree(SearchError("its own"), "anything")
