@@ -28,6 +28,7 @@ from nasprune_cli.cli.train import (
     TrainScoreOpt,
     TrainSeedOpt,
     WeightDecayOpt,
+    attach_score_info,
     check_files,
     print_training,
     score_fields,
@@ -89,6 +90,7 @@ def finetune_command(
     dummy = make_dummy_input(list(stored["input"]["shape"]), stored["input"].get("dtype", "float32"))
     prepared = training_data(data, dummy, score, collect, training_device(settings))
     with TrainProgress(progress_mode(quiet or not world.is_main)) as on_progress:
+        attach_score_info(on_progress, prepared.score, prepared.score_name)
         result = finetune(student, teacher, prepared, settings, on_progress)
     if not world.is_main:  # rank 0 writes the file and reports
         return

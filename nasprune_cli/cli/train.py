@@ -119,6 +119,17 @@ class TrainProgress(Progress):
     def __init__(self, mode: str) -> None:
         super().__init__(mode)
         self.losses: list[float] = []
+        self.epoch_text = ""  # the scores at the end of the last epoch
+
+    def on_epoch(self, epoch: int, epochs: int, scores: dict[str, float]) -> None:
+        """The scores at the end of an epoch (the library calls it when there is a score): shown next to the loss,
+        and a line of its own in logs."""
+        fmt = self.info.format if self.info is not None else (lambda v: f"{v:.4g}")
+        label = self.info.label if self.info is not None else "score"
+        values = ", ".join(fmt(v) if k == "model" else f"{k} {fmt(v)}" for k, v in scores.items())
+        self.epoch_text = f"epoch {epoch}/{epochs} {label}: {values}"
+        if self.mode == "lines":
+            output.info(self.epoch_text)
 
     def on_loss(self, losses: dict[str, float]) -> None:
         """A step's losses (the library calls it after every optimizer step)."""
@@ -126,10 +137,11 @@ class TrainProgress(Progress):
             self.losses = [*self.losses[-(self.WINDOW - 1) :], losses["loss"]]
 
     def score_text(self, prefix: str = "") -> str:
-        """e.g. 'loss 0.4321 (mean of the last 10 steps)'."""
+        """e.g. 'loss 0.4321 (mean of the last 10 steps), epoch 2/4 val accuracy: 97.10%'."""
         if not self.losses:
             return ""
-        return f"{prefix}loss {sum(self.losses) / len(self.losses):.4f} (mean of the last {len(self.losses)} steps)"
+        text = f"{prefix}loss {sum(self.losses) / len(self.losses):.4f} (mean of the last {len(self.losses)} steps)"
+        return text + (f", {self.epoch_text}" if self.epoch_text else "")
 
 
 def train_command(
@@ -185,6 +197,7 @@ def train_command(
     space = convert(build_model(model, kwargs), loaded, dummy)
     prepared = training_data(data, dummy, score, collect, training_device(settings))
     with TrainProgress(progress_mode(quiet or not world.is_main)) as on_progress:
+        attach_score_info(on_progress, prepared.score, prepared.score_name)
         result = train_space(space, prepared, settings, on_progress, importance=loaded.search.importance)
     if not world.is_main:  # rank 0 writes the file and reports
         return
@@ -241,7 +254,26 @@ def print_training(summary: dict[str, Any]) -> None:
     else:
         table = [("model", _fmt(summary["score_before"], pct), _fmt(summary["score_after"], pct))]
     output.print_table(output.table("Score", ["", "before", "after"], table))
+    print_epoch_scores(summary.get("epoch_scores") or [], pct)
     output.print_text(f"score: {summary['score_label']} ({summary['score']})")
+
+
+def print_epoch_scores(epochs: list[dict[str, float]], percent: bool) -> None:
+    """A table of the scores measured at the end of every epoch (model, or largest / smallest subnet)."""
+    if not epochs:
+        return
+    names = [k for k in epochs[0] if k not in ("epoch", "step")]
+    rows = [(int(e["epoch"]), int(e["step"]), *(_fmt(e.get(n), percent) for n in names)) for e in epochs]
+    output.print_table(output.table("Score per epoch", ["epoch", "step", *names], rows))
+
+
+def attach_score_info(progress: Any, score: Any, name: str | None) -> None:
+    """Tell the progress display (None with --quiet) what the score measures, for its per-epoch scores."""
+    if progress is None or score is None:
+        return
+    from nasprune_cli.metrics.score import score_info
+
+    progress.info = score_info(score, name or "score")
 
 
 def score_fields(score: Any, name: str | None) -> dict[str, Any]:

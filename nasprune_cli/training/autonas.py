@@ -43,6 +43,7 @@ class SpaceTrainResult:
             "epochs": self.log.epochs,
             "resumed_from_step": self.log.resumed_from,
             "final_loss": self.log.last_losses(),
+            "epoch_scores": self.log.epoch_scores,
             "seconds": round(self.log.seconds, 3),
             "settings": self.settings.to_dict(),
         }
@@ -78,7 +79,11 @@ def train_space(
         "batches": len(data.batches),
     }
     step_fn = space_step_fn(space, settings, teacher, data.collect, precision)
-    log = run_training(space.model, data.batches, step_fn, settings, fp, on_progress, device, precision)
+
+    def on_epoch() -> dict[str, float]:
+        return {k: v for k, v in subnet_scores(space, data).items() if v is not None}
+
+    log = run_training(space.model, data.batches, step_fn, settings, fp, on_progress, device, precision, on_epoch)
     space.select(space.max())
     space.order_locked = True  # the search keeps the order the subnets were trained in
     after = subnet_scores(space, data)

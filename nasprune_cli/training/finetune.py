@@ -36,6 +36,7 @@ class FinetuneResult:
             "epochs": self.log.epochs,
             "resumed_from_step": self.log.resumed_from,
             "final_loss": self.log.last_losses(),
+            "epoch_scores": self.log.epoch_scores,
             "seconds": round(self.log.seconds, 3),
             "settings": self.settings.to_dict(),
         }
@@ -68,7 +69,12 @@ def finetune(
         "batches": len(data.batches),
     }
     step_fn = model_step_fn(model, settings, teacher, data.collect, precision)
-    log = run_training(model, data.batches, step_fn, settings, fp, on_progress, device, precision)
+
+    def on_epoch() -> dict[str, float]:
+        score = measure(model, data.score, data.score_name)
+        return {} if score is None else {"model": score}
+
+    log = run_training(model, data.batches, step_fn, settings, fp, on_progress, device, precision, on_epoch)
     after = measure(model, data.score, data.score_name)
     return FinetuneResult(model, before, after, log, settings)
 

@@ -23,6 +23,8 @@ from nasprune_cli.training.state import TrainState, load_train_state, restore_rn
 from nasprune_cli.training.steps import StepFn
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total); an `on_loss(losses)` method on it gets every step's
+# losses, an `on_epoch(epoch, epochs, scores)` method every epoch's scores
+EpochScore = Callable[[], dict[str, float]]  # the scores measured at the end of an epoch ({} when there is no score)
 
 
 @dataclass
@@ -34,6 +36,7 @@ class TrainLog:
     losses: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
     resumed_from: int = 0
+    epoch_scores: list[dict[str, float]] = field(default_factory=list)  # {"epoch": n, "step": s, <score>: value}
 
     def last_losses(self, window: int = 10) -> dict[str, float]:
         """Mean of every loss over the last `window` steps."""
@@ -77,11 +80,13 @@ def run_training(
     on_progress: Progress | None = None,
     device: torch.device | str | None = None,
     precision: Precision | None = None,
+    on_epoch: EpochScore | None = None,
 ) -> TrainLog:
     """Train `model` (in training mode, on `device`) with `step_fn` for the settings' steps; returns in eval mode.
 
     Under torchrun every rank takes its share of each batch and the gradients are all-reduced (parallel.py); rank 0
-    writes the checkpoint (every --checkpoint-every steps, else at every epoch's end) and reports progress."""
+    writes the checkpoint (every --checkpoint-every steps, else at every epoch's end) and reports progress. At the end
+    of every epoch (and of the run) every rank calls `on_epoch` (the score), before the checkpoint is written."""
     world = current_world()
     device = torch.device(device) if device is not None else model_device(model)
     precision = precision or Precision(device, False)
@@ -108,14 +113,31 @@ def run_training(
         step += 1
         if on_loss is not None:
             on_loss(log.losses[-1])
+        if on_epoch is not None and (step % per_epoch == 0 or step == total):
+            _score_epoch(model, on_epoch, step, per_epoch, log, report)
         if world.is_main and _checkpoint_due(settings, step, per_epoch, total):
-            state = TrainState(step, order, log.losses, precision.state_dict())
+            state = TrainState(step, order, log.losses, precision.state_dict(), log.epoch_scores)
             save_train_state(settings.checkpoint, fingerprint, state, model, optimizer)
         if report is not None:
             report("train", step, total)
     model.eval()
     log.seconds = time.monotonic() - started
     return log
+
+
+def _score_epoch(
+    model: nn.Module, on_epoch: EpochScore, step: int, per_epoch: int, log: TrainLog, report: Progress | None
+) -> None:
+    """Measure the scores at an epoch's end (the model back in training mode after), log and report them."""
+    scores = on_epoch()
+    model.train()
+    if not scores:
+        return
+    epoch = math.ceil(step / per_epoch)
+    log.epoch_scores.append({"epoch": epoch, "step": step, **scores})
+    show = getattr(report, "on_epoch", None)
+    if show is not None:
+        show(epoch, math.ceil(log.steps / per_epoch), scores)
 
 
 def _step(model: nn.Module, batch: Any, step: int, step_fn: StepFn, device: torch.device, world: World) -> dict:
@@ -162,5 +184,6 @@ def _resume(
     precision.load_state_dict(state["scaler"])
     restore_rng(state)
     log.losses = list(state["losses"])
+    log.epoch_scores = [dict(x) for x in state.get("epoch_scores", [])]
     log.resumed_from = int(state["step"])
     return log.resumed_from, list(state["order"])

@@ -4,7 +4,7 @@ inside the epoch), the torch RNG states (CPU and CUDA) and the losses, with the 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,16 +34,19 @@ class TrainStateFile(BaseModel):
     order: list[int] = Field(default_factory=list)
     scaler: dict[str, Any] = Field(default_factory=dict)
     losses: list[dict[str, float]]
+    epoch_scores: list[dict[str, float]] = Field(default_factory=list)
 
 
 @dataclass(frozen=True)
 class TrainState:
-    """Where a run stands after a step: the step, the epoch's batch order, the losses so far, the scaler's state."""
+    """Where a run stands after a step: the step, the epoch's batch order, the losses so far, the scaler's state and
+    the scores measured at the ends of the epochs so far."""
 
     step: int
     order: list[int]
     losses: list[dict[str, float]]
     scaler: dict[str, Any]
+    epoch_scores: list[dict[str, float]] = field(default_factory=list)
 
 
 def save_train_state(
@@ -67,6 +70,7 @@ def save_train_state(
         "order": list(state.order),
         "scaler": dict(state.scaler),
         "losses": [dict(x) for x in state.losses],
+        "epoch_scores": [dict(x) for x in state.epoch_scores],
     }
     return atomic_save(data, path)
 

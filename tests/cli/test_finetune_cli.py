@@ -54,6 +54,8 @@ def test_an_epoch_of_fine_tuning_recovers_accuracy(runner: CliRunner, pruned: Pa
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["score_after"] > summary["score_before"]
+    assert [e["epoch"] for e in summary["epoch_scores"]] == [1]  # the score at the end of the epoch
+    assert summary["epoch_scores"][0]["model"] == summary["score_after"]
 
 
 def test_a_label_loss_without_labels_is_one_error(runner: CliRunner, pruned: Path, tmp_path: Path) -> None:
