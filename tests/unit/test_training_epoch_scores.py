@@ -11,7 +11,7 @@ from torch import nn
 from nasprune_cli.cli.train import TrainProgress
 from nasprune_cli.metrics.score import ScoreInfo
 from nasprune_cli.training import TrainingData, TrainSettings, finetune, train_space
-from tests.unit.test_training_resume import PER_EPOCH, Killed, batches, killer, small_model
+from tests.unit.test_training_resume import PER_EPOCH, Killed, batches, killer, same_weights, small_model
 from tests.unit.test_training_sampler import deep_space
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -47,7 +47,7 @@ def test_scoring_between_epochs_does_not_change_the_training() -> None:
     settings = TrainSettings(steps=2 * PER_EPOCH, loss="ce", lr=3e-3, seed=3)
     plain = finetune(small_model(), None, TrainingData(batches(), lambda b: b[0], None, "t", None), settings)
     scored = finetune(small_model(), None, scored_data(), settings)
-    assert all(torch.equal(a, b) for a, b in zip(plain.model.state_dict().values(), scored.model.state_dict().values()))
+    assert same_weights(plain.model, scored.model)
 
 
 def test_epoch_scores_survive_a_resume(tmp_path: Path) -> None:
