@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -489,17 +490,22 @@ class GhostModule(nn.Module):
 
 
 class Ghost(nn.Module):
-    """(d) a concat sliced with a bound fixed at construction: kept whole (the reason names the slice)."""
+    """(d) a concat sliced with a bound fixed at construction: below the cat's size (odd `oup`) it is kept whole (the
+    reason names the slice); at the size (even `oup`, as in timm's ghostnet_100) the slice is the identity, and a
+    residual conv added to it (GhostBottleneck's shortcut) has its channel i tied to i + oup / 2."""
 
-    def __init__(self) -> None:
+    def __init__(self, oup: int = 127, residual: bool = False) -> None:
         super().__init__()
         self.stem = cbr(3, 64)
-        self.ghost = GhostModule(64, 128)
-        self.mid = cbr(128, 96)
+        self.ghost = GhostModule(64, oup)
+        self.short = nn.Sequential(nn.Conv2d(64, oup, 1, bias=False), nn.BatchNorm2d(oup)) if residual else None
+        self.mid = cbr(oup, 96)
         self.fc = nn.Linear(96, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.mid(self.ghost(self.stem(x))).mean((2, 3)))
+        x = self.stem(x)
+        y = self.ghost(x) if self.short is None else self.ghost(x) + self.short(x)
+        return self.fc(self.mid(y).mean((2, 3)))
 
 
 class DetectHead(nn.Module):
@@ -553,5 +559,6 @@ SEGMENT_TOYS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "concat_se": (ConcatSE, (2, 3, 16, 16)),
     "equal_split": (EqualSplit, (2, 3, 16, 16)),
     "ghost": (Ghost, (2, 3, 16, 16)),
+    "ghost_full": (functools.partial(Ghost, 128, residual=True), (2, 3, 16, 16)),
     "tiny_yolo": (TinyYolo, (1, 3, 32, 32)),
 }

@@ -130,8 +130,8 @@ def _structure_problem(
     in_group = set(r for seg in segs for r in segments.roots[seg])
     for s_idx in covering:
         src = sources[s_idx]
-        src_roots = [r for r in roots[src.vec].tolist() if r in in_group]
-        if len(set(src_roots)) != len(src_roots):
+        src_roots = _one_copy([r for r in roots[src.vec].tolist() if r in in_group])
+        if src_roots is None:
             return f"channels of {src.module} are tied to each other (e.g. by a broadcast)"
         for seg in segs:
             members = set(segments.roots[seg])
@@ -139,6 +139,21 @@ def _structure_problem(
             if ranks != sorted(ranks):
                 return f"channel order of {src.module} differs from {first.module}"
     return None
+
+
+def _one_copy(src_roots: list[int]) -> list[int] | None:
+    """The roots of a source's channels when they are k equal copies of a sequence without repeats (None if not).
+
+    GhostNet adds a layer's output to `cat([x1, dw(x1)])`, whose halves carry the same channels: the layer's
+    channel i and i + C are tied, and both are kept when that channel is (every side keeps the positions whose
+    channel is kept). Any other repeat (a broadcast) is not proven safe."""
+    unique = len(set(src_roots))
+    if unique == len(src_roots):
+        return src_roots
+    first = src_roots[:unique]
+    if len(src_roots) % unique or any(src_roots[i : i + unique] != first for i in range(0, len(src_roots), unique)):
+        return None
+    return first
 
 
 def apply_block_constraints(trace: Trace, grouping: Grouping) -> None:
