@@ -85,6 +85,26 @@ class Depthwise(nn.Module):
         return self.fc(self.project(self.dw(self.expand(x))).mean((2, 3)))
 
 
+class DepthwiseMultiplier(nn.Module):
+    """MobileOne-style: two depthwise convs with channel multiplier 2 (3x3 and 1x1, with bias) added; output channel
+    j of each reads input channel j // 2. A 1x1 conv added to their sum (MobileOneBlock's identity branch) has its
+    channels 2i and 2i + 1 tied."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = cbr(3, 32)
+        self.dw3 = nn.Sequential(nn.Conv2d(32, 64, 3, padding=1, groups=32), nn.BatchNorm2d(64))
+        self.dw1 = nn.Sequential(nn.Conv2d(32, 64, 1, groups=32), nn.BatchNorm2d(64))
+        self.mix = nn.Sequential(nn.Conv2d(64, 64, 1, bias=False), nn.BatchNorm2d(64))
+        self.project = cbr(64, 48, k=1)
+        self.fc = nn.Linear(48, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        y = F.relu(self.dw3(x) + self.dw1(x))
+        return self.fc(self.project(y + self.mix(y)).mean((2, 3)))
+
+
 class Grouped(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -281,6 +301,7 @@ TOYS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "concat": (Concat, (2, 3, 16, 16)),
     "split": (Split, (2, 3, 16, 16)),
     "depthwise": (Depthwise, (2, 3, 16, 16)),
+    "depthwise_multiplier": (DepthwiseMultiplier, (2, 3, 16, 16)),
     "grouped": (Grouped, (2, 3, 16, 16)),
     "shared": (Shared, (2, 3, 16, 16)),
     "flatten_linear": (FlattenLinear, (2, 3, 16, 16)),

@@ -142,18 +142,20 @@ def _structure_problem(
 
 
 def _one_copy(src_roots: list[int]) -> list[int] | None:
-    """The roots of a source's channels when they are k equal copies of a sequence without repeats (None if not).
+    """The roots of a source's channels, each once, when every root is repeated k times in one of two patterns
+    (None when not): k equal copies of the sequence, or each root k times in a row.
 
-    GhostNet adds a layer's output to `cat([x1, dw(x1)])`, whose halves carry the same channels: the layer's
-    channel i and i + C are tied, and both are kept when that channel is (every side keeps the positions whose
+    GhostNet adds a layer's output to `cat([x1, dw(x1)])`, whose halves carry the same channels (the layer's channel i
+    and i + C are tied); FastViT adds one to a depthwise conv with channel multiplier k, whose outputs k * i ...
+    k * i + k - 1 carry input channel i. A kept channel keeps all its copies (every side keeps the positions whose
     channel is kept). Any other repeat (a broadcast) is not proven safe."""
-    unique = len(set(src_roots))
-    if unique == len(src_roots):
+    unique = list(dict.fromkeys(src_roots))
+    if len(unique) == len(src_roots):
         return src_roots
-    first = src_roots[:unique]
-    if len(src_roots) % unique or any(src_roots[i : i + unique] != first for i in range(0, len(src_roots), unique)):
-        return None
-    return first
+    k, rest = divmod(len(src_roots), len(unique))
+    if rest == 0 and (src_roots == unique * k or src_roots == [r for r in unique for _ in range(k)]):
+        return unique
+    return None
 
 
 def apply_block_constraints(trace: Trace, grouping: Grouping) -> None:

@@ -77,12 +77,40 @@ def test_grouped_conv_constrains_both_sides_to_whole_blocks() -> None:
         assert torch.equal(torch.bincount(group.block_of), torch.full((4,), group.size // 4))
 
 
-def test_depthwise_with_multiplier_is_frozen() -> None:
+def test_depthwise_with_multiplier_ties_each_output_to_its_input() -> None:
     class Multiplier(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.a = nn.Conv2d(3, 32, 1)
             self.dw = nn.Conv2d(32, 64, 3, groups=32)
+            self.b = nn.Conv2d(64, 8, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.b(self.dw(self.a(x)))
+
+    trace = trace_model(Multiplier(), torch.randn(1, 3, 8, 8))
+    grouping = build_groups(trace)
+    group = next(g for g in grouping.groups if g.name == "a.out_channels")
+    assert group.frozen_reason is None and {"dw.in", "dw.out", "b.in"} <= set(group.members)
+    a_ids = trace.sides[("a", "out")].vec
+    assert torch.equal(trace.sides[("dw", "out")].vec, a_ids.repeat_interleave(2))  # out j reads in j // 2
+
+
+def test_a_layer_added_to_a_multiplied_depthwise_output_keeps_both_copies() -> None:
+    trace = trace_model(TOYS["depthwise_multiplier"][0](), torch.randn(1, 3, 8, 8))
+    grouping = build_groups(trace)
+    group = next(g for g in grouping.groups if g.name == "stem.0.out_channels")
+    assert group.frozen_reason is None and group.size == 32 and "mix.0.out" in group.members
+    stem_ids = trace.book.roots()[trace.sides[("stem.0", "out")].vec]
+    assert torch.equal(trace.book.roots()[trace.sides[("mix.0", "out")].vec], stem_ids.repeat_interleave(2))
+
+
+def test_transposed_depthwise_with_multiplier_is_frozen() -> None:
+    class Multiplier(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Conv2d(3, 32, 1)
+            self.dw = nn.ConvTranspose2d(32, 64, 3, groups=32)
             self.b = nn.Conv2d(64, 8, 1)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
