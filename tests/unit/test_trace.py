@@ -342,6 +342,31 @@ def test_reading_the_channel_count_freezes_only_when_it_is_used(fn, reason: str 
     assert group.frozen_reason == reason
 
 
+FIXED_SLICE = "fixed when the model was written, it would be stale once channels are removed"
+
+
+@pytest.mark.parametrize(
+    ("fn", "reason"),
+    [
+        (lambda y: y[:, :64], None),  # [0:b] with b >= the size keeps every channel, and still does once they shrink
+        (lambda y: y[:, 0:1000, :, :], None),
+        (lambda y: y[:, :], None),
+        (
+            lambda y: torch.cat([y[:, :63], y[:, 63:]], 1),
+            f"indexing slices the channel dim (1) with fixed bounds [:63] {FORWARD}; {FIXED_SLICE}",
+        ),
+        (
+            lambda y: torch.cat([y[:, 0:64:2], y[:, 1::2]], 1),
+            f"indexing slices the channel dim (1) with fixed bounds [0:64:2] {FORWARD}; {FIXED_SLICE}",
+        ),
+    ],
+)
+def test_a_channel_slice_passes_only_when_its_bound_covers_the_dim(fn, reason: str | None) -> None:  # noqa: ANN001
+    grouping = build_groups(trace_model(_ShapeUser(fn), torch.randn(2, 3, 4, 4)))
+    group = next(g for g in grouping.groups if g.name == "a.out_channels")
+    assert group.frozen_reason == reason
+
+
 def test_torch_split_along_a_spatial_dim_keeps_channels_prunable() -> None:
     def halves(y: torch.Tensor) -> torch.Tensor:
         top, bottom = torch.split(y, y.shape[2] // 2, dim=2)
