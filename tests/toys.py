@@ -92,11 +92,11 @@ class DepthwiseMultiplier(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.stem = cbr(3, 32)
-        self.dw3 = nn.Sequential(nn.Conv2d(32, 64, 3, padding=1, groups=32), nn.BatchNorm2d(64))
-        self.dw1 = nn.Sequential(nn.Conv2d(32, 64, 1, groups=32), nn.BatchNorm2d(64))
-        self.mix = nn.Sequential(nn.Conv2d(64, 64, 1, bias=False), nn.BatchNorm2d(64))
-        self.project = cbr(64, 48, k=1)
+        self.stem = cbr(3, 64)
+        self.dw3 = nn.Sequential(nn.Conv2d(64, 128, 3, padding=1, groups=64), nn.BatchNorm2d(128))
+        self.dw1 = nn.Sequential(nn.Conv2d(64, 128, 1, groups=64), nn.BatchNorm2d(128))
+        self.mix = nn.Sequential(nn.Conv2d(128, 128, 1, bias=False), nn.BatchNorm2d(128))
+        self.project = cbr(128, 48, k=1)
         self.fc = nn.Linear(48, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -100,7 +100,7 @@ def test_a_layer_added_to_a_multiplied_depthwise_output_keeps_both_copies() -> N
     trace = trace_model(TOYS["depthwise_multiplier"][0](), torch.randn(1, 3, 8, 8))
     grouping = build_groups(trace)
     group = next(g for g in grouping.groups if g.name == "stem.0.out_channels")
-    assert group.frozen_reason is None and group.size == 32 and "mix.0.out" in group.members
+    assert group.frozen_reason is None and group.size == 64 and "mix.0.out" in group.members
     stem_ids = trace.book.roots()[trace.sides[("stem.0", "out")].vec]
     assert torch.equal(trace.book.roots()[trace.sides[("mix.0", "out")].vec], stem_ids.repeat_interleave(2))
 
