@@ -148,14 +148,14 @@ def _one_copy(src_roots: list[int]) -> list[int] | None:
     GhostNet adds a layer's output to `cat([x1, dw(x1)])`, whose halves carry the same channels (the layer's channel i
     and i + C are tied); FastViT adds one to a depthwise conv with channel multiplier k, whose outputs k * i ...
     k * i + k - 1 carry input channel i. A kept channel keeps all its copies (every side keeps the positions whose
-    channel is kept). Any other repeat (a broadcast) is not proven safe."""
+    channel is kept). Any other repeat (a broadcast of one channel) is not proven safe."""
     unique = list(dict.fromkeys(src_roots))
     if len(unique) == len(src_roots):
         return src_roots
     k, rest = divmod(len(src_roots), len(unique))
-    if rest == 0 and (src_roots == unique * k or src_roots == [r for r in unique for _ in range(k)]):
-        return unique
-    return None
+    if len(unique) == 1 or rest:
+        return None
+    return unique if src_roots in (unique * k, [r for r in unique for _ in range(k)]) else None
 
 
 def apply_block_constraints(trace: Trace, grouping: Grouping) -> None:

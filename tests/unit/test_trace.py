@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nasprune_cli.errors import TraceError
-from nasprune_cli.graph.groups import apply_block_constraints, build_groups
+from nasprune_cli.graph.groups import _one_copy, apply_block_constraints, build_groups
 from nasprune_cli.graph.ops import _reshape_groups
 from nasprune_cli.graph.trace import trace_model
 from tests.toys import TOYS
@@ -103,6 +103,21 @@ def test_a_layer_added_to_a_multiplied_depthwise_output_keeps_both_copies() -> N
     assert group.frozen_reason is None and group.size == 64 and "mix.0.out" in group.members
     stem_ids = trace.book.roots()[trace.sides[("stem.0", "out")].vec]
     assert torch.equal(trace.book.roots()[trace.sides[("mix.0", "out")].vec], stem_ids.repeat_interleave(2))
+
+
+@pytest.mark.parametrize(
+    ("roots", "expected"),
+    [
+        ([4, 2, 7], [4, 2, 7]),
+        ([4, 2, 7, 4, 2, 7], [4, 2, 7]),  # cat([x1, dw(x1)]): two equal copies
+        ([4, 4, 2, 2, 7, 7], [4, 2, 7]),  # a depthwise conv with channel multiplier 2
+        ([4, 4, 4, 4], None),  # one channel broadcast over four
+        ([4, 2, 7, 2, 4, 7], None),
+        ([4, 2, 4, 2, 7], None),
+    ],
+)
+def test_a_source_may_repeat_its_channels_only_as_copies_or_multiples(roots: list[int], expected: list | None) -> None:
+    assert _one_copy(roots) == expected
 
 
 def test_transposed_depthwise_with_multiplier_is_frozen() -> None:
