@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -82,6 +83,26 @@ class Depthwise(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.project(self.dw(self.expand(x))).mean((2, 3)))
+
+
+class DepthwiseMultiplier(nn.Module):
+    """MobileOne-style: two depthwise convs with channel multiplier 2 (3x3 and 1x1, with bias) added; output channel
+    j of each reads input channel j // 2. A 1x1 conv added to their sum (MobileOneBlock's identity branch) has its
+    channels 2i and 2i + 1 tied."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = cbr(3, 64)
+        self.dw3 = nn.Sequential(nn.Conv2d(64, 128, 3, padding=1, groups=64), nn.BatchNorm2d(128))
+        self.dw1 = nn.Sequential(nn.Conv2d(64, 128, 1, groups=64), nn.BatchNorm2d(128))
+        self.mix = nn.Sequential(nn.Conv2d(128, 128, 1, bias=False), nn.BatchNorm2d(128))
+        self.project = cbr(128, 48, k=1)
+        self.fc = nn.Linear(48, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        y = F.relu(self.dw3(x) + self.dw1(x))
+        return self.fc(self.project(y + self.mix(y)).mean((2, 3)))
 
 
 class Grouped(nn.Module):
@@ -280,6 +301,7 @@ TOYS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "concat": (Concat, (2, 3, 16, 16)),
     "split": (Split, (2, 3, 16, 16)),
     "depthwise": (Depthwise, (2, 3, 16, 16)),
+    "depthwise_multiplier": (DepthwiseMultiplier, (2, 3, 16, 16)),
     "grouped": (Grouped, (2, 3, 16, 16)),
     "shared": (Shared, (2, 3, 16, 16)),
     "flatten_linear": (FlattenLinear, (2, 3, 16, 16)),
@@ -489,17 +511,22 @@ class GhostModule(nn.Module):
 
 
 class Ghost(nn.Module):
-    """(d) a concat sliced with a bound fixed at construction: kept whole (the reason names the slice)."""
+    """(d) a concat sliced with a bound fixed at construction: below the cat's size (odd `oup`) it is kept whole (the
+    reason names the slice); at the size (even `oup`, as in timm's ghostnet_100) the slice is the identity, and a
+    residual conv added to it (GhostBottleneck's shortcut) has its channel i tied to i + oup / 2."""
 
-    def __init__(self) -> None:
+    def __init__(self, oup: int = 127, residual: bool = False) -> None:
         super().__init__()
         self.stem = cbr(3, 64)
-        self.ghost = GhostModule(64, 128)
-        self.mid = cbr(128, 96)
+        self.ghost = GhostModule(64, oup)
+        self.short = nn.Sequential(nn.Conv2d(64, oup, 1, bias=False), nn.BatchNorm2d(oup)) if residual else None
+        self.mid = cbr(oup, 96)
         self.fc = nn.Linear(96, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.mid(self.ghost(self.stem(x))).mean((2, 3)))
+        x = self.stem(x)
+        y = self.ghost(x) if self.short is None else self.ghost(x) + self.short(x)
+        return self.fc(self.mid(y).mean((2, 3)))
 
 
 class DetectHead(nn.Module):
@@ -553,5 +580,6 @@ SEGMENT_TOYS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "concat_se": (ConcatSE, (2, 3, 16, 16)),
     "equal_split": (EqualSplit, (2, 3, 16, 16)),
     "ghost": (Ghost, (2, 3, 16, 16)),
+    "ghost_full": (functools.partial(Ghost, 128, residual=True), (2, 3, 16, 16)),
     "tiny_yolo": (TinyYolo, (1, 3, 32, 32)),
 }

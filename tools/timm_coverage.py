@@ -4,7 +4,8 @@ section: share of conv / linear parameters in prunable groups, smallest reachabl
     python tools/timm_coverage.py [--size 224] [--write] [MODEL ...]
 
 --write replaces the section in docs/COVERAGE.md (from MARKER to the transformers section of tools/hf_coverage.py,
-or the end; tools/coverage.py keeps both).
+or the end; tools/coverage.py keeps both). Given some models, it replaces their rows only and keeps the others', and
+the header names the rows measured last.
 """
 
 from __future__ import annotations
@@ -94,17 +95,31 @@ def main() -> None:
         lines.append(measure(name, size))
         print(lines[-1], flush=True)
     if args.write:
-        stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-        header = (
-            f"{MARKER}\n\n## timm models and a small GPT-2\n\nMeasured by `python tools/timm_coverage.py --size "
-            f"{args.size} --write` ({stamp}, torch {torch.__version__}, 1 torch thread).\n"
-        )
-        notes = NOTES.read_text().format(size=args.size)
-        text = COVERAGE.read_text() if COVERAGE.is_file() else ""
-        before, _, after = text.partition(MARKER)
-        rest = after[after.index(NEXT_MARKER) :] if NEXT_MARKER in after else ""  # hf_coverage.py's section
-        section = f"{before.rstrip()}\n\n{header}\n" + "\n".join(lines) + f"\n\n{notes}"
-        COVERAGE.write_text(f"{section.rstrip()}\n\n{rest}" if rest else section)
+        write_section(lines, args.size, args.models)
+
+
+def write_section(lines: list[str], size: int, models: list[str]) -> None:
+    """Write the section into docs/COVERAGE.md; rows of models not measured now are kept from the file."""
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    text = COVERAGE.read_text() if COVERAGE.is_file() else ""
+    before, _, after = text.partition(MARKER)
+    rest = after[after.index(NEXT_MARKER) :] if NEXT_MARKER in after else ""  # hf_coverage.py's section
+    measured = {line.split("|")[1].strip(): line for line in lines[2:]}
+    if set(measured) == set(TIMM_ZOO):
+        run = f"{stamp}, every model"
+    else:
+        kept = {line.split("|")[1].strip(): line for line in after.splitlines() if line.startswith("| ")}
+        measured = {name: measured.get(name, kept.get(name)) for name in TIMM_ZOO if name in measured or name in kept}
+        run = f"rows of {', '.join(models)} measured {stamp} by `... --write {' '.join(models)}`, the others earlier"
+    header = (
+        f"{MARKER}\n\n## timm models and a small GPT-2\n\nMeasured by `python tools/timm_coverage.py --size "
+        f"{size} --write` ({run}; torch {torch.__version__}, 1 torch thread on two shared cores: the times are "
+        "long).\n"
+    )
+    notes = NOTES.read_text().format(size=size)
+    table = "\n".join([*lines[:2], *(row for row in measured.values() if row is not None)])
+    section = f"{before.rstrip()}\n\n{header}\n{table}\n\n{notes}"
+    COVERAGE.write_text(f"{section.rstrip()}\n\n{rest}" if rest else section)
 
 
 if __name__ == "__main__":

@@ -130,8 +130,8 @@ def _structure_problem(
     in_group = set(r for seg in segs for r in segments.roots[seg])
     for s_idx in covering:
         src = sources[s_idx]
-        src_roots = [r for r in roots[src.vec].tolist() if r in in_group]
-        if len(set(src_roots)) != len(src_roots):
+        src_roots = _one_copy([r for r in roots[src.vec].tolist() if r in in_group])
+        if src_roots is None:
             return f"channels of {src.module} are tied to each other (e.g. by a broadcast)"
         for seg in segs:
             members = set(segments.roots[seg])
@@ -139,6 +139,23 @@ def _structure_problem(
             if ranks != sorted(ranks):
                 return f"channel order of {src.module} differs from {first.module}"
     return None
+
+
+def _one_copy(src_roots: list[int]) -> list[int] | None:
+    """The roots of a source's channels, each once, when every root is repeated k times in one of two patterns
+    (None when not): k equal copies of the sequence, or each root k times in a row.
+
+    GhostNet adds a layer's output to `cat([x1, dw(x1)])`, whose halves carry the same channels (the layer's channel i
+    and i + C are tied); FastViT adds one to a depthwise conv with channel multiplier k, whose outputs k * i ...
+    k * i + k - 1 carry input channel i. A kept channel keeps all its copies (every side keeps the positions whose
+    channel is kept). Any other repeat (a broadcast of one channel) is not proven safe."""
+    unique = list(dict.fromkeys(src_roots))
+    if len(unique) == len(src_roots):
+        return src_roots
+    k, rest = divmod(len(src_roots), len(unique))
+    if len(unique) == 1 or rest:
+        return None
+    return unique if src_roots in (unique * k, [r for r in unique for _ in range(k)]) else None
 
 
 def apply_block_constraints(trace: Trace, grouping: Grouping) -> None:

@@ -126,18 +126,18 @@ def _conv(ctx: TraceContext, name: str, m: nn.Module, x: torch.Tensor, out: torc
     in_vec = _input_vec(ctx, name, x, cdim, cin, "input channel")
     batch = x.shape[0]
     spatial = math.prod(x.shape[2:]) if transposed else math.prod(out.shape[2:])
-    depthwise = groups > 1 and groups == cin == cout
-    if depthwise:
+    if groups > 1 and groups == cin and (cout == cin or not transposed):  # depthwise (channel multiplier cout // cin)
+        # output channel j reads input channel j // multiplier only: it carries that channel's label
         info["depthwise"] = True
         vec = ctx.add_side(name, "in", in_vec)
-        ctx.add_side(name, "out", vec)
-        ctx.set_labels(out, ChannelLabels(cdim, vec))
-        ctx.add_flops(batch * spatial * kernel, [vec], kernel_of=name)
-        ctx.params.append(_param_term(kernel, [vec], name))
+        out_vec = ctx.add_side(name, "out", vec.repeat_interleave(cout // cin))
+        ctx.set_labels(out, ChannelLabels(cdim, out_vec))
+        ctx.add_flops(batch * spatial * kernel, [out_vec], kernel_of=name)
+        ctx.params.append(_param_term(kernel, [out_vec], name))
         if m.bias is not None:
-            ctx.params.append(_param_term(1, [vec]))
+            ctx.params.append(_param_term(1, [out_vec]))
         return
-    if groups > 1 and groups == cin:  # depthwise with a channel multiplier: outputs are tied to inputs in blocks
+    if groups > 1 and groups == cin:  # transposed depthwise with a channel multiplier: not proven
         reason = f"{name}: depthwise convolution with channel multiplier {cout // cin} is kept whole"
         ctx.freeze(in_vec, reason)
         ctx.add_side(name, "in", in_vec)

@@ -628,7 +628,7 @@ def getitem(ctx: TraceContext, name: str, args: tuple, kwargs: dict, out: Any) -
             out_dim += 1
             continue
         if in_dim == lab.dim:
-            problem = _channel_index_problem(it, in_dim)
+            problem = _channel_index_problem(it, in_dim, lab.vec.numel())
             if problem is not None:
                 ctx.freeze(lab, f"{problem} at {ctx.where()}; {STALE}")
                 return ctx.set_outputs(out, None)
@@ -639,17 +639,25 @@ def getitem(ctx: TraceContext, name: str, args: tuple, kwargs: dict, out: Any) -
     raise AssertionError("channel dim not reached while indexing")  # pragma: no cover
 
 
-def _channel_index_problem(item: Any, dim: int) -> str | None:
+def _channel_index_problem(item: Any, dim: int, size: int) -> str | None:
     """Why indexing the channel dim with `item` would be wrong once channels are removed (None: it keeps them all).
 
-    A slice with any bound written out (`x[:, :16]`, as GhostNet's `torch.cat([x1, x2], 1)[:, :self.oup]`) is
-    fixed when the model was written, even when it happens to keep every channel today."""
-    if isinstance(item, slice) and item.start in (None, 0) and item.stop is None and item.step in (None, 1):
+    A slice with a bound written out (`x[:, :16]`) is fixed when the model was written. One is safe: `[0:b]` with a
+    plain int `b >= size` keeps every channel, and still does once the dim shrinks (Python, TorchScript and ONNX
+    Slice clamp the bound), as GhostNet's `torch.cat([x1, x2], 1)[:, :self.out_chs]` when the cat has `out_chs`."""
+    if isinstance(item, slice) and item.start in (None, 0) and item.step in (None, 1) and _covers(item.stop, size):
         return None
     if isinstance(item, slice):
         shown = ":".join("" if v is None else str(int.__int__(v)) for v in (item.start, item.stop, item.step))
         return f"indexing slices the channel dim ({dim}) with fixed bounds [{shown.rstrip(':') or ':'}]"
     return f"indexing picks channel {item} of the channel dim ({dim})"
+
+
+def _covers(stop: Any, size: int) -> bool:
+    """Whether a slice's stop keeps a dim of `size` (or fewer) entries whole: None, or a plain int >= size."""
+    if stop is None:
+        return True
+    return type(stop) is int and stop >= size
 
 
 def split(ctx: TraceContext, name: str, args: tuple, kwargs: dict, out: Any) -> None:

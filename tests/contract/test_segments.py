@@ -132,9 +132,25 @@ def test_concat_sliced_with_a_fixed_bound_stays_frozen() -> None:
     space = convert(model, None, x)
     reasons = {f.name: f.reason for f in space.frozen}
     assert (
-        reasons["ghost.primary.0"] == f"indexing slices the channel dim (1) with fixed bounds [:128] at ghost; {STALE}"
+        reasons["ghost.primary.0"] == f"indexing slices the channel dim (1) with fixed bounds [:127] at ghost; {STALE}"
     )
     assert "ghost.primary.0.out_channels" not in space.hparams
+
+
+def test_concat_sliced_to_its_whole_size_is_pruned() -> None:
+    model, x = _build("ghost_full")  # cat([x1, x2])[:, :128] of 128 channels: the slice keeps them all
+    space = convert(model, None, x)
+    assert [f.name for f in space.frozen] == ["fc"]
+    hp = space.hparams["ghost.primary.0.out_channels"]
+    assert "short.0.out" in hp.members  # the shortcut's channel i and i + 64 are both the primary conv's channel i
+    space.sort_parameters()
+    space.select({hp.name: hp.choices[0]})
+    exported = space.export()
+    assert exported.ghost.oup == 128 and exported.mid[0].in_channels == 2 * hp.choices[0]  # the bound clamps
+    assert exported.short[0].out_channels == 2 * hp.choices[0]
+    with torch.no_grad():
+        torch.testing.assert_close(exported(x), model(x), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(torch.jit.script(exported)(x), model(x), rtol=1e-4, atol=1e-5)
 
 
 def test_yolo_style_detector_keeps_only_the_heads_output_convs() -> None:

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nasprune_cli.errors import TraceError
-from nasprune_cli.graph.groups import apply_block_constraints, build_groups
+from nasprune_cli.graph.groups import _one_copy, apply_block_constraints, build_groups
 from nasprune_cli.graph.ops import _reshape_groups
 from nasprune_cli.graph.trace import trace_model
 from tests.toys import TOYS
@@ -77,12 +77,55 @@ def test_grouped_conv_constrains_both_sides_to_whole_blocks() -> None:
         assert torch.equal(torch.bincount(group.block_of), torch.full((4,), group.size // 4))
 
 
-def test_depthwise_with_multiplier_is_frozen() -> None:
+def test_depthwise_with_multiplier_ties_each_output_to_its_input() -> None:
     class Multiplier(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.a = nn.Conv2d(3, 32, 1)
             self.dw = nn.Conv2d(32, 64, 3, groups=32)
+            self.b = nn.Conv2d(64, 8, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.b(self.dw(self.a(x)))
+
+    trace = trace_model(Multiplier(), torch.randn(1, 3, 8, 8))
+    grouping = build_groups(trace)
+    group = next(g for g in grouping.groups if g.name == "a.out_channels")
+    assert group.frozen_reason is None and {"dw.in", "dw.out", "b.in"} <= set(group.members)
+    a_ids = trace.sides[("a", "out")].vec
+    assert torch.equal(trace.sides[("dw", "out")].vec, a_ids.repeat_interleave(2))  # out j reads in j // 2
+
+
+def test_a_layer_added_to_a_multiplied_depthwise_output_keeps_both_copies() -> None:
+    trace = trace_model(TOYS["depthwise_multiplier"][0](), torch.randn(1, 3, 8, 8))
+    grouping = build_groups(trace)
+    group = next(g for g in grouping.groups if g.name == "stem.0.out_channels")
+    assert group.frozen_reason is None and group.size == 64 and "mix.0.out" in group.members
+    stem_ids = trace.book.roots()[trace.sides[("stem.0", "out")].vec]
+    assert torch.equal(trace.book.roots()[trace.sides[("mix.0", "out")].vec], stem_ids.repeat_interleave(2))
+
+
+@pytest.mark.parametrize(
+    ("roots", "expected"),
+    [
+        ([4, 2, 7], [4, 2, 7]),
+        ([4, 2, 7, 4, 2, 7], [4, 2, 7]),  # cat([x1, dw(x1)]): two equal copies
+        ([4, 4, 2, 2, 7, 7], [4, 2, 7]),  # a depthwise conv with channel multiplier 2
+        ([4, 4, 4, 4], None),  # one channel broadcast over four
+        ([4, 2, 7, 2, 4, 7], None),
+        ([4, 2, 4, 2, 7], None),
+    ],
+)
+def test_a_source_may_repeat_its_channels_only_as_copies_or_multiples(roots: list[int], expected: list | None) -> None:
+    assert _one_copy(roots) == expected
+
+
+def test_transposed_depthwise_with_multiplier_is_frozen() -> None:
+    class Multiplier(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Conv2d(3, 32, 1)
+            self.dw = nn.ConvTranspose2d(32, 64, 3, groups=32)
             self.b = nn.Conv2d(64, 8, 1)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -309,6 +352,31 @@ def _count_of_another_tensor(y: torch.Tensor) -> torch.Tensor:
     ],
 )
 def test_reading_the_channel_count_freezes_only_when_it_is_used(fn, reason: str | None) -> None:  # noqa: ANN001
+    grouping = build_groups(trace_model(_ShapeUser(fn), torch.randn(2, 3, 4, 4)))
+    group = next(g for g in grouping.groups if g.name == "a.out_channels")
+    assert group.frozen_reason == reason
+
+
+FIXED_SLICE = "fixed when the model was written, it would be stale once channels are removed"
+
+
+@pytest.mark.parametrize(
+    ("fn", "reason"),
+    [
+        (lambda y: y[:, :64], None),  # [0:b] with b >= the size keeps every channel, and still does once they shrink
+        (lambda y: y[:, 0:1000, :, :], None),
+        (lambda y: y[:, :], None),
+        (
+            lambda y: torch.cat([y[:, :63], y[:, 63:]], 1),
+            f"indexing slices the channel dim (1) with fixed bounds [:63] {FORWARD}; {FIXED_SLICE}",
+        ),
+        (
+            lambda y: torch.cat([y[:, 0:64:2], y[:, 1::2]], 1),
+            f"indexing slices the channel dim (1) with fixed bounds [0:64:2] {FORWARD}; {FIXED_SLICE}",
+        ),
+    ],
+)
+def test_a_channel_slice_passes_only_when_its_bound_covers_the_dim(fn, reason: str | None) -> None:  # noqa: ANN001
     grouping = build_groups(trace_model(_ShapeUser(fn), torch.randn(2, 3, 4, 4)))
     group = next(g for g in grouping.groups if g.name == "a.out_channels")
     assert group.frozen_reason == reason

@@ -28,10 +28,6 @@ RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "fastnas.yaml"
 MODEL_OUTPUT = "model output"
 # what may stay frozen besides the output layer, and why (anything else frozen is a regression)
 EXPECTED_FROZEN = {
-    # GhostModule: cat([x1, x2])[:, :out_chs], a slice with a fixed bound (frozen, issue 19), and the residual adds of
-    # those outputs
-    "ghostnet_100": ("with fixed bounds", "pairs them with fixed positions"),
-    "fastvit_t8": ("channel multiplier",),  # MobileOne stem / downsampling: depthwise conv with multiplier 2
     "efficientformer_l1": ("splits the channel dim",),  # attention heads (reshape of qkv)
     "levit_128s": ("splits the channel dim",),
     # heads, residual stream + position embedding, lm_head tied to the token embedding
