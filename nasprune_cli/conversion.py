@@ -93,6 +93,7 @@ def load_extensions(model: nn.Module) -> None:
     """Register the dynamic layers of the libraries a model uses (transformers' attention); imports nothing else."""
     if any(type(m).__module__.startswith("transformers.") for m in model.modules()):
         import nasprune_cli.dynamic.hf_attention  # noqa: F401 - registers on import
+        import nasprune_cli.dynamic.hf_gpt2  # noqa: F401 - registers on import
 
 
 def _needs_probe(module_type: type[nn.Module]) -> bool:

@@ -27,6 +27,7 @@ MODELS = {
     "llama": (hf_models.llama, TOKENS),
     "qwen2": (hf_models.qwen2, TOKENS),
     "mistral": (hf_models.mistral, TOKENS),
+    "gpt2": (hf_models.gpt2, TOKENS),
     "vit": (hf_models.vit, {"input": {"shape": [1, 3, 32, 32]}}),
 }
 
@@ -102,7 +103,7 @@ def test_hf_pruned_file_restores_from_a_fresh_model(tmp_path) -> None:  # noqa: 
         torch.testing.assert_close(call_model(restored, x).logits, call_model(result.model, x).logits)
 
 
-@pytest.mark.parametrize("name", ["bert", "llama"])
+@pytest.mark.parametrize("name", ["bert", "llama", "gpt2"])
 def test_hf_eager_attention_cost_matches_fvcore(name: str) -> None:
     build, overrides = MODELS[name]
     torch.manual_seed(0)
