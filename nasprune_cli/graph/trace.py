@@ -225,7 +225,7 @@ def _add_sequential_hooks(
         return hook
 
     for name, module in model.named_modules():
-        if name in depth_names and isinstance(module, nn.Sequential):
+        if name in depth_names and isinstance(module, (nn.Sequential, nn.ModuleList)):
             ctx.sequentials[name] = SequentialCall(name)
             for child_name, child in module.named_children():
                 full = f"{name}.{child_name}" if name else child_name
