@@ -27,14 +27,14 @@ class DynamicFusedAttention(DynamicHFAttention):
 
     def set_index(self, side: str, index: torch.Tensor | None) -> None:
         """Keep these query features (whole heads) in q, k and v; c_proj reads them; split_size follows."""
+        if side == "heads" and index is not None and getattr(self, "is_cross_attention", False):
+            raise self._nasprune_error("set_index('heads'): cross-attention is not pruned")
         DynamicModule.set_index(self, side, index)  # not DynamicHFAttention's: the projections are set here
         if side != "heads":
             return
         layout = self.layout()
         index = self.get_index("heads")
         width = layout.heads * layout.head_dim
-        if index is not None and getattr(self, "is_cross_attention", False):
-            raise self._nasprune_error("set_index('heads'): cross-attention is not pruned")
         fused = None if index is None else torch.cat([index + part * width for part in range(self._segments())])
         getattr(self, layout.q).set_index("out", fused)
         getattr(self, layout.o).set_index("in", index)

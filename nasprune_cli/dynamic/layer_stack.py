@@ -45,6 +45,10 @@ class SkippableLayer(DynamicModule):
         self._check_side(side)
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def skipped(self) -> frozenset[int]:
+        """{0} (the layer itself) while skipped, else empty: a skipped layer runs other than in the original."""
+        return frozenset({0}) if self._nasprune_skip else frozenset()
+
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """The layer's own forward, or its hidden states unchanged while skipped."""
         if self._nasprune_skip:

@@ -134,3 +134,18 @@ def test_transformers_is_imported_only_for_models_that_use_it() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert done.stdout.strip() == "False"
+
+
+def test_hf_gpt2_cross_attention_is_not_pruned() -> None:
+    from transformers import GPT2Config
+    from transformers.models.gpt2.modeling_gpt2 import GPT2Attention
+
+    from nasprune_cli.conversion import load_extensions
+    from nasprune_cli.dynamic import make_dynamic
+
+    attention = GPT2Attention(GPT2Config(n_embd=64, n_head=4), is_cross_attention=True)
+    load_extensions(attention)
+    make_dynamic(attention, name="cross")
+    with pytest.raises(Exception, match="cross-attention is not pruned"):
+        attention.set_index("heads", torch.arange(16))
+    assert attention.export().split_size == 64

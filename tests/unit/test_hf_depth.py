@@ -84,3 +84,15 @@ def test_fastnas_does_not_search_depth() -> None:
     recipe = load_recipe("fastnas", TOKENS, "test", sets=["defaults.divisor=16"])
     space = convert(model, recipe, dummy_input_for(recipe, model))
     assert not any(hp.kind == "depth" for hp in space.hparams.values())
+
+
+def test_only_stacks_of_transformers_layers_are_layer_stacks() -> None:
+    from torch import nn
+
+    from nasprune_cli.dynamic.layer_stack import is_layer_stack
+
+    model = hf_models.llama(layers=2)
+    assert is_layer_stack(model.model.layers)
+    assert not is_layer_stack(nn.ModuleList([nn.Linear(4, 4), nn.Linear(4, 4)]))  # not transformers layers
+    assert not is_layer_stack(nn.ModuleList([model.model.layers[0], model.model.norm]))  # two classes
+    assert not is_layer_stack(hf_models.llama(layers=1).model.layers)  # nothing to choose
