@@ -11,6 +11,7 @@ the kept layers, so the model's own forward runs the shorter stack.
 from __future__ import annotations
 
 import copy
+import sys
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
@@ -71,6 +72,7 @@ def skippable_class(module_type: type[nn.Module]) -> type[DynamicModule]:
         doc = f"{module_type.__name__} that can be skipped (depth search of its stack)."
         cls = type(name, (SkippableLayer, module_type), {"__module__": __name__, "__doc__": doc})
         cls.original_cls = module_type
+        setattr(sys.modules[__name__], name, cls)  # picklable by name
         _SKIPPABLE[module_type] = cls
     return _SKIPPABLE[module_type]
 
