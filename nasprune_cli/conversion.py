@@ -44,7 +44,7 @@ def convert(model: nn.Module, recipe: Any = None, dummy_input: Any = None) -> Se
     attention = [n for n in converted if isinstance(modules[n], ATTENTION_TYPES) or type(modules[n]) in EXTERNAL_LAYERS]
     # an attention block slices its own projections: its inner layers are not converted on their own
     converted -= {n for n in converted if any(n.startswith(f"{a}.") for a in attention)}
-    depth_seqs = [n for n in converted if isinstance(modules[n], nn.Sequential)]
+    depth_seqs = [n for n in converted if isinstance(modules[n], (nn.Sequential, nn.ModuleList))]
 
     trace = trace_model(model, dummy_input, depth_seqs)  # first: its errors (e.g. a non-tensor output) are clearer
     checked = [n for n in sorted(converted) if _needs_probe(type(modules[n]))]
@@ -93,6 +93,7 @@ def load_extensions(model: nn.Module) -> None:
     """Register the dynamic layers of the libraries a model uses (transformers' attention); imports nothing else."""
     if any(type(m).__module__.startswith("transformers.") for m in model.modules()):
         import nasprune_cli.dynamic.hf_attention  # noqa: F401 - registers on import
+        import nasprune_cli.dynamic.hf_gpt2  # noqa: F401 - registers on import
 
 
 def _needs_probe(module_type: type[nn.Module]) -> bool:

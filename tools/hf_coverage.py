@@ -76,6 +76,11 @@ def _families() -> dict[str, tuple[Any, dict[str, Any], str]]:
             tokens,
             "Qwen2-0.5B widths (GQA 14/2), 2 of 24 layers",
         ),
+        "GPT2LMHeadModel": (
+            lambda: hf.GPT2LMHeadModel(hf.GPT2Config(n_embd=768, n_head=12, n_layer=LAYERS, vocab_size=50257)),
+            tokens,
+            "gpt2 (124M) widths, 2 of 12 layers, tied LM head",
+        ),
         "ViTForImageClassification": (
             lambda: hf.ViTForImageClassification(hf.ViTConfig(**bert, num_hidden_layers=LAYERS)),
             {"shape": [1, 3, 224, 224]},
@@ -141,14 +146,16 @@ def render(rows: dict[str, dict[str, Any]], notes: dict[str, str]) -> str:
         "Randomly initialised models at the widths named (nothing is downloaded), converted with "
         f"`recipes/fastnas.yaml` on {SEQUENCE} token ids (ViT: one 224x224 image) and searched to 60% of the FLOPs "
         "with the default label-free score. Prunable: attention heads (`<attention>.head_features`: with "
-        "grouped-query attention whole key/value groups with their query heads) and the MLP's intermediate width "
-        "(Llama / Mistral / Qwen2: gate and up projections together). The hidden size (embeddings, residual "
+        "grouped-query attention whole key/value groups with their query heads; GPT-2: the same heads in the q, k "
+        "and v parts of its fused `c_attn`) and the MLP's intermediate width (Llama / Mistral / Qwen2: gate and up "
+        "projections together). With `recipes/autonas.yaml` whole decoder / encoder layers are depth choices too "
+        "(not in this table). The hidden size (embeddings, residual "
         "stream, LayerNorm / RMSNorm, the model's output) stays whole: transformers' attention and embeddings "
         "read it from the config. *hparams*: head groups and the other widths (MLPs, BERT's pooler); *prunable "
         "params*: share of all parameters in layers with a prunable side (the embeddings and the LM head are not, "
         "and with 2 layers they weigh more than in the full model); *min*: the smallest subnet's params and FLOPs "
-        "/ original; *result*: fvcore FLOPs of the exported search result / original. GPT-2 (`Conv1D` "
-        "projections) profiles and exports but is not pruned yet.",
+        "/ original; *result*: fvcore FLOPs of the exported search result / original (not reachable where the "
+        "frozen LM head over a large vocabulary weighs more than 60% with 2 layers).",
         "",
         "| model | config | params | hparams | prunable params | min params | min FLOPs | result | time s |",
         "|---|---|---|---|---|---|---|---|---|",

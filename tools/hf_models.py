@@ -1,4 +1,5 @@
-"""Small randomly initialised HuggingFace transformers models (hidden 64, 2 layers) for tests and examples.
+"""Small randomly initialised HuggingFace transformers models (hidden 64, 2 layers unless asked for more) for tests and
+examples.
 
 Nothing is downloaded: each builder makes a config and builds the model from it with random weights.
 `nasprune profile --model tools.hf_models:bert --input-shape 1,16 --input-dtype int64`
@@ -20,11 +21,12 @@ SMALL: dict[str, Any] = {
 }
 
 
-def bert(num_labels: int = 3) -> nn.Module:
+def bert(num_labels: int = 3, layers: int = 2) -> nn.Module:
     """BertForSequenceClassification (4 heads of 16)."""
     from transformers import BertConfig, BertForSequenceClassification
 
-    return BertForSequenceClassification(BertConfig(**SMALL, num_labels=num_labels)).eval()
+    config = BertConfig(**{**SMALL, "num_hidden_layers": layers}, num_labels=num_labels)
+    return BertForSequenceClassification(config).eval()
 
 
 def roberta(num_labels: int = 3) -> nn.Module:
@@ -34,11 +36,11 @@ def roberta(num_labels: int = 3) -> nn.Module:
     return RobertaForSequenceClassification(RobertaConfig(**SMALL, num_labels=num_labels, pad_token_id=1)).eval()
 
 
-def llama() -> nn.Module:
+def llama(layers: int = 2) -> nn.Module:
     """LlamaForCausalLM with grouped-query attention (4 query heads of 16 in 2 key/value groups)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    return LlamaForCausalLM(LlamaConfig(**SMALL, num_key_value_heads=2)).eval()
+    return LlamaForCausalLM(LlamaConfig(**{**SMALL, "num_hidden_layers": layers}, num_key_value_heads=2)).eval()
 
 
 def qwen2() -> nn.Module:
@@ -55,12 +57,12 @@ def mistral() -> nn.Module:
     return MistralForCausalLM(MistralConfig(**SMALL, num_key_value_heads=2, head_dim=16)).eval()
 
 
-def gpt2() -> nn.Module:
-    """GPT2LMHeadModel (Conv1D projections)."""
+def gpt2(layers: int = 2) -> nn.Module:
+    """GPT2LMHeadModel (Conv1D projections, q/k/v fused in one)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     config = GPT2Config(
-        n_embd=64, n_layer=2, n_head=4, n_inner=128, vocab_size=100, n_positions=64, bos_token_id=0, eos_token_id=0
+        n_embd=64, n_layer=layers, n_head=4, n_inner=128, vocab_size=100, n_positions=64, bos_token_id=0, eos_token_id=0
     )
     return GPT2LMHeadModel(config).eval()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import sys
 
 import torch
 from torch import nn
@@ -48,7 +49,7 @@ class DynamicHFAttention(DynamicModule):
 
     def sides(self) -> tuple[str, ...]:
         """("heads", "out") with an output projection inside, else ("heads",)."""
-        return ("heads", "out") if hasattr(self, "o_proj") else ("heads",)
+        return ("heads", "out") if self.layout().o is not None else ("heads",)
 
     def side_size(self, side: str) -> int:
         """Query features (heads x head_dim), or the hidden size written."""
@@ -56,7 +57,7 @@ class DynamicHFAttention(DynamicModule):
         layout = self.layout()
         if side == "heads":
             return layout.heads * layout.head_dim
-        return getattr(self, layout.o).out_features
+        return getattr(self, layout.o).side_size("out")
 
     def _check_index(self, side: str, index: torch.Tensor) -> None:
         if side == "out":
@@ -131,10 +132,12 @@ class DynamicHFAttention(DynamicModule):
         return plain
 
 
-def register_transformers() -> list[type[nn.Module]]:
+def register_transformers(
+    supported: tuple[tuple[str, str], ...] = SUPPORTED, base: type[DynamicHFAttention] = DynamicHFAttention
+) -> list[type[nn.Module]]:
     """Register a dynamic class, the tracer's rule and the recipe type name of every supported attention class."""
     registered = []
-    for module_name, class_name in SUPPORTED:
+    for module_name, class_name in supported:
         try:
             original = getattr(importlib.import_module(module_name), class_name)
         except (ImportError, AttributeError):
@@ -142,7 +145,8 @@ def register_transformers() -> list[type[nn.Module]]:
         if original in EXTERNAL_LAYERS:
             continue
         doc = f"Sliceable transformers {class_name}, pruned by whole heads."
-        dynamic = type(f"Dynamic{class_name}", (DynamicHFAttention, original), {"__module__": __name__, "__doc__": doc})
+        dynamic = type(f"Dynamic{class_name}", (base, original), {"__module__": base.__module__, "__doc__": doc})
+        setattr(sys.modules[base.__module__], dynamic.__name__, dynamic)  # picklable by name
         register(original)(dynamic)
         EXTERNAL_LAYERS[original] = handle_hf_attention
         EXTERNAL_TYPE_NAMES[original] = RECIPE_TYPE

@@ -81,6 +81,11 @@ class TraceContext:
         self._from_input: dict[int, torch.Tensor] = {}  # tensors whose values depend on the model's input
         self.value_reads: dict[str, str] = {}  # module -> the first op that read an input-dependent value in it
         self.value_read_touched: set[str] = set()  # modules of value_reads whose freeze held a channel id
+        self._channel_values: dict[int, torch.Tensor] = {}  # tensors whose values depend on prunable channels
+        # module -> (op, where in the code) of the first read of an input-dependent value no prunable channel reaches
+        self.free_reads: dict[str, tuple[str, str]] = {}
+        self.ran: set[str] = set()  # modules called during the trace
+        self.holders = {n for n, m in model.named_modules() if next(m.parameters(recurse=False), None) is not None}
         self.suspended = 0
         self.current_func: Callable | None = None
         self.sides: dict[tuple[str, str], SideRecord] = {}
@@ -114,6 +119,15 @@ class TraceContext:
         """Record that the tensors in `obj` (nested) hold values computed from the model's input."""
         for t in tensors_in(obj):
             self._from_input[id(t)] = t
+
+    def mark_channel_values(self, obj: Any) -> None:
+        """Record that the tensors in `obj` (nested) hold values computed from prunable channels or a layer."""
+        for t in tensors_in(obj):
+            self._channel_values[id(t)] = t
+
+    def carries_channels(self, t: torch.Tensor) -> bool:
+        """Whether pruning can change a tensor's values: it has channel ids, or was computed from such a tensor."""
+        return self.labels_of(t) is not None or self._channel_values.get(id(t)) is t
 
     def from_input(self, t: torch.Tensor) -> bool:
         """Whether a tensor's values were computed from the model's input (not only from parameters or shapes)."""

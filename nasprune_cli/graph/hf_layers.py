@@ -33,6 +33,7 @@ class HeadsLayout:
     head_dim: int
     heads: int  # query heads
     groups: int  # query heads per key/value head (1 without grouped-query attention)
+    fused: bool = False  # q, k and v are three equal segments of one projection's output (GPT-2's c_attn)
 
     @property
     def unit(self) -> int:
@@ -41,7 +42,11 @@ class HeadsLayout:
 
 
 def heads_layout(module: nn.Module) -> HeadsLayout:
-    """The projections and head layout of a transformers attention module (Llama / ViT style or BERT style)."""
+    """The projections and head layout of a transformers attention module (Llama / ViT, BERT or GPT-2 style)."""
+    if hasattr(module, "c_attn"):  # GPT-2: Conv1D projections (weight [in, out]), q/k/v fused in c_attn
+        head_dim = int(module.head_dim)
+        heads = int(module.c_proj.weight.shape[0]) // head_dim
+        return HeadsLayout("c_attn", "c_attn", "c_attn", "c_proj", head_dim=head_dim, heads=heads, groups=1, fused=True)
     if hasattr(module, "q_proj"):
         names: tuple[str, str, str, str | None] = ("q_proj", "k_proj", "v_proj", "o_proj")
         head_dim = int(module.head_dim)
@@ -53,6 +58,11 @@ def heads_layout(module: nn.Module) -> HeadsLayout:
     return HeadsLayout(*names, head_dim=head_dim, heads=q_proj.out_features // head_dim, groups=groups)
 
 
+def out_features(proj: nn.Module) -> int:
+    """Output features of an nn.Linear, or of transformers' Conv1D (weight [in, out])."""
+    return proj.out_features if isinstance(proj, nn.Linear) else int(proj.weight.shape[1])
+
+
 def handle_hf_attention(ctx: TraceContext, name: str, m: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
     """Heads as a new group; the hidden size read (and written) frozen; FLOPs and params of the projections."""
     x = args[0] if args else kwargs.get("hidden_states")
@@ -61,6 +71,10 @@ def handle_hf_attention(ctx: TraceContext, name: str, m: nn.Module, args: tuple,
     if not isinstance(x, torch.Tensor) or not isinstance(attn, torch.Tensor):
         for t in [*args, *kwargs.values()]:
             ctx.freeze(ctx.labels_of(t), f"{name} ({kind}) is called with unusual arguments")
+        return
+    if getattr(m, "is_cross_attention", False):
+        for t in [*args, *kwargs.values()]:
+            ctx.freeze(ctx.labels_of(t), f"{name} ({kind}): cross-attention is not pruned")
         return
     layout = heads_layout(m)
     hidden = x.shape[-1]
@@ -89,8 +103,8 @@ def handle_hf_attention(ctx: TraceContext, name: str, m: nn.Module, args: tuple,
     if layout.o is None:
         ctx.set_labels(attn, ChannelLabels(attn.dim() - 1, heads))
         return
-    o_proj: nn.Linear = getattr(m, layout.o)
-    out_vec = ctx.new_source(name, "out", o_proj.out_features)
+    o_proj: nn.Module = getattr(m, layout.o)
+    out_vec = ctx.new_source(name, "out", out_features(o_proj))
     ctx.freeze(out_vec, f"{name} ({kind}) writes the hidden size whole: transformers attention is pruned by heads only")
     ctx.set_labels(attn, ChannelLabels(attn.dim() - 1, out_vec))
     ctx.add_flops(tokens, [heads, out_vec])

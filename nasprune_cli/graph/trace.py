@@ -175,6 +175,7 @@ def _add_layer_hooks(ctx: TraceContext, model: nn.Module, handles: list[Removabl
     def pre(module: nn.Module, args: tuple, kwargs: dict) -> None:
         name = ctx.names.get(id(module), "")
         ctx.stack.append(name)
+        ctx.ran.add(name)
         ctx.call_inputs.append(tensors_in((args, kwargs)))
         if is_atomic(module):
             ctx.suspended += 1
@@ -185,9 +186,11 @@ def _add_layer_hooks(ctx: TraceContext, model: nn.Module, handles: list[Removabl
         atomic = is_atomic(module)
         if not atomic:
             if not ctx.suspended:
-                module_returned(ctx, name, output)
-        elif ctx.suspended == 1 and any(ctx.from_input(t) for t in inputs):  # the ops inside it are not followed
-            ctx.mark_from_input(output)
+                module_returned(ctx, name, inputs, output)
+        elif ctx.suspended == 1:  # the ops inside it are not followed; pruning it changes its output's values
+            ctx.mark_channel_values(output)
+            if any(ctx.from_input(t) for t in inputs):
+                ctx.mark_from_input(output)
         if atomic:
             if ctx.suspended == 1:  # our own tensor calls below must not be traced: stay suspended
                 ctx.stack.append(name)
@@ -222,7 +225,7 @@ def _add_sequential_hooks(
         return hook
 
     for name, module in model.named_modules():
-        if name in depth_names and isinstance(module, nn.Sequential):
+        if name in depth_names and isinstance(module, (nn.Sequential, nn.ModuleList)):
             ctx.sequentials[name] = SequentialCall(name)
             for child_name, child in module.named_children():
                 full = f"{name}.{child_name}" if name else child_name

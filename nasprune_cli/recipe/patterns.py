@@ -11,6 +11,8 @@ from torch import nn
 
 from nasprune_cli.dynamic.base import EXTERNAL_TYPE_NAMES, is_sequential_like
 from nasprune_cli.dynamic.custom import layer_spec
+from nasprune_cli.dynamic.layer_stack import RECIPE_TYPE as LAYERS_TYPE
+from nasprune_cli.dynamic.layer_stack import is_layer_stack
 from nasprune_cli.dynamic.subclass import registered_parent
 from nasprune_cli.recipe.schema import MODULE_TYPES, FeatureRule, LayerRule, Recipe, layer_class, type_defaults
 
@@ -37,6 +39,8 @@ def resolve_rules(recipe: Recipe | None, model: nn.Module) -> ResolvedRules:
     used: set[tuple[str, str]] = set()
     for name, module in model.named_modules():
         type_name = _type_name(type(module), by_class) or EXTERNAL_TYPE_NAMES.get(type(module))
+        if type_name is None and is_layer_stack(module):
+            type_name = LAYERS_TYPE
         stage = type_name is None and is_sequential_like(type(module))
         if stage:
             type_name = "nn.Sequential"

@@ -36,6 +36,11 @@ class TransformersAttention(nn.Module):
     never built."""
 
 
+class TransformersLayers(nn.Module):
+    """Stands for a transformers model's stack of decoder / encoder layers (an nn.ModuleList of layers of one class,
+    nasprune_cli/dynamic/layer_stack.py), whose layers AutoNAS may skip; never built."""
+
+
 MODULE_TYPES: dict[str, type[nn.Module]] = {
     "nn.Conv1d": nn.Conv1d,
     "nn.Conv2d": nn.Conv2d,
@@ -61,6 +66,8 @@ MODULE_TYPES: dict[str, type[nn.Module]] = {
     "torchvision.CNBlock": CNBlock,  # ConvNeXt block: its layer_scale follows the stream's channels
     # transformers attention (BERT, RoBERTa, Llama, Mistral, Qwen2, ViT): whole heads / key-value groups
     "transformers.Attention": TransformersAttention,
+    # transformers layer stacks (nn.ModuleList of decoder / encoder layers): depth search, as for nn.Sequential
+    "transformers.Layers": TransformersLayers,
 }
 
 # FastNAS defaults: 0.05, 0.10, ..., 1.0 (rounded, so 0.15 and not 0.15000000000000002) and a divisor of 32.
@@ -189,11 +196,13 @@ _SPECIAL_RULES: dict[str, type[_Rule]] = {
     "torchvision.RelativePositionalMultiHeadAttention": AttentionRule,
     "torchvision.CNBlock": ScaleRule,
     "transformers.Attention": HeadsRule,
+    "transformers.Layers": SequentialRule,
 }
 RULE_MODELS: dict[str, type[_Rule]] = {
     name: ConvRule if name in _CONV else _SPECIAL_RULES.get(name, FeatureRule) for name in MODULE_TYPES
 }
-FASTNAS_TYPES: tuple[str, ...] = tuple(name for name in MODULE_TYPES if name != "nn.Sequential")
+DEPTH_TYPES: tuple[str, ...] = ("nn.Sequential", "transformers.Layers")
+FASTNAS_TYPES: tuple[str, ...] = tuple(name for name in MODULE_TYPES if name not in DEPTH_TYPES)
 AUTONAS_TYPES: tuple[str, ...] = tuple(MODULE_TYPES)
 
 # After validation: type name -> ordered {glob pattern -> rule, or None = not converted}, or None for the whole type.

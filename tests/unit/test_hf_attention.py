@@ -17,11 +17,12 @@ from nasprune_cli.metrics.flops import fvcore_flops  # noqa: E402
 from tools import hf_models  # noqa: E402
 
 TOKENS = {"input": {"shape": [1, 16], "dtype": "int64"}}
-# BERT style (no output projection inside) and Llama style with grouped-query attention; Qwen2, Mistral and ViT
+# BERT style (no output projection inside), Llama style with grouped-query attention and GPT-2; Qwen2, Mistral and ViT
 # run the same checks in tests/zoo/test_zoo_hf.py
 MODELS = {
     "bert": (hf_models.bert, TOKENS),
     "llama": (hf_models.llama, TOKENS),
+    "gpt2": (hf_models.gpt2, TOKENS),  # q/k/v fused in one Conv1D
 }
 
 
@@ -52,6 +53,10 @@ def test_hf_heads_export_matches_dynamic(name: str) -> None:
         assert fvcore_flops(pruned, x) == pytest.approx(space.cost(config).flops)
         assert sum(p.numel() for p in pruned.parameters()) == space.cost(config).params
         for module in pruned.modules():
+            if hasattr(module, "c_attn"):  # GPT-2: split_size and num_heads follow the kept heads
+                assert module.c_attn.nf == 3 * module.split_size == 3 * module.c_proj.nx
+                assert module.num_heads * module.head_dim == module.split_size
+                continue
             proj = getattr(module, "q_proj", None) or getattr(module, "query", None)
             if proj is None or not hasattr(module, "config"):
                 continue
@@ -93,6 +98,28 @@ def test_hf_head_importance_keeps_the_strongest_key_value_group() -> None:
     torch.testing.assert_close(attn.k_proj.get_index("out"), torch.arange(16, 32))
 
 
+def test_hf_gpt2_heads_keep_the_same_heads_in_q_k_and_v() -> None:
+    torch.manual_seed(0)
+    model = hf_models.gpt2()
+    recipe = load_recipe("fastnas", TOKENS, "test", sets=["defaults.divisor=16"])
+    space = convert(model, recipe, dummy_input_for(recipe, model))
+    attn = model.transformer.h[0].attn
+    with torch.no_grad():  # weaken head 1 in q, k, v and c_proj
+        for part in range(3):
+            attn.c_attn.weight[:, part * 64 + 16 : part * 64 + 32] *= 0.01
+        attn.c_proj.weight[16:32] *= 0.01
+    space.sort_parameters("magnitude")
+    space.select({"transformer.h.0.attn.head_features": 48})
+    kept = torch.tensor([0, 2, 3])
+    features = (kept[:, None] * 16 + torch.arange(16)).flatten()
+    torch.testing.assert_close(attn.get_index("heads"), features)
+    fused = torch.cat([features + part * 64 for part in range(3)])
+    torch.testing.assert_close(attn.c_attn.get_index("out"), fused)
+    assert attn.split_size == 48
+    exported = space.export().transformer.h[0].attn
+    assert (exported.split_size, exported.num_heads, exported.c_attn.nf) == (48, 3, 144)
+
+
 def test_transformers_is_imported_only_for_models_that_use_it() -> None:
     import subprocess
     import sys
@@ -107,3 +134,18 @@ def test_transformers_is_imported_only_for_models_that_use_it() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert done.stdout.strip() == "False"
+
+
+def test_hf_gpt2_cross_attention_is_not_pruned() -> None:
+    from transformers import GPT2Config
+    from transformers.models.gpt2.modeling_gpt2 import GPT2Attention
+
+    from nasprune_cli.conversion import load_extensions
+    from nasprune_cli.dynamic import make_dynamic
+
+    attention = GPT2Attention(GPT2Config(n_embd=64, n_head=4), is_cross_attention=True)
+    load_extensions(attention)
+    make_dynamic(attention, name="cross")
+    with pytest.raises(Exception, match="cross-attention is not pruned"):
+        attention.set_index("heads", torch.arange(16))
+    assert attention.export().split_size == 64

@@ -281,3 +281,47 @@ def test_values_read_from_parameters_buffers_and_shapes_are_not_control_flow() -
         space = convert(ValueReadsWithoutInput(), None, torch.randn(*SHAPE))
     assert [f.name for f in space.frozen] == ["fc"]
     assert {"body.0.0.out_channels", "body.1.0.out_channels"} <= set(space.hparams)
+
+
+class BranchOnValues(nn.Module):
+    """Branches on the mean of the model input (`of="input"`) or of the stem's output (`of="features"`); every
+    layer runs in both branches."""
+
+    def __init__(self, of: str) -> None:
+        super().__init__()
+        from tests.toys import cbr
+
+        self.of = of
+        self.stem = cbr(3, 64)
+        self.head = cbr(64, 96)
+        self.fc = nn.Linear(96, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.stem(x)
+        if (x if self.of == "input" else y).mean() > 0:
+            y = y * 2
+        return self.fc(self.head(y).mean((2, 3)))
+
+
+def test_a_branch_on_values_of_prunable_channels_still_freezes() -> None:
+    from nasprune_cli import convert
+
+    space = convert(BranchOnValues("features"), None, torch.rand(*SHAPE))
+    assert not space.hparams
+    reasons = {f.name: f.reason for f in space.frozen}
+    assert "data-dependent control flow: the model's forward() (BranchOnValues)" in reasons["stem.0"]
+
+
+def test_a_branch_on_input_values_no_channel_reaches_keeps_the_layers_prunable() -> None:
+    import random
+
+    from nasprune_cli import convert
+
+    x = torch.rand(*SHAPE)
+    with pytest.warns(UserWarning, match=r"\('__bool__' at test_hostile_models.py:\d+ \(forward\)\), but no prunable"):
+        space = convert(BranchOnValues("input"), None, x)
+    assert {"stem.0.out_channels", "head.0.out_channels"} <= set(space.hparams)
+    space.sample(random.Random(0))
+    with torch.no_grad():  # both branches run the same layers
+        for inputs in (x, -x):
+            torch.testing.assert_close(space.export()(inputs), space.model(inputs), rtol=1e-4, atol=1e-5)

@@ -51,11 +51,12 @@ def test_module_types_cover_the_convertible_layers() -> None:
     assert MODULE_TYPES["nn.Sequential"] is nn.Sequential
     from nasprune_cli.dynamic import DYNAMIC_REGISTRY
     from nasprune_cli.dynamic.base import EXTERNAL_TYPE_NAMES, type_label
-    from nasprune_cli.recipe.schema import TransformersAttention
+    from nasprune_cli.recipe.schema import TransformersAttention, TransformersLayers
 
     # every recipe type has a dynamic class and vice versa, and recipes name it as messages do; the transformers
-    # attention classes (registered when a model uses them) share one recipe type that stands for all of them
-    own = {name: cls for name, cls in MODULE_TYPES.items() if cls is not TransformersAttention}
+    # attention classes (registered when a model uses them) share one recipe type that stands for all of them, and
+    # transformers layer stacks (nn.ModuleList, found by dynamic/layer_stack.py) have a stand-in type too
+    own = {name: cls for name, cls in MODULE_TYPES.items() if cls not in (TransformersAttention, TransformersLayers)}
     assert set(own.values()) == set(DYNAMIC_REGISTRY) - set(EXTERNAL_TYPE_NAMES)
     assert all(type_label(cls) == name for name, cls in own.items())
     assert all(MODULE_TYPES[name] is TransformersAttention for name in EXTERNAL_TYPE_NAMES.values())
@@ -74,7 +75,7 @@ def test_default_recipe() -> None:
     assert recipe.search.max_batches == 8 and recipe.search.constraints == {}
     table = recipe.rules_table()
     assert "nn.Sequential" not in table  # FastNAS never searches depth
-    assert set(table) == set(MODULE_TYPES) - {"nn.Sequential"}
+    assert set(table) == set(MODULE_TYPES) - {"nn.Sequential", "transformers.Layers"}
     assert table["nn.Conv2d"] == {"*": ConvRule()}
 
 

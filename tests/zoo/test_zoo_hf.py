@@ -27,6 +27,7 @@ MODELS = {
     "llama": (hf_models.llama, TOKENS),
     "qwen2": (hf_models.qwen2, TOKENS),
     "mistral": (hf_models.mistral, TOKENS),
+    "gpt2": (hf_models.gpt2, TOKENS),
     "vit": (hf_models.vit, {"input": {"shape": [1, 3, 32, 32]}}),
 }
 
@@ -102,7 +103,7 @@ def test_hf_pruned_file_restores_from_a_fresh_model(tmp_path) -> None:  # noqa: 
         torch.testing.assert_close(call_model(restored, x).logits, call_model(result.model, x).logits)
 
 
-@pytest.mark.parametrize("name", ["bert", "llama"])
+@pytest.mark.parametrize("name", ["bert", "llama", "gpt2"])
 def test_hf_eager_attention_cost_matches_fvcore(name: str) -> None:
     build, overrides = MODELS[name]
     torch.manual_seed(0)
@@ -115,3 +116,36 @@ def test_hf_eager_attention_cost_matches_fvcore(name: str) -> None:
     for _ in range(2):
         config = space.sample(rng)
         assert fvcore_flops(space.export(), x) == pytest.approx(space.cost(config).flops)
+
+
+@pytest.mark.parametrize("name", ["llama", "bert"])
+def test_hf_autonas_searches_depth_and_widths(name: str, tmp_path) -> None:  # noqa: ANN001
+    from nasprune_cli import restore, save
+
+    build = {"llama": hf_models.llama, "bert": hf_models.bert}[name]
+    torch.manual_seed(0)
+    model = build(layers=4)
+    fresh = copy.deepcopy(model)
+    recipe = load_recipe("autonas", TOKENS, "test", sets=["defaults.divisor=16"])
+    x = dummy_input_for(recipe, model)
+    space = convert(model, recipe, x)
+    assert [hp.choices for hp in space.hparams.values() if hp.kind == "depth"] == [(1, 2, 3, 4)]
+    settings = {"recipe": recipe, "max_batches": 1, "iterations": 24, "population_size": 8}
+    settings |= {"crossover_size": 4, "mutation_size": 4, "seed": 0}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the no --data warning
+        result = search(space, {"flops": "60%"}, x, settings)
+    pruned = result.model
+    assert not any(is_dynamic(m) for m in pruned.modules()) and type(pruned) is type(model)
+    assert fvcore_flops(pruned, x) <= 0.6 * space.original_cost.flops
+    space.select(result.config)
+    with torch.no_grad():
+        got, want = _floats(call_model(pruned.eval(), x)), _floats(call_model(space.model, x))
+    torch.testing.assert_close(got[0], want[0], rtol=1e-4, atol=1e-5)
+    depth = next(v for k, v in result.config.items() if k.endswith(".depth"))
+    assert pruned.config.num_hidden_layers == depth
+    save(tmp_path / "pruned.pt", result)  # nasprune's own file rebuilds it from a fresh model
+    restored = restore(fresh, tmp_path / "pruned.pt")
+    assert restored.config.num_hidden_layers == depth and count_params(restored) == count_params(pruned)
+    with torch.no_grad():
+        torch.testing.assert_close(_floats(call_model(restored, x))[0], got[0])
