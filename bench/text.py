@@ -194,11 +194,14 @@ def main(argv: list[str] | None = None) -> int:
         "val": task.make_split(256, 101),
         "test": task.make_split(2000, 102),
     }
-    rows = [row for seed in args.seeds for row in run_seed(seed, args, splits)]
     shape = {k: v for k, v in task.CONFIG.items() if not k.endswith("_prob")}
     task_info = {"classes": task.CLASSES, "seq_len": task.SEQ_LEN, "own": task.OWN, "noise": task.NOISE, "model": shape}
-    path = write_result("text_quick" if args.quick else "text", {"args": vars(args), "task": task_info, "rows": rows})
-    log(f"wrote {path}")
+    rows: list[dict[str, Any]] = []
+    for seed in args.seeds:  # written after every seed: an interrupted run keeps the seeds it finished
+        rows += run_seed(seed, args, splits)
+        data = {"args": vars(args), "task": task_info, "rows": rows}
+        path = write_result("text_quick" if args.quick else "text", data)
+        log(f"wrote {path} ({len({r['seed'] for r in rows})} seed(s))")
     return 0
 
 
