@@ -52,12 +52,19 @@ class Pruned:
 
 
 # ---- methods -----------------------------------------------------------------------------------------------
-def run_nasprune(model: nn.Module, target: float, settings: dict[str, Any], val: task.Split, calib: list) -> Pruned:
-    """nasprune_cli.search (FastNAS binary searcher, default settings but these) under a params budget."""
-    from nasprune_cli import load_recipe, search
+def nasprune_recipe() -> Any:
+    """FastNAS defaults with token-id inputs and width step DIVISOR (whole heads, MLP widths in 16s)."""
+    from nasprune_cli import load_recipe
 
     tokens = {"input": {"shape": [1, task.SEQ_LEN], "dtype": "int64"}}
-    recipe = load_recipe("fastnas", tokens, "bench", sets=[f"defaults.divisor={DIVISOR}"])
+    return load_recipe("fastnas", tokens, "bench", sets=[f"defaults.divisor={DIVISOR}"])
+
+
+def run_nasprune(model: nn.Module, target: float, settings: dict[str, Any], val: task.Split, calib: list) -> Pruned:
+    """nasprune_cli.search (FastNAS binary searcher, default settings but these) under a params budget."""
+    from nasprune_cli import search
+
+    recipe = nasprune_recipe()
     calls = [0]
 
     def score(m: nn.Module) -> float:
