@@ -273,10 +273,8 @@ def _pairs(rows: list[dict[str, Any]], args: dict[str, Any]) -> list[str]:
                 pick = {r["method"]: r for r in rows if r["seed"] == seed and r.get("target") == target}
                 act, mag = pick.get(f"nasprune-activation{suffix}"), pick.get(f"nasprune-magnitude{suffix}")
                 if act and mag:
-                    diffs.append(
-                        f"{100 * (act['test_pruned'] - mag['test_pruned']):+.1f} / "
-                        f"{100 * (act['test_tuned'] - mag['test_tuned']):+.1f}"
-                    )
+                    pruned, tuned = (round(100 * (act[k] - mag[k]), 1) + 0.0 for k in ("test_pruned", "test_tuned"))
+                    diffs.append(f"{pruned:+.1f} / {tuned:+.1f}")
             if diffs:
                 lines.append(f"{100 * target:g}%{' without the refit' if suffix else ''}: {', '.join(diffs)}")
     return lines
