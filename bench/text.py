@@ -192,7 +192,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     if args.quick:
-        args.seeds, args.train_steps, args.ft_steps, args.bisection_steps = args.seeds[:1], 150, 20, 6
+        args.seeds, args.targets, args.train_steps, args.ft_steps = args.seeds[:1], args.targets[:1], 150, 20
+        args.bisection_steps = 6
     return args
 
 

@@ -15,8 +15,9 @@ Methods (the `importance` search setting):
   else the random batches). Channel j of a consumer side scores the mean |activation| of input position j over the
   batches and every token / spatial position (`nasprune_cli.activations`): an MLP neuron by its mean |activation|, a
   head by the summed mean |output| of its features. Each side is divided by its mean and the sides are summed. A
-  neuron that is never active ranks last whatever its weights. Measured on a BERT text task (bench/text.py,
-  bench/notes.md) against ``magnitude``.
+  neuron that is never active ranks last whatever its weights. On a small BERT text task (bench/text.py,
+  bench/text_importance.py) it was neither clearly better nor worse than ``magnitude`` (ahead on some baselines and
+  budgets, behind on others; the refit erases the difference), hence not the default (bench/notes.md, table 6).
 
 A group with no consumer that has weights (it only feeds a norm layer, for example), or no measured activation,
 falls back to ``magnitude``.
