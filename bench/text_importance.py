@@ -66,11 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--calib-batches", type=int, default=8)
+    parser.add_argument("--name", default="text_importance", help="writes bench/results/<name>.json")
     args = parser.parse_args(argv)
     set_threads(1)
     splits = {"train": task.make_split(20000, 100), "test": task.make_split(2000, 102)}
     rows = [row for seed in args.seeds for row in run_seed(seed, args, splits)]
-    log(f"wrote {write_result('text_importance', {'args': vars(args), 'rows': rows})}")
+    log(f"wrote {write_result(args.name, {'args': vars(args), 'rows': rows})}")
     return 0
 
 
