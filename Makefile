@@ -50,6 +50,7 @@ bench: $(BENCH_STAMP)
 	$(PYTHON) bench/latency.py
 	$(PYTHON) bench/training.py
 	$(PYTHON) bench/scale.py
+	$(PYTHON) bench/text.py
 	$(PYTHON) bench/report.py
 
 # smoke run of the whole harness (a few minutes); writes bench/results/*_quick.json and BENCHMARKS_quick.md there
@@ -58,4 +59,5 @@ bench-quick: $(BENCH_STAMP)
 	$(PYTHON) bench/overhead.py --quick
 	$(PYTHON) bench/latency.py --quick
 	$(PYTHON) bench/scale.py --quick
+	$(PYTHON) bench/text.py --quick
 	$(PYTHON) bench/report.py --suffix _quick --output bench/results/BENCHMARKS_quick.md

@@ -11,7 +11,16 @@ Methods (the `importance` search setting):
   after pruning than ``magnitude`` (ResNet20 on digits), but once the search picks the widths it is not better, and
   after a short fine-tune it is worse at tight budgets (bench/notes.md), hence not the default.
 
-A group with no consumer that has weights (it only feeds a norm layer, for example) falls back to ``magnitude``.
+- ``activation`` (Minitron-style): what the layers reading the group take in on the search's batches (``--data``,
+  else the random batches). Channel j of a consumer side scores the mean |activation| of input position j over the
+  batches and every token / spatial position (`nasprune_cli.activations`): an MLP neuron by its mean |activation|, a
+  head by the summed mean |output| of its features. Each side is divided by its mean and the sides are summed. A
+  neuron that is never active ranks last whatever its weights. On a small BERT text task (bench/text.py,
+  bench/text_importance.py) it was neither clearly better nor worse than ``magnitude`` (ahead on some baselines and
+  budgets, behind on others; the refit erases the difference), hence not the default (bench/notes.md, table 6).
+
+A group with no consumer that has weights (it only feeds a norm layer, for example), or no measured activation,
+falls back to ``magnitude``.
 """
 
 from __future__ import annotations
@@ -25,7 +34,8 @@ from nasprune_cli.dynamic import DynamicModule, is_dynamic
 from nasprune_cli.errors import NasPruneError
 from nasprune_cli.graph.groups import Grouping
 
-IMPORTANCE_METHODS = ("magnitude", "consumer")
+IMPORTANCE_METHODS = ("magnitude", "consumer", "activation")
+DATA_METHODS = ("activation",)  # need input batches: SearchSpace.sort_parameters(method, inputs)
 DEFAULT_IMPORTANCE = "magnitude"
 _TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, *_TRANSPOSED)
@@ -40,19 +50,29 @@ def check_method(method: str) -> str:
     return method
 
 
+def needs_inputs(method: str) -> bool:
+    """Whether a method measures activations (SearchSpace.sort_parameters then needs input batches)."""
+    return check_method(method) in DATA_METHODS
+
+
 def group_importance(
     modules: Mapping[str, nn.Module],
     sides: Sides,
     grouping: Grouping,
     groups: Iterable[int],
     method: str = DEFAULT_IMPORTANCE,
+    activations: Sides | None = None,
 ) -> dict[int, torch.Tensor]:
-    """Importance of every position of each group (higher = kept longer), float64."""
+    """Importance of every position of each group (higher = kept longer), float64; `activations` (method
+    "activation"): per (module, side) the mean |input| of every position, from `activation_scores`."""
     check_method(method)
+    if method in DATA_METHODS and activations is None:
+        raise NasPruneError(f"importance {method!r}: needs the activations measured on input batches")
     wanted = set(groups)
     magnitude = {g: torch.zeros(grouping.groups[g].size, dtype=torch.float64) for g in wanted}
     consumer = {g: torch.zeros(grouping.groups[g].size, dtype=torch.float64) for g in wanted}
     has_consumer: set[int] = set()
+    activations = activations or {}
     for (module_name, side), vec in sides.items():
         module = modules.get(module_name)
         if not is_dynamic(module):
@@ -66,6 +86,13 @@ def group_importance(
         if scores is not None and scores.numel() == vec.numel():
             scores = scores.double()
             _scatter(magnitude, scores / scores.mean().clamp(min=1e-12), groups_of, ids, touched, grouping)
+        if method == "activation":
+            measured = activations.get((module_name, side))
+            if measured is not None and measured.numel() == vec.numel() and bool(measured.sum() > 0):
+                measured = measured.double()
+                _scatter(consumer, measured / measured.mean(), groups_of, ids, touched, grouping)
+                has_consumer.update(touched)
+            continue
         if method == "magnitude" or side != "in":
             continue
         energy = _column_energy(module)

@@ -5,19 +5,20 @@ from __future__ import annotations
 import copy
 import math
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from nasprune_cli.activations import activation_scores
 from nasprune_cli.constraints import Cost
 from nasprune_cli.dynamic import is_dynamic
 from nasprune_cli.errors import NasPruneError
 from nasprune_cli.graph.groups import ChannelGroup, Grouping
 from nasprune_cli.hparams import Hparam, depth_gates
-from nasprune_cli.importance import DEFAULT_IMPORTANCE, group_importance
+from nasprune_cli.importance import DEFAULT_IMPORTANCE, group_importance, needs_inputs
 from nasprune_cli.metrics.flops import CostModel
 from nasprune_cli.metrics.latency import LatencyModel
 
@@ -166,16 +167,24 @@ class SearchSpace:
         self.original_cost = Cost(self.original_cost.flops, self.original_cost.params, latency)
 
     # ---- importance ----------------------------------------------------------------------------------------
-    def sort_parameters(self, importance: str = DEFAULT_IMPORTANCE) -> None:
+    def sort_parameters(self, importance: str = DEFAULT_IMPORTANCE, inputs: Sequence[Any] | None = None) -> None:
         """Order every group's channels by importance so that width k keeps the k most important.
 
-        `importance` is one of IMPORTANCE_METHODS: "magnitude" (default) or "consumer" (see nasprune_cli.importance).
+        `importance` is one of IMPORTANCE_METHODS: "magnitude" (default), "consumer" or "activation" (see
+        nasprune_cli.importance); "activation" runs the largest subnet on `inputs` (model inputs, one per batch).
         """
-        scores = group_importance(self._modules, self._sides, self.grouping, self._group_hparams.values(), importance)
+        activations, active = None, dict(self._active)
+        if needs_inputs(importance):
+            if inputs is None:
+                raise NasPruneError(f"importance {importance!r}: sort_parameters needs input batches (`inputs`)")
+            self.select(self.max())
+            activations = activation_scores(self.model, self._modules, self._sides, inputs)
+        groups = self._group_hparams.values()
+        scores = group_importance(self._modules, self._sides, self.grouping, groups, importance, activations)
         for g, score in scores.items():
             self._orders[g] = _group_order(self.grouping.groups[g], score)
             self._cost_model.set_order(g, self._orders[g])
-        self.select(self._active)
+        self.select(active)
 
     def channel_orders(self) -> dict[str, list[int]]:
         """The channel order of every width hparam (its group's positions, most important first)."""

@@ -142,8 +142,9 @@ ImportanceOpt = Annotated[
     str | None,
     typer.Option(
         "--importance",
-        help="Channel order: 'magnitude' (default: L1 of every side of a group) or 'consumer' (L2 of the weights "
-        "that read a channel).",
+        help="Channel order: 'magnitude' (default: L1 of every side of a group), 'consumer' (L2 of the weights "
+        "that read a channel) or 'activation' (mean |activation| that the reading layers take in on the --data "
+        "batches: neurons, heads; Minitron-style).",
         show_default=False,
     ),
 ]

@@ -367,7 +367,7 @@ def _error(
 SearcherName = Literal["binary", "evolve", "random"]
 SEARCHERS: tuple[str, ...] = get_args(SearcherName)
 SensitivityMode = Literal["budget", "full"]
-ImportanceMethod = Literal["magnitude", "consumer"]
+ImportanceMethod = Literal["magnitude", "consumer", "activation"]
 DEFAULT_CANDIDATE_SIZE = 10
 # settings that act on the found subnet only: a checkpoint resumes across them
 AFTER_SEARCH_SETTINGS = ("reconstruct",)

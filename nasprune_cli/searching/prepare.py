@@ -17,6 +17,7 @@ from nasprune_cli.devices import resolve_device
 from nasprune_cli.distributed import current_world
 from nasprune_cli.errors import SearchError
 from nasprune_cli.fileio import digest
+from nasprune_cli.importance import needs_inputs
 from nasprune_cli.inputs import dummy_input_for, input_spec, inputs_as_given, move_to, random_batches, token_bound
 from nasprune_cli.metrics.latency import LATENCY_UNIT, latency_model_for
 from nasprune_cli.metrics.score import Evaluator, load_batches
@@ -67,6 +68,8 @@ def prepare(
     bounds = parse_constraints(constraints, space.original_cost)
     check_bounds(bounds, space)  # before the data is loaded or any subnet is scored
     evaluator = _evaluator(space, dummy_input, options, device)
+    if needs_inputs(options.settings.importance) and not space.order_locked:  # measured on the search's batches
+        space.sort_parameters(options.settings.importance, [evaluator.inputs(b) for b in evaluator.batches])
     model_spec = options.model_spec or _class_spec(space.model)
     spec = input_spec(dummy_input, options.recipe.input.high if options.recipe is not None else None)
     recipe = recipe_to_dict(options.recipe) if options.recipe is not None else None
@@ -117,9 +120,10 @@ def _space(model: nn.Module | SearchSpace, dummy_input: Any, options: SearchOpti
 
 
 def _to_device(space: SearchSpace, dummy_input: Any, options: SearchOptions, device: torch.device) -> Any:
-    """Order the channels best-first (on the CPU), then move the model and the dummy inputs to the device."""
+    """Order the channels best-first (on the CPU; an order from activations comes once the batches are loaded),
+    then move the model and the dummy inputs to the device."""
     seed_everything(options.settings.seed)
-    if not space.order_locked:  # a trained space keeps the order its subnets were trained in
+    if not space.order_locked and not needs_inputs(options.settings.importance):  # a trained space keeps its order
         space.sort_parameters(options.settings.importance)
     space.model.to(device)
     space.dummy_input = move_to(space.dummy_input, device)

@@ -22,6 +22,7 @@ from nasprune_cli.training.settings import TrainSettings
 from nasprune_cli.training.steps import space_step_fn
 
 RECALIBRATION_BATCHES = 8
+ACTIVATION_BATCHES = 8  # training batches the "activation" importance is measured on
 
 
 @dataclass
@@ -63,8 +64,8 @@ def train_space(
     device = training_device(settings)
     precision = Precision(device, settings.amp)
     torch.manual_seed(settings.seed)
-    if not space.order_locked:
-        space.sort_parameters(importance)
+    if not space.order_locked:  # "activation": measured on the first training batches
+        space.sort_parameters(importance, [data.collect(b) for b in data.batches[:ACTIVATION_BATCHES]])
     space.model.to(device)
     space.dummy_input = move_to(space.dummy_input, device)
     teacher = _teacher(space, settings)

@@ -106,3 +106,12 @@ def test_cosine_schedule_and_epoch_order() -> None:
 
 def _fingerprint_of(path: Path) -> dict[str, Any]:
     return torch.load(path, weights_only=True)["fingerprint"]
+
+
+def test_a_space_is_trained_in_the_activation_order_measured_on_the_training_batches() -> None:
+    space = deep_space()
+    result = train_space(space, data(), TrainSettings(steps=2, loss="ce", seed=1), importance="activation")
+    assert result.space.order_locked
+    reference = deep_space()
+    reference.sort_parameters("activation", [b[0] for b in data().batches[:8]])
+    assert result.space.channel_orders() == reference.channel_orders()
