@@ -447,6 +447,20 @@ def _max_diff(got: Any, expected: Any) -> float:
     )
 
 
+MASK_HINT = (
+    "transformers builds its causal mask with aten::diff when no attention_mask is given: search with the keyword "
+    "input --set 'input.keywords={attention_mask: ones}' (recipe: input: {keywords: {attention_mask: ones}}) and "
+    "export that file, or use --format torchscript"
+)
+
+
+def _onnx_hint(exc: BaseException) -> str:
+    """What to do about a failed ONNX export: pass an attention mask (transformers' mask code), else another format."""
+    if "aten::diff" in str(exc):
+        return MASK_HINT
+    return "try --format torchscript or state_dict"
+
+
 def _write_onnx(model: nn.Module, path: Path, args: tuple, check: tuple, expected: Any) -> float:
     import warnings
 
@@ -477,9 +491,7 @@ def _write_onnx(model: nn.Module, path: Path, args: tuple, check: tuple, expecte
     except CheckpointError:
         raise
     except Exception as exc:  # noqa: BLE001 - the exporter and onnxruntime fail in many ways
-        raise CheckpointError(
-            f"{path}: ONNX export failed ({_first_line(exc)}); try --format torchscript or state_dict"
-        ) from exc
+        raise CheckpointError(f"{path}: ONNX export failed ({_first_line(exc)}); {_onnx_hint(exc)}") from exc
     finally:
         if tmp.exists():
             tmp.unlink()
