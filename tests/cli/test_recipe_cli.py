@@ -75,7 +75,8 @@ def test_show_without_rules_prints_the_mode_rules(runner: CliRunner, tmp_path: P
 def test_check_ok_is_one_line_on_stderr(runner: CliRunner) -> None:
     result = runner.invoke(app, ["recipe", "check", "autonas"])
     assert result.exit_code == 0 and result.stdout == ""
-    assert result.stderr.strip() == "autonas: OK (autonas, rules for 22 module types)"
+    types = len(load_recipe("autonas").rules)
+    assert result.stderr.strip() == f"autonas: OK (autonas, rules for {types} module types)"
 
 
 def test_check_errors(runner: CliRunner, tmp_path: Path) -> None:

@@ -53,3 +53,14 @@ def test_an_attention_mask_keeps_the_hparams_and_the_export_matches(name: str) -
             with torch.no_grad():
                 got, want = _logits(call_model(exported, inputs)), _logits(call_model(space.model, inputs))
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.zoo
+def test_a_llama_searched_with_a_mask_exports_to_onnx(tmp_path) -> None:  # noqa: ANN001
+    pytest.importorskip("onnxruntime")
+    from nasprune_cli.checkpoint import write_deployable
+
+    space, x, _ = _space("llama", {"attention_mask": "ones"})
+    space.sample(random.Random(1))
+    written = write_deployable(space.export(), tmp_path / "llama.onnx", "onnx", x)
+    assert written["max_abs_diff"] < 1e-4  # transformers' mask code without a mask would need aten::diff

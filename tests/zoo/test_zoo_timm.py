@@ -1,6 +1,7 @@
 """timm models and a small GPT-2 (random weights, small inputs): each converts, its largest subnet is the original, a
-random subnet exports to a plain model equal to the dynamic one with the FLOPs the cost model reports, and the
-search to 60% of the FLOPs exports a model within the budget that matches the dynamic subnet."""
+random subnet exports to a plain model equal to the dynamic one with the FLOPs the cost model reports and to a
+deployable file (ONNX; GPT-2: TorchScript), and the search to 60% of the FLOPs exports a model within the budget that
+matches the dynamic subnet."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch
 from torch.testing import assert_close
 
 from nasprune_cli import convert, load_recipe, search
+from nasprune_cli.checkpoint import write_deployable
 from nasprune_cli.dynamic import is_dynamic
 from nasprune_cli.metrics.flops import fvcore_flops
 
@@ -50,7 +52,7 @@ def _one_thread() -> None:
 
 
 @pytest.mark.parametrize("name", list(TIMM_ZOO))
-def test_timm_model_converts_searches_and_exports(name: str) -> None:
+def test_timm_model_converts_searches_and_exports(name: str, tmp_path: Path) -> None:
     entry = TIMM_ZOO[name]
     model, x = entry.build(entry.small), entry.input(entry.small)
     with torch.no_grad():  # levit caches attention biases in eval mode: no graph may hang on them
@@ -65,6 +67,11 @@ def test_timm_model_converts_searches_and_exports(name: str) -> None:
         assert not any(is_dynamic(m) for m in exported.modules())
         assert_close(exported(x), space.model(x), rtol=1e-4, atol=1e-4)
         assert fvcore_flops(exported, x) == pytest.approx(space.cost(config).flops, rel=1e-6)
+    # a deployable file, run and compared with torch: ONNX (onnxruntime); GPT-2 without an attention mask needs
+    # aten::diff, which ONNX lacks (README), so TorchScript
+    fmt = "torchscript" if name == "gpt2-small-config" else "onnx"
+    written = write_deployable(exported, tmp_path / f"{name}.{fmt}", fmt, x)
+    assert written["max_abs_diff"] < 1e-4
 
     assert space.cost(space.min()).flops <= 0.6 * space.original_cost.flops
     if name in SEARCHED_IN_COVERAGE_ONLY:
