@@ -18,6 +18,7 @@ from nasprune_cli import convert, load_recipe, search
 from nasprune_cli.dynamic import is_dynamic
 from nasprune_cli.inputs import call_model, tensors_in
 from nasprune_cli.metrics.flops import count_params, fvcore_flops
+from tools.coverage_dense import check_search_result
 from tools.zoo_dense import DENSE
 from tools.zoo_models import stage_counts, with_ratios
 
@@ -85,5 +86,4 @@ def test_dense_model_searches_to_60_percent(name: str) -> None:
     pruned = result.model
     ratio = fvcore_flops(pruned, x) / space.original_cost.flops
     assert 0.4 <= ratio <= 0.6
-    with torch.no_grad():
-        _assert_same_outputs(call_model(pruned.eval(), x), call_model(space.model, x))
+    check_search_result(space, result, x)  # the searched export == dynamic; the result may be refitted on the data
