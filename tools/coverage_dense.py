@@ -79,6 +79,7 @@ def run_dense(entry: DenseModel, flops: str, ratios: list[float] | None) -> dict
         "ratio": fvcore_flops(pruned, x) / space.original_cost.flops,
         "seconds": seconds,
         "evaluations": result.evaluations,
+        "size": entry.full,
         "exports": _exports(pruned, x),
         "refit": result.reconstruction.applied,
         "frozen": reasons,
@@ -157,7 +158,9 @@ def render_dense(rows: dict[str, dict[str, Any]], frozen_cell: Any) -> list[str]
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in rows.items():
-        size = DENSE[name].full
+        size = row.get("size", DENSE[name].full)
+        if size != DENSE[name].full:
+            size = f"{size} (not {DENSE[name].full})"
         if "error" in row:
             lines.append(f"| {name} | {size} | | | | | **FAILED** | | | | {row['error']} |")
             continue
@@ -169,6 +172,12 @@ def render_dense(rows: dict[str, dict[str, Any]], frozen_cell: Any) -> list[str]
         )
     passed = sum(1 for r in rows.values() if "error" not in r and r["ratio"] <= 0.6)
     lines += ["", f"{passed} of {len(rows)} models prune to <= 60% of their FLOPs and export."]
+    smaller = [f"{n} ({r['size']} px)" for n, r in rows.items() if r.get("size", DENSE[n].full) < DENSE[n].full]
+    if smaller:
+        lines.append(
+            f"Run below their coverage size (two shared CPU cores): {', '.join(smaller)}; `python tools/coverage.py "
+            "--dense NAME` runs one at its full size."
+        )
     missing = [n for n in DENSE if n not in rows]
     if missing:
         lines.append(
