@@ -149,7 +149,9 @@ def render_dense(rows: dict[str, dict[str, Any]], frozen_cell: Any) -> list[str]
                 "two random images (the segmentation models on nasprune's random batches); with that data the search",
                 "refits the kept weights (reconstruct) where that raises the score, so the check is: the plain export",
                 "of the searched subnet equals the dynamic model on every output, and the result has the same output",
-                "shapes (`check_search_result`).",
+                "shapes (`check_search_result`). Built for pretrained backbone weights, torchvision's detectors use",
+                "`FrozenBatchNorm2d`: it is sliced like BatchNorm (`tests/zoo/test_zoo_detection.py` converts such a",
+                "fasterrcnn_resnet50_fpn).",
             ]
         ),
         "",
