@@ -241,19 +241,17 @@ def inputs_as_given(batch: Any) -> Any:
 
 def random_batches(dummy_input: Any, count: int, seed: int = 0, high: int | None = None) -> list[Any]:
     """`count` random batches shaped like the dummy input (float tensors randn, batch dim at least 8; positional
-    integer inputs random ids in [0, high) when `high` is given, else, like keyword tensors, the first row repeated)."""
+    integer inputs random ids in [0, high) when `high` is given, else, like keyword tensors, the first row repeated).
+    A list of tensors (a detector's images) is a batch of samples: at least 8 new ones, each shaped like the dummy's
+    (cycling through them)."""
     gen = torch.Generator().manual_seed(seed)
 
     def one(t: Any, ids: bool = True) -> Any:
         if isinstance(t, torch.Tensor):
-            if t.dim() == 0:
-                return t.clone()
-            size = max(t.shape[0], RANDOM_BATCH_SIZE)
-            if t.is_floating_point():
-                return torch.randn((size, *t.shape[1:]), generator=gen).to(t.dtype)
-            if ids and high is not None:
-                return torch.randint(0, high, (size, *t.shape[1:]), generator=gen, dtype=t.dtype)
-            return _first_row_repeated(t, size)
+            return t.clone() if t.dim() == 0 else _random_like(t, max(t.shape[0], RANDOM_BATCH_SIZE), gen, ids, high)
+        if isinstance(t, list) and t and all(isinstance(x, torch.Tensor) for x in t):
+            rows = max(len(t), RANDOM_BATCH_SIZE)
+            return [_random_like(t[i % len(t)][None], 1, gen, ids, high)[0] for i in range(rows)]
         if isinstance(t, tuple):
             return tuple(one(x, ids) for x in t)
         if isinstance(t, dict):
@@ -261,6 +259,15 @@ def random_batches(dummy_input: Any, count: int, seed: int = 0, high: int | None
         return t
 
     return [one(dummy_input) for _ in range(count)]
+
+
+def _random_like(t: torch.Tensor, rows: int, gen: torch.Generator, ids: bool, high: int | None) -> torch.Tensor:
+    """`rows` random rows shaped like t's (randn cast to a float dtype; ids in [0, high); else t's first row)."""
+    if t.is_floating_point():
+        return torch.randn((rows, *t.shape[1:]), generator=gen).to(t.dtype)
+    if ids and high is not None:
+        return torch.randint(0, high, (rows, *t.shape[1:]), generator=gen, dtype=t.dtype)
+    return _first_row_repeated(t, rows)
 
 
 def batched_input(dummy_input: Any, batch: int) -> Any:

@@ -1,7 +1,7 @@
 """Regenerate docs/COVERAGE.md: convert, profile, search (60% FLOPs) and export every zoo model at full size.
 
 Usage: python tools/coverage.py [--models resnet18 swin_t] [--flops 60%] [--ratios ...] [--output docs/COVERAGE.md]
-       python tools/coverage.py --dense [fcn_resnet50 ...]   (the detection / segmentation section only)
+       python tools/coverage.py --dense [fcn_resnet50 ...] [--size 256]   (the detection / segmentation section only)
 A model that fails is a row that says so; the table is never edited by hand. The figures are kept in
 docs/COVERAGE.json (detection / segmentation: docs/COVERAGE_DENSE.json): a run with --models or --dense updates
 those rows and keeps the others.
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import datetime
 import json
 import platform
@@ -162,6 +163,11 @@ def main() -> int:
         choices=list(DENSE),
         help="run these detection / segmentation models (none named: all of them) instead of the classification zoo",
     )
+    parser.add_argument(
+        "--size",
+        type=int,
+        help="input size of the --dense models (default: each one's coverage size; a smaller one is shown as such)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     store = args.output.with_suffix(".json")  # every row's figures; a run of some models updates their rows
@@ -176,7 +182,8 @@ def main() -> int:
         target = dense if args.dense is not None else rows
         try:
             if args.dense is not None:
-                target[name] = run_dense(DENSE[name], args.flops, args.ratios or None)
+                entry = dataclasses.replace(DENSE[name], full=args.size) if args.size else DENSE[name]
+                target[name] = run_dense(entry, args.flops, args.ratios or None)
             else:
                 target[name] = run_model(ZOO[name], args.flops, args.ratios or None)
         except Exception as exc:  # noqa: BLE001 - a failing model is a row of the table, not the end of the run

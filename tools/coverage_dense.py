@@ -15,6 +15,7 @@ from torch import nn
 from nasprune_cli import convert, load_recipe, search
 from nasprune_cli.inputs import call_model, tensors_in
 from nasprune_cli.metrics.flops import fvcore_flops
+from nasprune_cli.searching.result import SearchResult
 from nasprune_cli.space import SearchSpace
 from tools.zoo_dense import DENSE, DenseModel
 from tools.zoo_models import with_ratios
@@ -66,10 +67,7 @@ def run_dense(entry: DenseModel, flops: str, ratios: list[float] | None) -> dict
         result = search(space, {"flops": flops}, x, {k: v for k, v in options.items() if v is not None})
     seconds = time.perf_counter() - start
     pruned = result.model.eval()
-    with torch.no_grad():
-        expected, got = tensors_in(call_model(space.model, x), True), tensors_in(call_model(pruned, x), True)
-    for a, b in zip(got, expected, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    check_search_result(space, result, x)
     reasons: dict[str, list[str]] = {}
     for frozen in space.frozen:
         reasons.setdefault(frozen.reason, []).append(frozen.name)
@@ -81,9 +79,31 @@ def run_dense(entry: DenseModel, flops: str, ratios: list[float] | None) -> dict
         "ratio": fvcore_flops(pruned, x) / space.original_cost.flops,
         "seconds": seconds,
         "evaluations": result.evaluations,
+        "size": entry.full,
         "exports": _exports(pruned, x),
+        "refit": result.reconstruction.applied,
         "frozen": reasons,
     }
+
+
+def check_search_result(space: SearchSpace, result: SearchResult, x: Any) -> None:
+    """The plain export of the searched subnet equals the dynamic model (the tracer's contract), and the result has its
+    outputs' shapes and dtypes; an AssertionError otherwise.
+
+    The result itself is not compared with the dynamic model's values: with data batches the search refits the kept
+    weights (reconstruct) and exports the refitted ones, while the space keeps the searched weights.
+    """
+    with torch.no_grad():
+        dynamic = tensors_in(call_model(space.model, x), True)
+        exported = tensors_in(call_model(space.export().eval(), x), True)
+        got = tensors_in(call_model(result.model.eval(), x), True)
+    assert dynamic and len(exported) == len(got) == len(dynamic), "the export returns other outputs"
+    for a, b, c in zip(exported, got, dynamic, strict=True):
+        torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-4)
+        assert b.shape == c.shape and b.dtype == c.dtype, f"result output {tuple(b.shape)} != {tuple(c.shape)}"
+    if not result.reconstruction.applied:
+        for b, c in zip(got, dynamic, strict=True):
+            torch.testing.assert_close(b, c, rtol=1e-4, atol=1e-4)
 
 
 def _exports(model: nn.Module, x: Any) -> str:
@@ -125,7 +145,13 @@ def render_dense(rows: dict[str, dict[str, Any]], frozen_cell: Any) -> list[str]
                 "the integer labels are left out). *prunable*: share of the conv / linear parameters in layers whose",
                 "output channels a width hparam prunes, before channel segments (and the roi_align / zeros-fill",
                 "rules) -> now;",
-                "*exports*: the deployable forms the pruned model writes.",
+                "*exports*: the deployable forms the pruned model writes. The detectors are searched on one batch of",
+                "two random images (the segmentation models on nasprune's random batches); with that data the search",
+                "refits the kept weights (reconstruct) where that raises the score, so the check is: the plain export",
+                "of the searched subnet equals the dynamic model on every output, and the result has the same output",
+                "shapes (`check_search_result`). Built for pretrained backbone weights, torchvision's detectors use",
+                "`FrozenBatchNorm2d`: it is sliced like BatchNorm (`tests/zoo/test_zoo_detection.py` converts such a",
+                "fasterrcnn_resnet50_fpn).",
             ]
         ),
         "",
@@ -134,7 +160,9 @@ def render_dense(rows: dict[str, dict[str, Any]], frozen_cell: Any) -> list[str]
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in rows.items():
-        size = DENSE[name].full
+        size = row.get("size", DENSE[name].full)
+        if size != DENSE[name].full:
+            size = f"{size} (not {DENSE[name].full})"
         if "error" in row:
             lines.append(f"| {name} | {size} | | | | | **FAILED** | | | | {row['error']} |")
             continue
@@ -146,6 +174,12 @@ def render_dense(rows: dict[str, dict[str, Any]], frozen_cell: Any) -> list[str]
         )
     passed = sum(1 for r in rows.values() if "error" not in r and r["ratio"] <= 0.6)
     lines += ["", f"{passed} of {len(rows)} models prune to <= 60% of their FLOPs and export."]
+    smaller = [f"{n} ({r['size']} px)" for n, r in rows.items() if r.get("size", DENSE[n].full) < DENSE[n].full]
+    if smaller:
+        lines.append(
+            f"Run below their coverage size (two shared CPU cores): {', '.join(smaller)}; `python tools/coverage.py "
+            "--dense NAME` runs one at its full size."
+        )
     missing = [n for n in DENSE if n not in rows]
     if missing:
         lines.append(

@@ -55,8 +55,8 @@ class DenseModel:
         return ([torch.rand(3, size, size, generator=gen)],)
 
     def search_data(self, small: bool = False, images: int = 2) -> list[Any] | None:
-        """Detectors: one batch of `images` random images (the random batches nasprune draws for a list input are
-        the dummy input itself, one image: too few for BatchNorm recalibration at 1x1 maps); None otherwise."""
+        """Detectors: one batch of `images` random images (a random batch nasprune draws for a list input holds 8
+        images: each search would take about four times as long on two cores); None otherwise."""
         if self.task != "detection":
             return None
         size = self.small if small else self.full

@@ -36,6 +36,16 @@ KNOWN_LAYERS: dict[str, LayerSpec] = {
     "timm.layers.norm.RmsNorm2d": LayerSpec(
         "channelwise", {"weight": {"features": 0}}, {"features": ("normalized_shape",)}, 1
     ),
+    # torchvision's BatchNorm with fixed statistics and affine, all four buffers (detectors' pretrained backbones)
+    "torchvision.ops.misc.FrozenBatchNorm2d": LayerSpec(
+        "channelwise",
+        {
+            "weight": {"features": 0},
+            "bias": {"features": 0},
+            "running_mean": {"features": 0},
+            "running_var": {"features": 0},
+        },
+    ),
     # ConvNeXt-V2's GRN: a per-channel affine of x * (spatial L2 norm / its mean over the channels); the mean over the
     # kept channels is what the export computes too (docs/COVERAGE.md, normalizations over channels)
     "timm.layers.grn.GlobalResponseNorm": LayerSpec(

@@ -270,6 +270,30 @@ def test_a_model_with_several_inputs_is_searched_on_random_batches_of_all_of_the
         torch.testing.assert_close(rebuilt.eval()(*dummy), pruned.eval()(*dummy))
 
 
+class ListImages(torch.nn.Module):
+    """Detector-like: a list of images in, a list of dicts out; records how many images each call got."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 64, 3, padding=1), torch.nn.BatchNorm2d(64), torch.nn.ReLU(), torch.nn.Conv2d(64, 4, 1)
+        )
+        self.seen: list[int] = []
+
+    def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        self.seen.append(len(images))
+        return [{"scores": out.mean((1, 2))} for out in self.body(torch.stack(images))]
+
+
+def test_a_model_taking_a_list_of_images_is_searched_on_lists_of_random_images() -> None:
+    torch.manual_seed(0)
+    model, dummy = ListImages().eval(), ([torch.rand(3, 8, 8)],)
+    with pytest.warns(UserWarning, match="no --data given"):
+        result = search(model, {"flops": "70%"}, dummy, {"max_batches": 2})
+    assert 8 in model.seen and set(model.seen) <= {1, 8}  # the dummy's one image (trace, FLOPs), 8 random ones
+    assert fvcore_flops(result.model, dummy) <= result.summary()["constraints"]["flops"]
+
+
 def test_a_checkpoint_of_the_same_builder_with_other_weights_is_refused(tmp_path: Path) -> None:
     dummy = torch.randn(1, 3, 16, 16)
     ckpt = tmp_path / "state.pt"

@@ -25,6 +25,7 @@ from nasprune_cli.metrics.flops import count_params, fvcore_flops
 timm_layers = pytest.importorskip("timm.layers")
 hf_utils = pytest.importorskip("transformers.pytorch_utils")
 from timm.layers.grn import GlobalResponseNorm  # noqa: E402
+from torchvision.ops.misc import FrozenBatchNorm2d  # noqa: E402
 from transformers.models.convnext.modeling_convnext import ConvNextLayerNorm  # noqa: E402
 
 Reference = Callable[[nn.Module, torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]
@@ -45,6 +46,16 @@ class ChannelShift(nn.Module):
 register_layer(
     ChannelShift, kind="channelwise", tensors={"shift": {"features": 0}}, sizes={"features": ["dim"]}, channel_dim=-1
 )
+
+
+def _frozen_bn(channels: int) -> FrozenBatchNorm2d:
+    """torchvision's FrozenBatchNorm2d with random statistics and affine (all four are buffers)."""
+    layer = FrozenBatchNorm2d(channels)
+    gen = torch.Generator().manual_seed(channels)
+    for name in ("weight", "bias", "running_mean"):
+        getattr(layer, name).copy_(torch.randn(channels, generator=gen))
+    layer.running_var.copy_(torch.rand(channels, generator=gen) + 0.5)
+    return layer
 
 
 def _per_channel(module: nn.Module, x: torch.Tensor, idx: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -108,6 +119,7 @@ CASES: dict[str, Case] = {
     "timm.BatchNormAct2d": Case(
         lambda: timm_layers.BatchNormAct2d(8, act_layer=nn.SiLU), (2, 8, 5, 5), 1, _per_channel
     ),
+    "torchvision.FrozenBatchNorm2d": Case(lambda: _frozen_bn(8), (2, 8, 5, 5), 1, _per_channel),
     "timm.GroupNormAct": Case(lambda: timm_layers.GroupNormAct(8, num_groups=2), (2, 8, 5, 5), 1, _group_norm),
     "timm.LayerNorm2d": Case(lambda: timm_layers.LayerNorm2d(8), (2, 8, 5, 5), 1, _layer_norm_nchw),
     "timm.LayerNormAct2d": Case(lambda: timm_layers.LayerNormAct2d(8), (2, 8, 5, 5), 1, _layer_norm_nchw),
@@ -168,8 +180,8 @@ def test_export_equals_dynamic_and_the_reference(name: str, seed: int) -> None:
         reference = CASES[name].reference
         if reference is not None:
             assert_close(out, reference(original, x, indices), rtol=1e-5, atol=1e-5)
-    kept = sum(p.numel() for p in exported.parameters())
-    assert kept < sum(p.numel() for p in original.parameters())
+    kept = sum(t.numel() for t in [*exported.parameters(), *exported.buffers()])
+    assert kept < sum(t.numel() for t in [*original.parameters(), *original.buffers()])
     assert repr(exported)  # the size attributes make sense to the class's own extra_repr
 
 
@@ -242,3 +254,28 @@ def test_weight_standardization_flops_are_counted() -> None:
             assert_close(exported(x), space.model(x), rtol=1e-5, atol=1e-5)
         assert fvcore_flops(exported, x) == pytest.approx(space.cost(config).flops)
         assert count_params(exported) == pytest.approx(space.cost(config).params)
+
+
+def test_frozen_batch_norm_backbone_prunes_like_batch_norm() -> None:
+    """A resnet built with FrozenBatchNorm2d (torchvision detectors' pretrained backbones): every group prunable, the
+    max subnet == the original, export == dynamic at random subnets, FLOPs == fvcore."""
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10, norm_layer=_frozen_bn).eval()
+    reference = copy.deepcopy(model)
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    space = convert(model, None, x)
+    assert [f.name for f in space.frozen] == ["fc"] and len(space.hparams) == 12
+    assert all(is_dynamic(m) for m in space.model.modules() if isinstance(m, FrozenBatchNorm2d))
+    space.select(space.max())
+    with torch.no_grad():
+        assert_close(space.model(x), reference(x), rtol=0, atol=0)
+    rng = random.Random(0)
+    for _ in range(2):
+        config = space.sample(rng)
+        exported = space.export()
+        assert all(type(m) is FrozenBatchNorm2d for m in exported.modules() if isinstance(m, FrozenBatchNorm2d))
+        with torch.no_grad():
+            assert_close(exported(x), space.model(x), rtol=1e-5, atol=1e-5)
+        assert fvcore_flops(exported, x) == pytest.approx(space.cost(config).flops)
+        assert count_params(exported) == space.cost(config).params

@@ -91,6 +91,18 @@ def test_random_batches_are_seeded_and_large_enough_for_batchnorm() -> None:
     assert a[0][1].dtype == torch.long
 
 
+def test_random_batches_of_a_list_input_are_lists_of_new_random_images_shaped_like_its_own() -> None:
+    images = [torch.rand(3, 10, 12), torch.rand(3, 8, 8)]  # a detector's input: a list of images of any size
+    a, b = random_batches((images,), 2, seed=0), random_batches((images,), 2, seed=0)
+    assert len(a) == 2 and all(isinstance(batch, tuple) and isinstance(batch[0], list) for batch in a)
+    shapes = [tuple(t.shape) for t in a[0][0]]
+    assert shapes == [(3, 10, 12), (3, 8, 8)] * 4  # at least 8 images: BatchNorm needs more than one value
+    assert all(torch.equal(x, y) for x, y in zip(a[1][0], b[1][0], strict=True))
+    assert not torch.equal(a[0][0][0], a[1][0][0]) and not torch.equal(a[0][0][0], images[0])
+    ids = random_batches(([torch.zeros(5, dtype=torch.long)],), 1, high=7)[0][0]
+    assert len(ids) == 8 and all(t.dtype == torch.long and int(t.max()) < 7 for t in ids)
+
+
 def test_default_score_is_one_for_the_original_and_lower_when_changed() -> None:
     net = small_net()
     ev = Evaluator(net, batches())
