@@ -134,8 +134,11 @@ class TraceContext:
         return self._from_input.get(id(t)) is t
 
     def where(self) -> str:
-        """The innermost module being run, for messages."""
-        return self.stack[-1] if self.stack and self.stack[-1] else "the model's forward()"
+        """The innermost module being run and its class, for messages: "layer1.0.attn (Attention)"."""
+        if not self.stack or not self.stack[-1]:
+            return "the model's forward()"
+        name = self.stack[-1]
+        return f"{name} ({self.kinds[name]})" if name in self.kinds else name
 
     def labels_of(self, t: Any) -> ChannelLabels | None:
         """Labels of a tensor (None: no prunable channels, every position fixed)."""

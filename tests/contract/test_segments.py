@@ -78,7 +78,7 @@ def test_c2f_chunk_halves_keep_equal_widths() -> None:
     space = convert(model, None, x)
     assert [f.name for f in space.frozen] == ["fc"]
     group = next(g for g in space.grouping.groups if g.name == "c2f.cv1.conv.out_channels")
-    assert group.blocks == 2 and group.cut_by == "'chunk' at c2f"
+    assert group.blocks == 2 and group.cut_by == "'chunk' at c2f (C2f)"
     assert sorted(group.sources) == ["c2f.cv1.conv", "c2f.m.0.cv2.conv", "c2f.m.1.cv2.conv"]
     hp = space.hparams[group.name]
     assert all(c % 2 == 0 for c in hp.choices)
@@ -132,7 +132,8 @@ def test_concat_sliced_with_a_fixed_bound_stays_frozen() -> None:
     space = convert(model, None, x)
     reasons = {f.name: f.reason for f in space.frozen}
     assert (
-        reasons["ghost.primary.0"] == f"indexing slices the channel dim (1) with fixed bounds [:127] at ghost; {STALE}"
+        reasons["ghost.primary.0"]
+        == f"indexing slices the channel dim (1) with fixed bounds [:127] at ghost (GhostModule); {STALE}"
     )
     assert "ghost.primary.0.out_channels" not in space.hparams
 
