@@ -18,9 +18,9 @@ from torch import nn
 
 from nasprune_cli.dynamic import is_dynamic
 from nasprune_cli.errors import NasPruneError
+from nasprune_cli.importance import CONV_TYPES
 from nasprune_cli.inputs import call_model, eval_mode
 
-_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 Side = tuple[str, str]
 
 
@@ -67,7 +67,7 @@ def _reader(module: nn.Module | None, side: str) -> tuple[nn.Module, int] | None
         return (getattr(module, proj), -1) if proj is not None else None
     if side != "in":
         return None
-    if isinstance(module, _CONVS):
+    if isinstance(module, CONV_TYPES):
         return module, 1
     if isinstance(module, nn.Linear):
         return module, -1

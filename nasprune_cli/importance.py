@@ -38,7 +38,7 @@ IMPORTANCE_METHODS = ("magnitude", "consumer", "activation")
 DATA_METHODS = ("activation",)  # need input batches: SearchSpace.sort_parameters(method, inputs)
 DEFAULT_IMPORTANCE = "magnitude"
 _TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, *_TRANSPOSED)
+CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, *_TRANSPOSED)
 
 Sides = Mapping[tuple[str, str], torch.Tensor]
 
@@ -124,7 +124,7 @@ def _scatter(
 def _column_energy(module: nn.Module) -> torch.Tensor | None:
     """Squared L2 norm of the weights that read each input position of a convolution or linear layer."""
     weight = getattr(module, "weight", None)
-    if not isinstance(weight, torch.Tensor) or not isinstance(module, (*_CONVS, nn.Linear)):
+    if not isinstance(weight, torch.Tensor) or not isinstance(module, (*CONV_TYPES, nn.Linear)):
         return None
     w = weight.detach().double().pow(2)
     if isinstance(module, _TRANSPOSED):  # [in, out/groups, *k]: rows are the inputs

@@ -26,7 +26,8 @@ MODELS = {
 }
 
 
-def _logits(out: object) -> torch.Tensor:
+def logits(out: object) -> torch.Tensor:
+    """The first floating-point tensor of a model's output (a ModelOutput's logits)."""
     return [t for t in tensors_in(out, sort_keys=True) if t.is_floating_point()][0]
 
 
@@ -42,13 +43,13 @@ def test_hf_heads_export_matches_dynamic(name: str) -> None:
     heads = [hp for hp in space.hparams.values() if any("attn" in m or "attention" in m for m in hp.members)]
     assert heads, f"no head hparam: {list(space.hparams)}"
     with torch.no_grad():
-        torch.testing.assert_close(_logits(call_model(space.model, x)), _logits(call_model(original, x)))
+        torch.testing.assert_close(logits(call_model(space.model, x)), logits(call_model(original, x)))
     rng = random.Random(0)
     for _ in range(3):
         config = space.sample(rng)
         pruned = space.export()
         with torch.no_grad():
-            dynamic_out, pruned_out = _logits(call_model(space.model, x)), _logits(call_model(pruned, x))
+            dynamic_out, pruned_out = logits(call_model(space.model, x)), logits(call_model(pruned, x))
         torch.testing.assert_close(pruned_out, dynamic_out, rtol=1e-4, atol=1e-5)
         assert fvcore_flops(pruned, x) == pytest.approx(space.cost(config).flops)
         assert sum(p.numel() for p in pruned.parameters()) == space.cost(config).params

@@ -13,8 +13,9 @@ import torch
 pytest.importorskip("transformers")
 
 from nasprune_cli import convert, load_recipe  # noqa: E402
-from nasprune_cli.inputs import call_model, dummy_input_for, tensors_in  # noqa: E402
+from nasprune_cli.inputs import call_model, dummy_input_for  # noqa: E402
 from nasprune_cli.metrics.flops import count_params, fvcore_flops  # noqa: E402
+from tests.unit.test_hf_attention import logits  # noqa: E402
 from tools import hf_models  # noqa: E402
 
 TOKENS = {"input": {"shape": [1, 16], "dtype": "int64"}}
@@ -24,10 +25,6 @@ MODELS = {
     "bert": (hf_models.bert, "bert.encoder.layer"),
     "gpt2": (hf_models.gpt2, "transformer.h"),
 }
-
-
-def _logits(out: object) -> torch.Tensor:
-    return [t for t in tensors_in(out, sort_keys=True) if t.is_floating_point()][0]
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -42,13 +39,13 @@ def test_hf_layers_are_depth_choices_and_the_export_matches(name: str) -> None:
     depth = space.hparams[f"{stack}.depth"]
     assert depth.choices == (1, 2, 3) and depth.members == (f"{stack}.1", f"{stack}.2")
     with torch.no_grad():
-        torch.testing.assert_close(_logits(call_model(space.model, x)), _logits(call_model(original, x)))
+        torch.testing.assert_close(logits(call_model(space.model, x)), logits(call_model(original, x)))
     rng = random.Random(0)
     for config in (space.min(), {**space.sample(rng), depth.name: 2}, space.sample(rng)):
         space.select(config)
         exported = space.export()
         with torch.no_grad():
-            got, want = _logits(call_model(exported, x)), _logits(call_model(space.model, x))
+            got, want = logits(call_model(exported, x)), logits(call_model(space.model, x))
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
         cost = space.cost(config)
         assert fvcore_flops(exported, x) == pytest.approx(cost.flops)

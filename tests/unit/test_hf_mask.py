@@ -13,15 +13,12 @@ import torch
 pytest.importorskip("transformers")
 
 from nasprune_cli import convert, load_recipe  # noqa: E402
-from nasprune_cli.inputs import call_model, dummy_input_for, tensors_in  # noqa: E402
+from nasprune_cli.inputs import call_model, dummy_input_for  # noqa: E402
+from tests.unit.test_hf_attention import logits  # noqa: E402
 from tools import hf_models  # noqa: E402
 
 TOKENS = {"shape": [1, 16], "dtype": "int64"}
 MODELS = {"bert": hf_models.bert, "llama": hf_models.llama}
-
-
-def _logits(out: object) -> torch.Tensor:
-    return [t for t in tensors_in(out, sort_keys=True) if t.is_floating_point()][0]
 
 
 def _space(name: str, keywords: dict[str, str] | None):  # noqa: ANN202
@@ -51,7 +48,7 @@ def test_an_attention_mask_keeps_the_hparams_and_the_export_matches(name: str) -
         exported = space.export()
         for inputs in (x, padded):
             with torch.no_grad():
-                got, want = _logits(call_model(exported, inputs)), _logits(call_model(space.model, inputs))
+                got, want = logits(call_model(exported, inputs)), logits(call_model(space.model, inputs))
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
