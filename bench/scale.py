@@ -8,7 +8,8 @@ subnet (it must be the same for every process count), and rank 0's time evaluati
 for the slowest rank, and the evaluations computed ahead that the search did not use. The weight refit is shared out
 among the ranks (its batches and its ridge fits): its seconds on 1 and 2 processes are recorded apart.
 
-Run: python bench/scale.py [--quick]    (--quick: 112x112, 4 batches of 8: about 15 minutes on two busy cores)
+Run: python bench/scale.py [--quick] [--divisors 64]
+(--quick: 112x112, 4 batches of 8: about 5 minutes; full size, both divisors: about 45 minutes on two idle cores)
 Writes bench/results/scale.json (scale_quick.json).
 """
 
@@ -137,11 +138,14 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batches", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--divisors", type=int, nargs="+", help="channel divisors to run (default: 64 32)")
     args = parser.parse_args()
     if args.worker:
         worker(args)
         return
-    shape = QUICK if args.quick else FULL
+    shape = dict(QUICK if args.quick else FULL)
+    if args.divisors:
+        shape["divisors"] = args.divisors
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for divisor in shape["divisors"]:

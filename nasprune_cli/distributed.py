@@ -95,6 +95,14 @@ class World:
         raise SearchError(f"rank {rank} of {self.size} failed {what}{others}: {text}; the search stopped on every rank")
 
 
+def raise_first(world: World, errors: list[str | None], what: str) -> None:
+    """A SearchError naming the first rank whose entry in `errors` (one per rank, gathered) is not None."""
+    failed = [(rank, text) for rank, text in enumerate(errors) if text is not None]
+    if failed:
+        rank, text = failed[0]
+        raise SearchError(f"rank {rank} of {world.size} failed {what}: {text}; the search stopped on every rank")
+
+
 def one_line(error: BaseException) -> str:
     """An error as one line: its message, or its type and message when it is not one of nasprune's."""
     from nasprune_cli.errors import NasPruneError

@@ -134,7 +134,8 @@ class DynamicSyncBatchNorm(_DynamicBatchNormBase, nn.SyncBatchNorm):
         """torch's SyncBatchNorm forward on the sliced features."""
         self._check_input_dim(input)
         self._check_non_zero_input_channels(input)
-        need_sync = self.training and dist.is_available() and dist.is_initialized()
+        local = getattr(self, "_nasprune_local_stats", False)  # set by recalibrate_bn: ranks run other batches
+        need_sync = self.training and not local and dist.is_available() and dist.is_initialized()
         if need_sync:
             if input.device.type not in ("cuda", "hpu", "xpu", torch._C._get_privateuse1_backend_name()):
                 raise ValueError(

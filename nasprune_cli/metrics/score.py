@@ -1,4 +1,4 @@
-"""Scoring subnets: BN recalibration, the label-free default score and the checked evaluator the searchers call.
+"""Scoring subnets: the label-free default score and the checked evaluator the searchers call.
 
 Default score (no --score): *output agreement*, the coefficient of determination (R^2) of the subnet's outputs
 against the original model's outputs on the same batches:
@@ -29,8 +29,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from nasprune_cli.distributed import World, one_line, raise_first
 from nasprune_cli.errors import SearchError
-from nasprune_cli.inputs import call_model, eval_mode, tensors_in
+from nasprune_cli.inputs import call_model, eval_mode, move_to, tensors_in
+from nasprune_cli.metrics.recalibrate import (  # noqa: F401 - norm_layers is imported from here too
+    check_finite,
+    default_collect,
+    norm_layers,
+    recalibrate_bn,
+)
 
 Collect = Callable[[Any], Any]
 ScoreFn = Callable[[nn.Module], float]
@@ -97,67 +104,6 @@ def score_info(fn: Any, source: str) -> ScoreInfo:
         higher_is_better=expected["higher_is_better"][0],
         percent=expected["percent"][0],
     )
-
-
-def default_collect(batch: Any) -> Any:
-    """Model inputs of a batch: the first element of a tuple / list batch, else the batch itself."""
-    if isinstance(batch, (tuple, list)) and batch:
-        return batch[0]
-    return batch
-
-
-def norm_layers(model: nn.Module) -> list[nn.modules.batchnorm._NormBase]:
-    """The normalization layers with running statistics (the ones recalibrate_bn recomputes)."""
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats]
-
-
-def recalibrate_bn(model: nn.Module, batches: Sequence[Any], collect: Collect = default_collect) -> None:
-    """Recompute BatchNorm running statistics on the batches (cumulative average from a reset).
-
-    The result depends only on the weights, the active subnet and the batches. Every module's training flag and
-    every norm layer's momentum are put back afterwards. A non-finite output or statistic is a SearchError.
-    """
-    norms = norm_layers(model)
-    if not norms:
-        return
-    momenta = {m: m.momentum for m in norms}
-    try:
-        with eval_mode(model):
-            for m in norms:
-                m.reset_running_stats()
-                m.momentum = None  # cumulative moving average: every batch weighs the same
-                m.train()
-            with torch.no_grad():
-                for i, batch in enumerate(batches):
-                    out = call_model(model, collect(batch))
-                    check_finite(out, f"BatchNorm recalibration: the model's output on data batch {i}")
-    finally:
-        for m, momentum in momenta.items():
-            m.momentum = momentum
-    _check_statistics(model, norms)
-
-
-def _check_statistics(model: nn.Module, norms: Sequence[nn.modules.batchnorm._NormBase]) -> None:
-    names = {id(m): n for n, m in model.named_modules()}
-    for m in norms:
-        for stat in ("running_mean", "running_var"):
-            check_finite(getattr(m, stat), f"BatchNorm recalibration: {stat} of layer '{names.get(id(m), '?')}'")
-
-
-def check_finite(obj: Any, what: str) -> None:
-    """A SearchError naming `what` when a floating-point tensor in `obj` (nested) holds nan or inf."""
-    for t in tensors_in(obj):
-        if not (t.is_floating_point() or t.is_complex()):
-            continue
-        finite = torch.isfinite(t)
-        if bool(finite.all()):
-            continue
-        kind = "nan" if bool(torch.isnan(t).any()) else "inf"
-        count = int(finite.numel() - finite.sum())
-        raise SearchError(
-            f"{what} holds {count} non-finite value(s) ({kind}) in a tensor of shape {list(t.shape)}; nasprune "
-            "would compute NaN statistics and scores from it: clean the data (or fix the model) and run again"
-        )
 
 
 def _exit_error(what: str, exc: SystemExit) -> SearchError:
@@ -270,13 +216,29 @@ class Evaluator:
         except Exception as exc:  # noqa: BLE001
             raise SearchError(f"collect function '{self.collect_name}' raised {type(exc).__name__}: {exc}") from exc
 
-    def _outputs(self, whose: str) -> list[Any]:
-        outputs = []
+    def _outputs(self, whose: str, world: World | None = None) -> list[Any]:
+        """The model's outputs on every batch; the ranks of `world` (all on the same subnet) share the batches out
+        and gather the outputs, which are the same bits as one process's."""
+        world = world if world is not None else World()
+        mine: dict[int, Any] = {}
+        error: str | None = None
         with eval_mode(self.model), torch.no_grad():
-            for i, batch in enumerate(self.batches):
-                outputs.append(self._run(self.inputs(batch)))
-                check_finite(outputs[-1], f"default score: {whose} output on data batch {i}")
-        return outputs
+            for i in range(world.rank, len(self.batches), world.size):
+                try:
+                    mine[i] = self._run(self.inputs(self.batches[i]))
+                    check_finite(mine[i], f"default score: {whose} output on data batch {i}")
+                except Exception as exc:  # noqa: BLE001 - every rank hears of it in the gather
+                    if world.size == 1:
+                        raise
+                    error = one_line(exc)
+                    break
+        if world.size == 1:
+            return [mine[i] for i in range(len(self.batches))]
+        gathered = world.gather((error, {i: move_to(out, "cpu") for i, out in mine.items()}))
+        raise_first(world, [text for text, _ in gathered], f"computing {whose} outputs")
+        device = _device(self.model)
+        outputs = {i: out for _, theirs in gathered for i, out in theirs.items()}
+        return [move_to(outputs[i], device) for i in range(len(self.batches))]
 
     def _run(self, inputs: Any) -> Any:
         try:
@@ -287,15 +249,16 @@ class Evaluator:
                 "turns a batch into the model's inputs"
             ) from exc
 
-    def prepare(self) -> None:
-        """Record the original model's outputs (default score); call on the largest subnet.
+    def prepare(self, world: World | None = None) -> None:
+        """Record the original model's outputs (default score); call on the largest subnet. Under torchrun every
+        rank calls it with the World, and the ranks share the batches out.
 
         BN is recalibrated first, so the reference and every subnet share the calibration data and the score
         measures the effect of pruning alone (the original model scores exactly 1.0).
         """
         if self.score_fn is None and self.reference is None:
-            self.recalibrate()
-            self.reference = self._outputs("the original model's")
+            self.recalibrate(world)
+            self.reference = self._outputs("the original model's", world)
             if self.on_score is not None:
                 self.on_score(1.0)
 
@@ -303,10 +266,11 @@ class Evaluator:
         """The original model's score when it is known without a run: 1.0 for the default score after prepare()."""
         return 1.0 if self.score_fn is None and self.reference is not None else None
 
-    def recalibrate(self) -> None:
-        """Recalibrate BatchNorm statistics of the active subnet on the batches."""
+    def recalibrate(self, world: World | None = None) -> None:
+        """Recalibrate BatchNorm statistics of the active subnet on the batches (shared out among the ranks of
+        `world`, all on the same subnet)."""
         try:
-            recalibrate_bn(self.model, self.batches, self.inputs)
+            recalibrate_bn(self.model, self.batches, self.inputs, world)
         except SearchError:
             raise
         except Exception as exc:  # noqa: BLE001
@@ -315,21 +279,24 @@ class Evaluator:
                 "--collect"
             ) from exc
 
-    def __call__(self) -> float:
+    def __call__(self, recalibrate: bool = True, world: World | None = None) -> float:
         """Recalibrate BN, then score the active subnet: a finite float the searchers maximise (the measured value,
-        negated when the score's lower is better; `info.measured` turns it back)."""
-        value = self.measure()
+        negated when the score's lower is better; `info.measured` turns it back). `recalibrate` False: the
+        statistics are already right for these weights; `world`: every rank scores this same subnet together."""
+        value = self.measure(recalibrate, world)
         if self.on_score is not None:
             self.on_score(value)
         return self.info.objective(value)
 
-    def measure(self) -> float:
-        """Recalibrate BN, then the score of the active subnet as the score function measures it."""
-        self.recalibrate()
+    def measure(self, recalibrate: bool = True, world: World | None = None) -> float:
+        """Recalibrate BN (unless told not to), then the score of the active subnet as the score function
+        measures it (the default score's batches shared out among the ranks of `world`)."""
+        if recalibrate:
+            self.recalibrate(world)
         if self.score_fn is None:
             if self.reference is None:
                 raise SearchError("default score: Evaluator.prepare() must run on the original model first")
-            return output_agreement(self._outputs("the subnet's"), self.reference)
+            return output_agreement(self._outputs("the subnet's", world), self.reference)
         try:
             with eval_mode(self.model), torch.no_grad():
                 value = self.score_fn(self.model)
@@ -340,6 +307,11 @@ class Evaluator:
         except Exception as exc:  # noqa: BLE001 - the user's score function can fail in any way
             raise SearchError(f"score function '{self.score_name}' raised {type(exc).__name__}: {exc}") from exc
         return check_score(value, self.score_name, self.info.direction)
+
+
+def _device(model: nn.Module) -> torch.device:
+    """Where the model's tensors are (the CPU for a model without any)."""
+    return next((t.device for t in (*model.parameters(), *model.buffers())), torch.device("cpu"))
 
 
 def check_score(value: Any, name: str, direction: str = "higher is better") -> float:

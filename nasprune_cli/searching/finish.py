@@ -96,7 +96,8 @@ def reconstructed_export(
 
     before = float(best["score"])
     with reconstructed(space, evaluator.batches, evaluator.inputs, on_progress, world=world) as report:
-        after = evaluator() if report.layers else before
+        # the refit recalibrated the statistics for its weights on these batches, as the evaluator would
+        after = evaluator(recalibrate=False, world=world) if report.layers else before
         applied = bool(report.layers) and after >= before
         pruned = space.export() if applied else None
     if pruned is None:

@@ -1,5 +1,5 @@
-"""The normal equations of one layer's least-squares refit: accumulated per data batch, summed in batch order (so
-the sums are the same bits whichever rank computed which batch), and the held-out choice of the ridge, with the
+"""The normal equations of one layer's least-squares refit: accumulated per data batch, summed in one fixed tree
+order (so the sums are the same bits whatever the number of ranks), and the held-out choice of the ridge, with the
 batches and the ridge candidates shared out among the ranks of a World."""
 
 from __future__ import annotations
@@ -9,8 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from nasprune_cli.distributed import World, one_line
-from nasprune_cli.errors import SearchError
+from nasprune_cli.distributed import World, one_line, raise_first
 
 _CHUNK_ELEMENTS = 1 << 24  # unfolded conv inputs are multiplied at most this many elements at a time
 Folds = tuple["Normal", "Normal"]
@@ -65,42 +64,78 @@ class Normal:
         return max(float((w @ self.xtx * w).sum() - 2 * (w * self.xty.T).sum()) + self.yty, 0.0)
 
 
+def summed_batches(world: World, count: int) -> range:
+    """The batches whose sums this rank computes: those of its residue modulo the largest power of two that is at
+    most the number of ranks (ranks beyond it compute none)."""
+    ranks = _summing_ranks(world.size)
+    return range(world.rank, count, ranks) if world.rank < ranks else range(0)
+
+
 def summed_folds(
     world: World, count: int, batch_folds: Callable[[int], Folds], what: str, device: torch.device
 ) -> Folds:
-    """Both folds summed over `count` batches in batch order; batch i's sums are computed by rank i % size, in
-    rounds of one batch per rank, so a rank holds at most `size` batches' sums at a time. A rank that fails stops
-    every rank with a SearchError that names it. Several ranks: the sums are gathered on `device`."""
-    folds = (Normal(), Normal())
-    for start in range(0, count, world.size):
-        index = start + world.rank
-        mine: Folds | None = None
-        error: str | None = None
-        if index < count:
-            try:
-                mine = batch_folds(index)
-            except Exception as exc:  # noqa: BLE001 - every rank hears of it in the gather below
-                if world.size == 1:
-                    raise
-                error = one_line(exc)
-        for got in _gathered(world, error, mine, what, device):  # rank order is batch order
-            folds[0].absorb(got[0])
-            folds[1].absorb(got[1])
-    return folds
+    """Both folds summed over `count` batches in one fixed order whatever the number of ranks: a binary tree over
+    the batch indices that adds the sums of the even and the odd indices, each split the same way in turn. With 2^k
+    summing ranks, rank r computes the whole subtree of the indices r mod 2^k, so each rank sends one set of sums
+    (one all_gather on `device`) and every rank adds the 2^k parts in the tree's top levels. A rank that fails
+    stops every rank with a SearchError that names it."""
+    ranks = _summing_ranks(world.size)
+    mine: Folds | None = None
+    error: str | None = None
+    if world.rank < ranks:
+        try:
+            mine = _subtree(batch_folds, world.rank, ranks, count)
+        except Exception as exc:  # noqa: BLE001 - every rank hears of it in the gather below
+            if world.size == 1:
+                raise
+            error = one_line(exc)
+    parts = _gathered(world, error, mine, what, device)
+    total = _top(parts, 0, 1, ranks)
+    return total if total is not None else (Normal(), Normal())
 
 
-def _gathered(world: World, error: str | None, mine: Folds | None, what: str, device: torch.device) -> list[Folds]:
-    """Every rank's batch sums of this round, in rank order (one process: its own). The tensors travel as one flat
-    float64 tensor per rank through an all_gather on `device` (zeros from a rank without a batch), the rest as small
-    objects."""
+def _summing_ranks(size: int) -> int:
+    return 1 << (max(size, 1).bit_length() - 1)
+
+
+def _subtree(batch_folds: Callable[[int], Folds], first: int, step: int, count: int) -> Folds | None:
+    """The sums of batches first, first + step, ... (< count), added as the tree prescribes."""
+    if first >= count:
+        return None
+    if first + step >= count:
+        return batch_folds(first)
+    return _plus(_subtree(batch_folds, first, 2 * step, count), _subtree(batch_folds, first + step, 2 * step, count))
+
+
+def _top(parts: list[Folds | None], first: int, step: int, ranks: int) -> Folds | None:
+    """The tree's top levels over the ranks' subtrees (rank r holds the subtree of indices r mod `ranks`)."""
+    if step == ranks:
+        return parts[first]
+    return _plus(_top(parts, first, 2 * step, ranks), _top(parts, first + step, 2 * step, ranks))
+
+
+def _plus(a: Folds | None, b: Folds | None) -> Folds | None:
+    if a is None or b is None:
+        return a if b is None else b
+    a[0].absorb(b[0])
+    a[1].absorb(b[1])
+    return a
+
+
+def _gathered(
+    world: World, error: str | None, mine: Folds | None, what: str, device: torch.device
+) -> list[Folds | None]:
+    """Every rank's sums, in rank order (one process: its own; None: a rank with no rows). The tensors travel as
+    one flat float64 tensor per rank through an all_gather on `device` (zeros from a rank without sums), the rest as
+    small objects."""
     if world.size == 1:
-        return [mine] if mine is not None else []
+        return [mine]
     meta = None if mine is None else [(f.yty, f.rows, _shapes(f)) for f in mine]
     metas = world.gather((error, meta))
-    _raise_first(world, [e for e, _ in metas], what)
+    raise_first(world, [e for e, _ in metas], what)
     shapes = next((s for _, m in metas if m is not None for _, _, s in m if s is not None), None)
     if shapes is None:
-        return []
+        return [None] * world.size
     sizes = [shapes[0].numel(), shapes[1].numel()] * 2
     flat = torch.zeros(sum(sizes), dtype=torch.float64, device=device)
     if mine is not None:
@@ -109,9 +144,10 @@ def _gathered(world: World, error: str | None, mine: Folds | None, what: str, de
             if fold.xtx is not None and fold.xty is not None:
                 parts[2 * k].copy_(fold.xtx.reshape(-1))
                 parts[2 * k + 1].copy_(fold.xty.reshape(-1))
-    out = []
+    out: list[Folds | None] = []
     for (_, theirs), tensor in zip(metas, world.gather_tensor(flat), strict=True):
         if theirs is None:
+            out.append(None)
             continue
         parts = tensor.split(sizes)
         folds = [
@@ -160,13 +196,6 @@ def held_out_fit(
         return whole.solve(kept, best), best
     solved = whole.solve(kept, best) if world.is_main else torch.empty_like(kept)
     return world.broadcast_tensor(solved), best
-
-
-def _raise_first(world: World, errors: list[str | None], what: str) -> None:
-    failed = [(rank, text) for rank, text in enumerate(errors) if text is not None]
-    if failed:
-        rank, text = failed[0]
-        raise SearchError(f"rank {rank} of {world.size} failed {what}: {text}; the search stopped on every rank")
 
 
 def _chunks(x: torch.Tensor, y: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -170,7 +170,7 @@ def _evaluator(space: SearchSpace, dummy_input: Any, options: SearchOptions, dev
     if isinstance(score_fn, LabelScore):  # top1 / top5 / loss on the same batches
         score_fn = score_fn.bind(evaluator.batches, evaluator.inputs, has_data=options.data.value is not None)
     evaluator.set_score(score_fn)
-    evaluator.prepare()
+    evaluator.prepare(current_world())  # under torchrun the ranks share its batches
     return evaluator
 
 

@@ -31,12 +31,13 @@ from nasprune_cli.distributed import World
 from nasprune_cli.dynamic import is_dynamic
 from nasprune_cli.errors import SearchError
 from nasprune_cli.inputs import call_model, eval_mode
-from nasprune_cli.metrics.score import default_collect, norm_layers, recalibrate_bn
-from nasprune_cli.searching.normals import Folds, Normal, held_out_fit, summed_folds
+from nasprune_cli.metrics.recalibrate import Stop, default_collect, norm_layers, recalibrate_bn, run_until
+from nasprune_cli.searching.normals import Folds, Normal, held_out_fit, summed_batches, summed_folds
 
 __all__ = ["EXACT", "RIDGES", "Normal", "ReconstructReport", "held_out_fit", "reconstructed", "refit_reason"]
 
 RIDGES = (1e-3, 1e-2, 1e-1, 1.0)  # pulls towards the kept weights tried, as shares of the mean diagonal of X^T X
+TARGET_BYTES = 1 << 29  # original layer outputs kept at a time per process (several layers captured per pass)
 EXACT = "its output already matches the original model's"
 ProgressFn = Callable[[str, int, int], None]
 
@@ -64,10 +65,6 @@ class ReconstructReport:
         }
 
 
-class _Stop(BaseException):  # not an error, and a model's own `except Exception` must not swallow it
-    """Raised by a hook to end a forward pass once the layer of interest has been seen."""
-
-
 def refit_reason(module: nn.Module) -> str | None:
     """Why a layer's weights cannot be refitted (None: they can)."""
     if not is_dynamic(module):
@@ -91,8 +88,10 @@ class _Regimes:
     """The two states a forward pass runs in: the original model (full subnet, its weights and normalization
     statistics) and the pruned subnet being refitted (working weights, statistics recalibrated for them)."""
 
-    def __init__(self, space: Any, layers: list[str], batches: Sequence[Any], collect: Callable[[Any], Any]) -> None:
-        self.space, self.batches, self.collect = space, batches, collect
+    def __init__(
+        self, space: Any, layers: list[str], batches: Sequence[Any], collect: Callable[[Any], Any], world: World
+    ) -> None:
+        self.space, self.batches, self.collect, self.world = space, batches, collect, world
         self.active = space.config()
         model = space.model
         self.params = {name: _params(model.get_submodule(name)) for name in layers}
@@ -100,31 +99,87 @@ class _Regimes:
         self.work = {name: [t.clone() for t in ts] for name, ts in self.original.items()}
         self.saved_stats = _norm_stats(model)  # as the space had them: put back on leaving
         self.original_stats = self.work_stats = self.saved_stats
+        self.current = ""  # the regime the model is in now ("original", "work"; "" unknown)
 
     def use_original(self) -> None:
         """The full subnet with the original weights and statistics."""
-        self.space.select(self.space.max())
-        _use(self.params, self.original)
-        _load_norm_stats(self.original_stats)
+        if self.current != "original":
+            self.space.select(self.space.max())
+            _use(self.params, self.original)
+            _load_norm_stats(self.original_stats)
+            self.current = "original"
 
     def use_work(self) -> None:
         """The active subnet with the working weights and their statistics."""
-        self.space.select(self.active)
-        _use(self.params, self.work)
-        _load_norm_stats(self.work_stats)
+        if self.current != "work":
+            self.space.select(self.active)
+            _use(self.params, self.work)
+            _load_norm_stats(self.work_stats)
+            self.current = "work"
 
-    def calibrate(self, which: str) -> None:
-        """Recalibrate the statistics of one regime on the batches (they change with its weights)."""
+    def calibrate(self, which: str, stop: nn.Module | None = None) -> None:
+        """Recalibrate the statistics of one regime on the batches (they change with its weights); with `stop`,
+        only those of the norm layers that run before it."""
         if which == "original":
             self.use_original()
         else:
             self.use_work()
-        recalibrate_bn(self.space.model, self.batches, self.collect)
+        recalibrate_bn(self.space.model, self.batches, self.collect, self.world, stop)
         stats = _norm_stats(self.space.model)
         if which == "original":
             self.original_stats = stats
         else:
             self.work_stats = stats
+
+
+class _Targets:
+    """The original model's outputs of the layers to refit (at their kept channels) on this rank's batches. One
+    forward pass captures the outputs of several layers in forward order, up to TARGET_BYTES over this rank's
+    batches; each output is handed out once."""
+
+    def __init__(self, regimes: _Regimes, layers: list[str], mine: int) -> None:
+        self.regimes, self.layers = regimes, layers
+        model = regimes.space.model
+        self.modules = {name: model.get_submodule(name) for name in layers}
+        regimes.use_work()
+        self.rows = {name: module.get_index("out") for name, module in self.modules.items()}  # the kept channels
+        self.per_batch = TARGET_BYTES // max(mine, 1)
+        self.kept: dict[tuple[str, int], torch.Tensor] = {}
+        self.passes = 0
+
+    def take(self, name: str, index: int) -> torch.Tensor:
+        """Layer `name`'s original output on batch `index`, one row per output position."""
+        if (name, index) not in self.kept:
+            self._capture(name, index)
+        return self.kept.pop((name, index))
+
+    def _capture(self, name: str, index: int) -> None:
+        """One forward pass of the original model on a batch, from layer `name` on, while the budget lasts."""
+        self.regimes.use_original()
+        names = {self.modules[n]: n for n in self.layers[self.layers.index(name) :]}
+        used = 0
+
+        def hook(module: nn.Module, _args: tuple, out: torch.Tensor) -> None:
+            nonlocal used
+            layer = names[module]
+            y = _targets(module, out.detach(), self.rows[layer])
+            self.kept[(layer, index)] = y
+            used += y.numel() * y.element_size()
+            if used >= self.per_batch or layer == self.layers[-1]:
+                raise Stop
+
+        handles = [module.register_forward_hook(hook) for module in names]
+        try:
+            with torch.no_grad():
+                run_until(self.regimes.space.model, self.regimes.collect(self.regimes.batches[index]))
+        except Stop:
+            pass
+        finally:
+            for handle in handles:
+                handle.remove()
+        self.passes += 1
+        if (name, index) not in self.kept:
+            raise SearchError(f"reconstruction: layer '{name}' did not run on a data batch")
 
 
 @contextmanager
@@ -144,17 +199,23 @@ def reconstructed(
     start = time.perf_counter()
     model: nn.Module = space.model
     report = ReconstructReport()
+    world = world if world is not None else World()
     layers = _forward_order(model, batches[0], collect, report)
-    regimes = _Regimes(space, layers, batches, collect)
+    regimes = _Regimes(space, layers, batches, collect, world)
     try:
         with eval_mode(model):
             regimes.calibrate("original")
-            regimes.calibrate("work")
+            targets = _Targets(regimes, layers, len(summed_batches(world, len(batches))))
+            fresh = -1  # the norm layers that run before layers[fresh] have statistics right for the work weights
             for i, name in enumerate(layers):
                 if on_progress is not None:
                     on_progress("reconstruct", i, len(layers))
-                if _refit(regimes, name, ridges, report, world if world is not None else World()):
-                    regimes.calibrate("work")  # later layers are fitted to what this one now produces
+                if fresh < i:  # the statistics this layer's input goes through, for the weights refitted so far
+                    regimes.calibrate("work", stop=targets.modules[name])
+                    fresh = i
+                if _refit(regimes, targets, name, ridges, report):
+                    fresh = i  # the layers after this one now see other inputs
+            regimes.calibrate("work")  # every norm layer, for the final weights
             if on_progress is not None:
                 on_progress("reconstruct", len(layers), len(layers))
         regimes.use_work()
@@ -167,17 +228,17 @@ def reconstructed(
 
 
 # ---- one layer ---------------------------------------------------------------------------------------------
-def _refit(regimes: _Regimes, name: str, ridges: Sequence[float], report: ReconstructReport, world: World) -> bool:
+def _refit(regimes: _Regimes, targets: _Targets, name: str, ridges: Sequence[float], report: ReconstructReport) -> bool:
     """Fit one layer's active weights; False when it is left as it is.
 
     The data rows are split in two folds by sample. Each ridge strength is fitted on one fold and scored on the
     other; the best one is fitted on all rows, unless no strength predicts the held-out fold better than the kept
     weights (too few rows for the number of weights: the fit would memorize the batches).
     """
-    module = regimes.space.model.get_submodule(name)
-    rows, cols = module.get_index("out"), module.get_index("in")
+    module, world = targets.modules[name], regimes.world
+    rows, cols = targets.rows[name], module.get_index("in")
     refit = f"refitting layer '{name}'"
-    batch_folds = lambda i: _batch_folds(regimes, module, rows, i)  # noqa: E731
+    batch_folds = lambda i: _batch_folds(regimes, module, targets.take(name, i), i)  # noqa: E731
     folds = summed_folds(world, len(regimes.batches), batch_folds, refit, module.weight.device)
     if folds[0].xtx is None or folds[1].xtx is None:
         report.skipped[name] = "one data batch of one sample: no rows to check a fit on (pass more --data batches)"
@@ -207,16 +268,12 @@ def _refit(regimes: _Regimes, name: str, ridges: Sequence[float], report: Recons
     return True
 
 
-def _batch_folds(regimes: _Regimes, module: nn.Module, rows: torch.Tensor | None, index: int) -> Folds:
-    """One data batch's sums of both folds: its samples split in two halves (a batch of one sample goes to the
-    first fold when its index is even, else to the second)."""
-    model = regimes.space.model
-    inputs = regimes.collect(regimes.batches[index])
-    regimes.use_original()
-    target = _capture(model, module, inputs, "output")
+def _batch_folds(regimes: _Regimes, module: nn.Module, y: torch.Tensor, index: int) -> Folds:
+    """One data batch's sums of both folds, given the original output `y`: its samples split in two halves (a batch
+    of one sample goes to the first fold when its index is even, else to the second)."""
     regimes.use_work()
-    x_in = _capture(model, module, inputs, "input")
-    x, y = _design(module, x_in), _targets(module, target, rows)
+    x_in = _capture(regimes.space.model, module, regimes.collect(regimes.batches[index]))
+    x = _design(module, x_in)
     samples = x_in.shape[0]
     half = (samples // 2) * (x.shape[0] // samples) if samples > 1 else (x.shape[0] if index % 2 == 0 else 0)
     folds = (Normal(), Normal())
@@ -226,23 +283,19 @@ def _batch_folds(regimes: _Regimes, module: nn.Module, rows: torch.Tensor | None
     return folds
 
 
-def _capture(model: nn.Module, module: nn.Module, inputs: Any, what: str) -> torch.Tensor:
-    """The layer's input (before it runs) or output on one batch; the forward pass stops right there."""
+def _capture(model: nn.Module, module: nn.Module, inputs: Any) -> torch.Tensor:
+    """The layer's input on one batch; the forward pass stops right before the layer runs."""
     got: list[torch.Tensor] = []
 
     def pre_hook(_m: nn.Module, args: tuple) -> None:
         got.append(args[0].detach())
-        raise _Stop
+        raise Stop
 
-    def hook(_m: nn.Module, _args: tuple, out: torch.Tensor) -> None:
-        got.append(out.detach())
-        raise _Stop
-
-    handle = module.register_forward_pre_hook(pre_hook) if what == "input" else module.register_forward_hook(hook)
+    handle = module.register_forward_pre_hook(pre_hook)
     try:
         with torch.no_grad():
             call_model(model, inputs)
-    except _Stop:
+    except Stop:
         pass
     finally:
         handle.remove()

@@ -98,6 +98,43 @@ def refit_search(tmp: Path, tag: str) -> dict[str, Any]:
     return {"config": result.config, "reconstruction": result.reconstruction.to_dict(), "score": result.pruned.score}
 
 
+def recal_setup() -> tuple[Any, list[tuple[torch.Tensor]]]:
+    """A converted net with a SyncBatchNorm (it must not synchronize ranks that run other batches) and 5 batches."""
+    from torch import nn
+
+    from nasprune_cli.conversion import convert
+
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.SyncBatchNorm(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.Flatten(),
+        nn.Linear(4 * 8 * 8, 5),
+    ).eval()
+    space = convert(net, None, torch.zeros(1, 3, 8, 8))
+    gen = torch.Generator().manual_seed(3)
+    return space.model, [(torch.randn(4, 3, 8, 8, generator=gen),) for _ in range(5)]
+
+
+def shared_reference(world: World, path: Path) -> None:
+    """The default score's reference run by the ranks of `world` together: statistics and outputs, saved."""
+    from nasprune_cli.metrics.score import Evaluator
+
+    model, batches = recal_setup()
+    evaluator = Evaluator(model, batches)
+    evaluator.prepare(world)
+    torch.save({"state": model.state_dict(), "reference": evaluator.reference}, path)
+
+
+def scenario_recal(rank: int, tmp: Path) -> Any:
+    world = init_world("cpu")
+    shared_reference(world, tmp / f"recal_rank{rank}.pt")
+    return world.size
+
+
 def scenario_refit(rank: int, tmp: Path) -> Any:
     return refit_search(tmp, f"rank{rank}")
 
@@ -116,7 +153,13 @@ def scenario_fail(rank: int, tmp: Path) -> Any:
     return outcome(fake_search("binary", tmp / "fail.ckpt", lambda space: FailingEvaluator(space, rank, 1, 2)))
 
 
-SCENARIOS = {"refit": scenario_refit, "chain": scenario_chain, "resume": scenario_resume, "fail": scenario_fail}
+SCENARIOS = {
+    "recal": scenario_recal,
+    "refit": scenario_refit,
+    "chain": scenario_chain,
+    "resume": scenario_resume,
+    "fail": scenario_fail,
+}
 
 
 def worker(rank: int, size: int, port: int, tmp: str) -> None:
@@ -210,6 +253,24 @@ def test_two_processes_refit_the_weights_one_process_refits_to_the_bit(two_ranks
         assert weights.keys() == expected.keys()
         for name, tensor in expected.items():
             assert torch.equal(weights[name], tensor), (rank, name)
+
+
+def test_two_processes_recalibrate_and_record_the_reference_one_process_does_to_the_bit(
+    two_ranks: tuple[Path, list[dict]],
+) -> None:
+    tmp, ranks = two_ranks
+    with one_thread():
+        shared_reference(World(), tmp / "recal_alone.pt")
+    expected = torch.load(tmp / "recal_alone.pt")
+    assert int(expected["state"]["1.num_batches_tracked"]) == 5
+    for rank, payload in enumerate(ranks):
+        assert payload["recal"]["ok"] == 2
+        got = torch.load(tmp / f"recal_rank{rank}.pt")
+        for key, value in expected["state"].items():
+            assert torch.equal(got["state"][key], value), (rank, key)
+        assert len(got["reference"]) == 5
+        for mine, theirs in zip(got["reference"], expected["reference"], strict=True):
+            assert torch.equal(mine, theirs), rank
 
 
 def test_a_checkpoint_from_one_process_resumes_on_two(two_ranks: tuple[Path, list[dict]]) -> None:
