@@ -50,6 +50,7 @@ bench: $(BENCH_STAMP)
 	$(PYTHON) bench/latency.py
 	$(PYTHON) bench/training.py
 	$(PYTHON) bench/scale.py
+	$(PYTHON) bench/map_cut.py
 	$(PYTHON) bench/text.py
 	$(PYTHON) bench/report.py
 

@@ -34,7 +34,7 @@ METHOD_NAMES = {
 def load_results(results: Path, suffix: str = "") -> dict[str, dict[str, Any]]:
     """{"quality": ..., "overhead": ..., "latency": ...} from <results>/<name><suffix>.json (missing ones left out)."""
     out = {}
-    for name in ("quality", "overhead", "latency", "training", "scale", "text"):
+    for name in ("quality", "overhead", "latency", "training", "scale", "map_cut", "text"):
         path = results / f"{name}{suffix}.json"
         if path.is_file():
             out[name] = json.loads(path.read_text())
@@ -588,7 +588,7 @@ def render_scale(data: Mapping[str, Any]) -> str:
         f"{shape.get('size')}x{shape.get('size')}, data {shape.get('batches')} batches of {shape.get('batch_size')} "
         "random images, FLOPs 50%, binary searcher, `torchrun --nproc_per_node N`, one thread per process. "
         f"Machine: {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores, load average "
-        f"{machine.get('load_avg_1m', '?')} at the end (other jobs ran on it).",
+        f"{machine.get('load_avg_1m', '?')} at the end (the notes say what else ran).",
         "",
     ]
     rows = []
@@ -598,7 +598,7 @@ def render_scale(data: Mapping[str, Any]) -> str:
             [
                 str(r["divisor"]),
                 str(r["procs"]),
-                f"{r['hparams']} / {r['choices']}",
+                f"{r['hparams']} / {r['choices']}" + (f" of {r['complete_map']}" if "complete_map" in r else ""),
                 _num(r["wall_s"], 1),
                 _num(r["search_s"], 1),
                 _num(r.get("search_without_refit_s"), 1),
@@ -618,7 +618,7 @@ def render_scale(data: Mapping[str, Any]) -> str:
     header = [
         "divisor",
         "procs",
-        "hparams / choices scored",
+        "hparams / choices scored (of a complete map)",
         "wall s",
         "search s",
         "search s without the refit",
@@ -639,6 +639,48 @@ def render_scale(data: Mapping[str, Any]) -> str:
         "on the CPU with resnet18 at 64x64.",
     ]
     return "\n".join(out)
+
+
+def render_map_cut(data: Mapping[str, Any]) -> str:
+    """Evaluations the budget sensitivity map cuts against the complete map (bench/map_cut.py)."""
+    rows = []
+    for r in data.get("runs", []):
+        same = r.get("same_subnet_as_complete")
+        rows.append(
+            [
+                str(r["divisor"]),
+                r["map"],
+                str(r["hparams"]),
+                str(r["choices_scored"]),
+                str(r["evaluations"]),
+                _num(r["seconds"], 1),
+                _num(r["seconds"] / max(r["evaluations"], 1), 2),
+                _num(r["flops_ratio"], 3),
+                "-" if same is None else ("yes" if same else "NO"),
+            ]
+        )
+    header = [
+        "divisor",
+        "map",
+        "hparams",
+        "choices scored",
+        "evaluations",
+        "search s",
+        "s / evaluation",
+        "FLOPs",
+        "same subnet as the complete map",
+    ]
+    return "\n".join(
+        [
+            "### Evaluations cut by the budget sensitivity map",
+            "",
+            "`python bench/map_cut.py`: resnet18 (random init) at 112x112, 4 data batches of 8, FLOPs 50%, binary "
+            "searcher without the refit, one thread; the default map (`budget`) against a complete monotone map that "
+            "scores every choice.",
+            "",
+            _table(header, rows),
+        ]
+    )
 
 
 def render(results: Mapping[str, Mapping[str, Any]], notes: str = "") -> str:
@@ -675,6 +717,8 @@ def render(results: Mapping[str, Mapping[str, Any]], notes: str = "") -> str:
         out += [render_training(results["training"]), ""]
     if "scale" in results:
         out += [render_scale(results["scale"]), ""]
+    if "map_cut" in results:
+        out += [render_map_cut(results["map_cut"]), ""]
     if "text" in results:  # table 6, rendered by bench/text.py
         try:
             from text import render as render_text  # run as a script: bench/ is on the path

@@ -163,8 +163,25 @@ def main() -> None:
             f"{two['speedup_without_refit']}x without the refit, {two['speedup_refit']}x the refit; "
             f"same subnet: {two['same_subnet']}"
         )
+    for row in rows:
+        row["complete_map"] = complete_map(row["divisor"], shape["size"])
     name = "scale_quick" if args.quick else "scale"
     write_result(name, {"machine": machine_info(), "shape": shape, "runs": rows})
+
+
+def complete_map(divisor: int, size: int) -> int:
+    """The choices of every hparam (what "choices" counts when a complete sensitivity map scores them all; the
+    budget map scores those the budget can reach)."""
+    import torchvision
+
+    from nasprune_cli.conversion import convert
+    from nasprune_cli.recipe.load import load_recipe
+
+    recipe = load_recipe("fastnas", None, "bench/scale.py", sets=[f"defaults.divisor={divisor}"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        space = convert(torchvision.models.resnet18(), recipe, torch.randn(1, 3, size, size))
+    return sum(len(hp.choices) for hp in space.hparams.values())  # as "choices": the maxima counted too
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from nasprune_cli.distributed import World
 from nasprune_cli.dynamic import is_dynamic
 from nasprune_cli.errors import SearchError
 from nasprune_cli.inputs import call_model, eval_mode
-from nasprune_cli.metrics.recalibrate import Stop, default_collect, norm_layers, recalibrate_bn, run_until
+from nasprune_cli.metrics.recalibrate import Stop, default_collect, norm_layers, recalibrate_bn
 from nasprune_cli.searching.normals import Folds, Normal, held_out_fit, summed_batches, summed_folds
 
 __all__ = ["EXACT", "RIDGES", "Normal", "ReconstructReport", "held_out_fit", "reconstructed", "refit_reason"]
@@ -145,7 +145,6 @@ class _Targets:
         self.rows = {name: module.get_index("out") for name, module in self.modules.items()}  # the kept channels
         self.per_batch = TARGET_BYTES // max(mine, 1)
         self.kept: dict[tuple[str, int], torch.Tensor] = {}
-        self.passes = 0
 
     def take(self, name: str, index: int) -> torch.Tensor:
         """Layer `name`'s original output on batch `index`, one row per output position."""
@@ -171,13 +170,12 @@ class _Targets:
         handles = [module.register_forward_hook(hook) for module in names]
         try:
             with torch.no_grad():
-                run_until(self.regimes.space.model, self.regimes.collect(self.regimes.batches[index]))
+                call_model(self.regimes.space.model, self.regimes.collect(self.regimes.batches[index]))
         except Stop:
             pass
         finally:
             for handle in handles:
                 handle.remove()
-        self.passes += 1
         if (name, index) not in self.kept:
             raise SearchError(f"reconstruction: layer '{name}' did not run on a data batch")
 
@@ -206,15 +204,13 @@ def reconstructed(
         with eval_mode(model):
             regimes.calibrate("original")
             targets = _Targets(regimes, layers, len(summed_batches(world, len(batches))))
-            fresh = -1  # the norm layers that run before layers[fresh] have statistics right for the work weights
             for i, name in enumerate(layers):
                 if on_progress is not None:
                     on_progress("reconstruct", i, len(layers))
-                if fresh < i:  # the statistics this layer's input goes through, for the weights refitted so far
-                    regimes.calibrate("work", stop=targets.modules[name])
-                    fresh = i
-                if _refit(regimes, targets, name, ridges, report):
-                    fresh = i  # the layers after this one now see other inputs
+                # the statistics of the norm layers this layer's input goes through, for the weights refitted so far
+                # (those that run after it are recalibrated before the next layer, or at the end)
+                regimes.calibrate("work", stop=targets.modules[name])
+                _refit(regimes, targets, name, ridges, report)
             regimes.calibrate("work")  # every norm layer, for the final weights
             if on_progress is not None:
                 on_progress("reconstruct", len(layers), len(layers))
