@@ -122,7 +122,8 @@ def _batch_stats(m: NormLayer) -> tuple[int, torch.Tensor, torch.Tensor] | None:
     calls = int(m.num_batches_tracked)  # type: ignore[arg-type]
     if calls == 0:
         return None  # it did not run on this batch (or not before `stop`)
-    return calls, m.running_mean.clone(), m.running_var.clone()  # type: ignore[union-attr]
+    # on the CPU: the ranks' statistics travel pickled, and the average is the same bits on any device
+    return calls, m.running_mean.to("cpu", copy=True), m.running_var.to("cpu", copy=True)  # type: ignore[union-attr]
 
 
 def _average(m: NormLayer, per_batch: list[tuple[int, torch.Tensor, torch.Tensor] | None], saved: tuple) -> None:
@@ -133,7 +134,7 @@ def _average(m: NormLayer, per_batch: list[tuple[int, torch.Tensor, torch.Tensor
         _load(m, saved)
         return
     calls = sum(c for c, _, _ in ran)
-    mean = torch.zeros(ran[0][1].shape, dtype=torch.float64, device=ran[0][1].device)
+    mean = torch.zeros(ran[0][1].shape, dtype=torch.float64)
     var = torch.zeros_like(mean)
     for c, batch_mean, batch_var in ran:
         mean += batch_mean.double() * c
