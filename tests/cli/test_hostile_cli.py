@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -298,7 +299,11 @@ def test_budget_below_the_model_has_no_such_warning(runner: CliRunner, models: P
 
 @pytest.mark.parametrize("builder", ["interrupted", "interrupt_turned_into_error"])
 def test_keyboard_interrupt_is_exit_130(runner: CliRunner, models: Path, builder: str) -> None:
-    result = runner.invoke(app, ["profile", "--model", f"np_hostile:{builder}", *SHAPE])
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # a job started with `&` ignores SIGINT
+    try:
+        result = runner.invoke(app, ["profile", "--model", f"np_hostile:{builder}", *SHAPE])
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert_one_error(result, "Error: interrupted", code=130)
 
 
