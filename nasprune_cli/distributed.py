@@ -86,21 +86,18 @@ class World:
             if error is not None:
                 raise error
             return
-        reports = self.gather(None if error is None else one_line(error))
-        failed = [(rank, text) for rank, text in enumerate(reports) if text is not None]
-        if not failed:
-            return
-        rank, text = failed[0]
-        others = f" (and rank(s) {', '.join(str(r) for r, _ in failed[1:])})" if len(failed) > 1 else ""
-        raise SearchError(f"rank {rank} of {self.size} failed {what}{others}: {text}; the search stopped on every rank")
+        raise_first(self, self.gather(None if error is None else one_line(error)), what)
 
 
 def raise_first(world: World, errors: list[str | None], what: str) -> None:
-    """A SearchError naming the first rank whose entry in `errors` (one per rank, gathered) is not None."""
+    """A SearchError naming the first rank whose entry in `errors` (one per rank, gathered) is not None, and the
+    other ranks that failed too."""
     failed = [(rank, text) for rank, text in enumerate(errors) if text is not None]
-    if failed:
-        rank, text = failed[0]
-        raise SearchError(f"rank {rank} of {world.size} failed {what}: {text}; the search stopped on every rank")
+    if not failed:
+        return
+    rank, text = failed[0]
+    others = f" (and rank(s) {', '.join(str(r) for r, _ in failed[1:])})" if len(failed) > 1 else ""
+    raise SearchError(f"rank {rank} of {world.size} failed {what}{others}: {text}; the search stopped on every rank")
 
 
 def one_line(error: BaseException) -> str:

@@ -77,9 +77,8 @@ def recalibrate_bn(
         gathered = world.gather((error, mine))
         raise_first(world, [text for text, _ in gathered], "in BatchNorm recalibration")
         per_batch = {i: stats for _, theirs in gathered for i, stats in theirs.items()}
-    for j, m in enumerate(norms):
-        _average(m, [per_batch[i][j] for i in sorted(per_batch)], saved[j])
-    _check_statistics(model, [m for j, m in enumerate(norms) if any(per_batch[i][j] for i in per_batch)])
+    ran = [m for j, m in enumerate(norms) if _average(m, [per_batch[i][j] for i in sorted(per_batch)], saved[j])]
+    _check_statistics(model, ran)
 
 
 def _my_batches(
@@ -126,13 +125,13 @@ def _batch_stats(m: NormLayer) -> tuple[int, torch.Tensor, torch.Tensor] | None:
     return calls, m.running_mean.to("cpu", copy=True), m.running_var.to("cpu", copy=True)  # type: ignore[union-attr]
 
 
-def _average(m: NormLayer, per_batch: list[tuple[int, torch.Tensor, torch.Tensor] | None], saved: tuple) -> None:
+def _average(m: NormLayer, per_batch: list[tuple[int, torch.Tensor, torch.Tensor] | None], saved: tuple) -> bool:
     """Set a layer's statistics to the call-weighted average over the batches, in batch order (float64 sums); a
-    layer that ran on no batch gets its saved statistics back."""
+    layer that ran on no batch gets its saved statistics back (False)."""
     ran = [s for s in per_batch if s is not None]
     if not ran:
         _load(m, saved)
-        return
+        return False
     calls = sum(c for c, _, _ in ran)
     mean = torch.zeros(ran[0][1].shape, dtype=torch.float64)
     var = torch.zeros_like(mean)
@@ -140,6 +139,7 @@ def _average(m: NormLayer, per_batch: list[tuple[int, torch.Tensor, torch.Tensor
         mean += batch_mean.double() * c
         var += batch_var.double() * c
     _load(m, ((mean / calls).to(saved[0].dtype), (var / calls).to(saved[1].dtype), torch.tensor(calls)))
+    return True
 
 
 def _stats(m: NormLayer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

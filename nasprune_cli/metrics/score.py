@@ -32,12 +32,7 @@ from torch import nn
 from nasprune_cli.distributed import World, one_line, raise_first
 from nasprune_cli.errors import SearchError
 from nasprune_cli.inputs import call_model, eval_mode, move_to, tensors_in
-from nasprune_cli.metrics.recalibrate import (  # noqa: F401 - norm_layers is imported from here too
-    check_finite,
-    default_collect,
-    norm_layers,
-    recalibrate_bn,
-)
+from nasprune_cli.metrics.recalibrate import check_finite, default_collect, recalibrate_bn
 
 Collect = Callable[[Any], Any]
 ScoreFn = Callable[[nn.Module], float]

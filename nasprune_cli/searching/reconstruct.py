@@ -224,8 +224,8 @@ def reconstructed(
 
 
 # ---- one layer ---------------------------------------------------------------------------------------------
-def _refit(regimes: _Regimes, targets: _Targets, name: str, ridges: Sequence[float], report: ReconstructReport) -> bool:
-    """Fit one layer's active weights; False when it is left as it is.
+def _refit(regimes: _Regimes, targets: _Targets, name: str, ridges: Sequence[float], report: ReconstructReport) -> None:
+    """Fit one layer's active weights, or say in the report why it is left as it is.
 
     The data rows are split in two folds by sample. Each ridge strength is fitted on one fold and scored on the
     other; the best one is fitted on all rows, unless no strength predicts the held-out fold better than the kept
@@ -238,30 +238,29 @@ def _refit(regimes: _Regimes, targets: _Targets, name: str, ridges: Sequence[flo
     folds = summed_folds(world, len(regimes.batches), batch_folds, refit, module.weight.device)
     if folds[0].xtx is None or folds[1].xtx is None:
         report.skipped[name] = "one data batch of one sample: no rows to check a fit on (pass more --data batches)"
-        return False
+        return
     kept = _active_matrix(module, regimes.work[name], rows, cols).double()
     whole = folds[0] + folds[1]
     report.error_before[name] = whole.error(kept) / max(whole.yty, 1e-30)
     if report.error_before[name] < 1e-10:
         report.skipped[name] = EXACT
-        return False
+        return
     try:
         fit = held_out_fit(folds, kept, ridges, world)
     except RuntimeError as exc:  # pragma: no cover - the ridge keeps the systems regular
         report.skipped[name] = f"least squares failed ({exc})"
-        return False
+        return
     if fit is None:
         report.skipped[name] = (
             f"a fit on half of the data rows did not predict the other half better than the kept weights "
             f"({whole.rows} rows for {kept.shape[1]} weights per output); more --data batches may help"
         )
-        return False
+        return
     solved, best = fit
     report.error_after[name] = whole.error(solved) / max(whole.yty, 1e-30)
     report.ridge[name] = best
     _write(module, regimes.work[name], solved, rows, cols)
     report.layers.append(name)
-    return True
 
 
 def _batch_folds(regimes: _Regimes, module: nn.Module, y: torch.Tensor, index: int) -> Folds:
