@@ -613,6 +613,7 @@ def render_scale(data: Mapping[str, Any]) -> str:
                 if "speedup_wall" in r
                 else "-",
                 ("yes" if r["same_subnet"] else "NO") if "same_subnet" in r else "-",
+                r.get("malloc", "system"),
             ]
         )
     header = [
@@ -630,6 +631,7 @@ def render_scale(data: Mapping[str, Any]) -> str:
         "unused ahead",
         "speed-up wall / search / without the refit / refit",
         "same subnet",
+        "allocator",
     ]
     out.append(_table(header, rows))
     out += [

@@ -8,7 +8,10 @@ subnet (it must be the same for every process count), and rank 0's time evaluati
 for the slowest rank, and the evaluations computed ahead that the search did not use. The weight refit is shared out
 among the ranks (its batches and its ridge fits): its seconds on 1 and 2 processes are recorded apart.
 
-Run: python bench/scale.py [--quick] [--divisors 64]
+Every process keeps freed memory for reuse, as `nasprune` does (nasprune_cli/allocator.py; --system-malloc: glibc's
+default, under which every large activation is page-faulted in afresh and the two processes slow each other down).
+
+Run: python bench/scale.py [--quick] [--divisors 64] [--system-malloc]
 (--quick: 112x112, 4 batches of 8: about 5 minutes; full size, both divisors: about 45 minutes on two idle cores)
 Writes bench/results/scale.json (scale_quick.json).
 """
@@ -42,10 +45,12 @@ def worker(args: argparse.Namespace) -> None:
     """One rank (under torchrun): build resnet18 and the data, search, rank 0 writes the figures."""
     import torchvision
 
+    from nasprune_cli.allocator import keep_freed_memory
     from nasprune_cli.distributed import init_world
     from nasprune_cli.recipe.load import load_recipe
     from nasprune_cli.searching import search
 
+    malloc = "system" if args.system_malloc else ("caching" if keep_freed_memory() else "system")  # as the CLI does
     torch.set_num_threads(1)
     world = init_world("cpu")
     start = time.perf_counter()
@@ -78,6 +83,7 @@ def worker(args: argparse.Namespace) -> None:
             "search_score": searched["best"]["score"],
             "flops_ratio": result.pruned.flops / result.original.flops,
             "parallel": result.parallel,
+            "malloc": malloc,
             "refit_s": round(result.reconstruction.seconds or 0.0, 2),
             "search_without_refit_s": round(seconds - (result.reconstruction.seconds or 0.0), 2),
         }
@@ -115,6 +121,7 @@ def run(procs: int, divisor: int, shape: dict[str, Any], tmp: Path) -> dict[str,
         str(shape["batches"]),
         "--batch-size",
         str(shape["batch_size"]),
+        *(["--system-malloc"] if shape.get("system_malloc") else []),
     ]
     start = time.perf_counter()
     done = subprocess.run(command, env=env, capture_output=True, text=True)
@@ -139,6 +146,11 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--divisors", type=int, nargs="+", help="channel divisors to run (default: 64 32)")
+    parser.add_argument(
+        "--system-malloc",
+        action="store_true",
+        help="keep glibc's default allocator (the CLI and this benchmark keep freed memory: nasprune_cli.allocator)",
+    )
     args = parser.parse_args()
     if args.worker:
         worker(args)
@@ -146,6 +158,8 @@ def main() -> None:
     shape = dict(QUICK if args.quick else FULL)
     if args.divisors:
         shape["divisors"] = args.divisors
+    if args.system_malloc:
+        shape["system_malloc"] = True
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for divisor in shape["divisors"]:
@@ -165,7 +179,7 @@ def main() -> None:
         )
     for row in rows:
         row["complete_map"] = complete_map(row["divisor"], shape["size"])
-    name = "scale_quick" if args.quick else "scale"
+    name = ("scale_quick" if args.quick else "scale") + ("_system_malloc" if args.system_malloc else "")
     write_result(name, {"machine": machine_info(), "shape": shape, "runs": rows})
 
 

@@ -8,6 +8,7 @@ __version__ = "0.1.0"
 __all__ = [
     "convert",
     "export",
+    "keep_freed_memory",
     "load_recipe",
     "measure_latency",
     "profile",
@@ -20,6 +21,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # what the lazy imports below give, for type checkers and editors
+    from nasprune_cli.allocator import keep_freed_memory
     from nasprune_cli.checkpoint import restore
     from nasprune_cli.checkpoint import save_pruned as save
     from nasprune_cli.conversion import convert
@@ -32,6 +34,7 @@ if TYPE_CHECKING:  # what the lazy imports below give, for type checkers and edi
     from nasprune_cli.space import SearchSpace
 
 _LAZY = {
+    "keep_freed_memory": ("nasprune_cli.allocator", "keep_freed_memory"),
     "convert": ("nasprune_cli.conversion", "convert"),
     "profile": ("nasprune_cli.profiling", "profile"),
     "register_layer": ("nasprune_cli.dynamic.custom", "register_layer"),

@@ -28,7 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from nasprune_cli import __version__, convert, load_recipe, search  # noqa: E402
+from nasprune_cli import __version__, convert, keep_freed_memory, load_recipe, search  # noqa: E402
 from nasprune_cli.metrics.flops import fvcore_flops  # noqa: E402
 from tools.coverage_dense import render_dense, run_dense  # noqa: E402
 from tools.zoo_dense import DENSE  # noqa: E402
@@ -186,6 +186,7 @@ def main() -> int:
         help="input size of the --dense models (default: each one's coverage size; a smaller one is shown as such)",
     )
     args = parser.parse_args()
+    malloc = "caching" if keep_freed_memory() else "system"  # as the `nasprune` CLI runs
     torch.set_num_threads(args.threads)
     store = args.output.with_suffix(".json")  # every row's figures; a run of some models updates their rows
     dense_store = args.output.with_name(f"{args.output.stem}_DENSE.json")
@@ -205,6 +206,7 @@ def main() -> int:
                 target[name] = run_model(ZOO[name], args.flops, args.ratios or None)
             target[name]["updated"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
             target[name]["threads"] = torch.get_num_threads()
+            target[name]["malloc"] = malloc
         except Exception as exc:  # noqa: BLE001 - a failing model is a row of the table, not the end of the run
             traceback.print_exc()
             target[name] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}".replace("|", "\\|")}

@@ -18,6 +18,7 @@ import typer
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
+from nasprune_cli import allocator
 from nasprune_cli.cli import output
 from nasprune_cli.errors import NasPruneError
 
@@ -123,8 +124,10 @@ _register_commands()
 
 
 def main() -> None:
-    """Console-script entry point: run the app (the boundary lives in GuardedGroup.invoke)."""
+    """Console-script entry point: set the allocator (NASPRUNE_MALLOC), run the app (the boundary lives in
+    GuardedGroup.invoke)."""
     try:
+        allocator.configure(os.environ)
         app()
     except NasPruneError as exc:  # raised outside a command (e.g. while registering): same one-line format
         if debug_enabled():

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import (
@@ -43,6 +43,7 @@ from pydantic import (
 )
 from torch import nn
 
+from nasprune_cli.allocator import current_mode
 from nasprune_cli.devices import describe_device, model_device, synchronize
 from nasprune_cli.errors import NasPruneError
 from nasprune_cli.fileio import validate_schema
@@ -87,6 +88,7 @@ class TableMeta(_TableSchema):
     machine: str
     torch: str
     device: str = "cpu"  # where it was measured: "cpu", "cuda:0 (NVIDIA H200)", "mps"; tables without one: the CPU
+    malloc: Literal["caching", "system"] | None = None  # the allocator (nasprune_cli.allocator); older tables: None
 
 
 class TableLeaf(_TableSchema):
@@ -230,6 +232,13 @@ class LatencyModel:
                 "times on one kind of device say nothing about another: pass --device to match the table, another "
                 "--latency-table path to measure a new one, or delete this file"
             )
+        measured_with = self.meta.get("malloc")  # absent from tables written before it was recorded
+        if measured_with is not None and measured_with != expected["malloc"]:
+            raise NasPruneError(
+                f"{source}: the latency table was measured with the {measured_with!r} memory allocator, this process "
+                f"runs the {expected['malloc']!r} one; page faults change layer times: set NASPRUNE_MALLOC (in Python: "
+                "nasprune_cli.keep_freed_memory()) to match it, pass another --latency-table path, or delete this file"
+            )
         for key in ("hparams", "input_shape", "batch", "threads"):
             if self.meta.get(key) != expected[key]:
                 raise NasPruneError(
@@ -269,6 +278,7 @@ def table_meta(space: Any, batch: int) -> dict[str, Any]:
         "machine": f"{platform.machine()} {platform.processor() or platform.node()}".strip(),
         "torch": torch.__version__,
         "device": describe_device(model_device(space.model)),
+        "malloc": current_mode(),
     }
 
 

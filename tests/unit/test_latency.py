@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from nasprune_cli.allocator import current_mode
 from nasprune_cli.constraints import Cost, parse_constraint
 from nasprune_cli.conversion import convert
 from nasprune_cli.errors import NasPruneError
@@ -111,6 +112,21 @@ def test_a_table_made_for_another_input_batch_or_file_kind_is_refused(concat_tab
     bad.write_text(json.dumps(damaged))
     with pytest.raises(NasPruneError, match="bad.json: damaged latency table"):
         lat.load_latency_table(bad)
+
+
+def test_a_table_measured_with_another_allocator_is_refused(concat_table, tmp_path: Path) -> None:
+    space, table = concat_table
+    assert table.meta["malloc"] == current_mode()  # recorded when measured
+    other = "system" if current_mode() == "caching" else "caching"
+    data = table.to_dict()
+    data["meta"]["malloc"] = other
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(NasPruneError, match=rf"t.json: the latency table was measured with the '{other}' memory"):
+        lat.load_latency_table(path).check(space, 1, str(path))
+    del data["meta"]["malloc"]  # written before the allocator was recorded: accepted
+    path.write_text(json.dumps(data))
+    lat.load_latency_table(path).check(space, 1, str(path))
 
 
 def test_latency_model_for_measures_once_then_reads_the_file(tmp_path: Path) -> None:
