@@ -146,6 +146,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--divisors", type=int, nargs="+", help="channel divisors to run (default: 64 32)")
+    parser.add_argument("--name", help="results file name (default: scale, scale_quick)")
     parser.add_argument(
         "--system-malloc",
         action="store_true",
@@ -179,7 +180,7 @@ def main() -> None:
         )
     for row in rows:
         row["complete_map"] = complete_map(row["divisor"], shape["size"])
-    name = ("scale_quick" if args.quick else "scale") + ("_system_malloc" if args.system_malloc else "")
+    name = args.name or ("scale_quick" if args.quick else "scale") + ("_system_malloc" if args.system_malloc else "")
     write_result(name, {"machine": machine_info(), "shape": shape, "runs": rows})
 
 

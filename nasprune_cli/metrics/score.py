@@ -257,6 +257,11 @@ class Evaluator:
             if self.on_score is not None:
                 self.on_score(1.0)
 
+    def shares_batches(self) -> bool:
+        """Whether the ranks of a World can score one subnet together, each on a share of the batches, with the bits
+        of one process: the default score (a score function sees the whole model and runs on every rank)."""
+        return self.score_fn is None
+
     def original_score(self) -> float | None:
         """The original model's score when it is known without a run: 1.0 for the default score after prepare()."""
         return 1.0 if self.score_fn is None and self.reference is not None else None

@@ -198,7 +198,10 @@ class Searcher(ABC):
             self.space.select(best["config"])
             recalibrate = getattr(self._evaluate, "recalibrate", None)
             if recalibrate is not None and self._calibrated != self.space.config():
-                recalibrate()
+                if self._score_together() is not None:
+                    recalibrate(self.world)  # the ranks share the batches out: the same statistics, to the bit
+                else:
+                    recalibrate()
         self.state["done"] = True
         self.save_checkpoint()
 
@@ -213,7 +216,8 @@ class Searcher(ABC):
             self.shared.used += 1
             self.state["evaluations"] += 1
             return self._prefetched.pop(key)
-        score = self._score(config)
+        together = self._score_together()  # every rank asks for the same subnet here: they score it together
+        score = together(config) if together is not None else self._score(config)
         self.state["evaluations"] += 1
         return score
 
@@ -223,6 +227,22 @@ class Searcher(ABC):
         self._calibrated = None
         score = float(self._evaluate())
         self._calibrated = self.space.config()
+        return score
+
+    def _score_together(self) -> Callable[[Mapping[str, int]], float] | None:
+        """Several ranks and an evaluator that scores one subnet with all of them, each on a share of the batches, to
+        the bits of one process (the default score): a function that does so; else None."""
+        shares = getattr(self._evaluate, "shares_batches", None)
+        if self.world.size == 1 or not callable(shares) or not shares():
+            return None
+
+        def score(config: Mapping[str, int]) -> float:
+            self.space.select(config)
+            self._calibrated = None
+            value = float(self._evaluate(world=self.world))
+            self._calibrated = self.space.config()
+            return value
+
         return score
 
     def prefetch(self, configs: list[dict[str, int]]) -> None:
@@ -236,7 +256,8 @@ class Searcher(ABC):
         todo = {k: c for k, c in todo.items() if k not in self._prefetched}
         if not todo:
             return
-        scores = evaluate_shared(self.world, list(todo.values()), self._score, self.shared)
+        configs = list(todo.values())
+        scores = evaluate_shared(self.world, configs, self._score, self.shared, self._score_together())
         self._prefetched.update(zip(todo, scores, strict=True))
 
     def is_prefetched(self, config: Mapping[str, int]) -> bool:

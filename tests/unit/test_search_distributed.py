@@ -129,6 +129,41 @@ def shared_reference(world: World, path: Path) -> None:
     torch.save({"state": model.state_dict(), "reference": evaluator.reference}, path)
 
 
+def leftover_scores(world: World) -> dict[str, Any]:
+    """Three subnets of the small conv net scored by evaluate_shared with the default score: on two ranks, two in one
+    round and the leftover one by both ranks together (each on its share of the 3 batches)."""
+    import random
+
+    from nasprune_cli.conversion import convert
+    from nasprune_cli.metrics.score import Evaluator
+    from nasprune_cli.searching.parallel import ShareStats, evaluate_shared
+    from tests.toys import Chain
+
+    torch.manual_seed(0)
+    space = convert(Chain(), None, torch.randn(1, 3, 16, 16))
+    gen = torch.Generator().manual_seed(6)
+    evaluator = Evaluator(space.model, [(torch.randn(4, 3, 16, 16, generator=gen),) for _ in range(3)])
+    evaluator.prepare(world)
+    rng = random.Random(5)
+    configs = [space.sample(rng) for _ in range(3)]
+
+    def alone(config: dict[str, int]) -> float:
+        space.select(config)
+        return evaluator()
+
+    def together(config: dict[str, int]) -> float:
+        space.select(config)
+        return evaluator(world=world)
+
+    stats = ShareStats()
+    scores = evaluate_shared(world, configs, alone, stats, together if evaluator.shares_batches() else None)
+    return {"scores": scores, "together": stats.together, "configs": configs}
+
+
+def scenario_leftover(rank: int, tmp: Path) -> Any:
+    return leftover_scores(init_world("cpu"))
+
+
 def scenario_recal(rank: int, tmp: Path) -> Any:
     world = init_world("cpu")
     shared_reference(world, tmp / f"recal_rank{rank}.pt")
@@ -154,6 +189,7 @@ def scenario_fail(rank: int, tmp: Path) -> Any:
 
 
 SCENARIOS = {
+    "leftover": scenario_leftover,
     "recal": scenario_recal,
     "refit": scenario_refit,
     "chain": scenario_chain,
@@ -271,6 +307,19 @@ def test_two_processes_recalibrate_and_record_the_reference_one_process_does_to_
         assert len(got["reference"]) == 5
         for mine, theirs in zip(got["reference"], expected["reference"], strict=True):
             assert torch.equal(mine, theirs), rank
+
+
+def test_a_leftover_subnet_scored_by_both_ranks_together_scores_as_in_one_process(
+    two_ranks: tuple[Path, list[dict]],
+) -> None:
+    with one_thread():
+        alone = leftover_scores(World())
+    assert alone["together"] == 0 and len(set(alone["scores"])) == 3  # three different subnets, three scores
+    for payload in two_ranks[1]:
+        got = payload["leftover"]["ok"]
+        assert got["configs"] == alone["configs"]
+        assert got["together"] == 1  # 3 subnets on 2 ranks: one round, then the third by both
+        assert got["scores"] == alone["scores"]  # to the bit
 
 
 def test_a_checkpoint_from_one_process_resumes_on_two(two_ranks: tuple[Path, list[dict]]) -> None:
