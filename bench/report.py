@@ -38,6 +38,10 @@ def load_results(results: Path, suffix: str = "") -> dict[str, dict[str, Any]]:
         path = results / f"{name}{suffix}.json"
         if path.is_file():
             out[name] = json.loads(path.read_text())
+    if "scale" in out and not suffix:  # named reruns (`bench/scale.py --name scale_...`) get rows of their own
+        files = [p for p in sorted(results.glob("scale_*.json")) if not p.stem.endswith("_quick")]
+        reruns = [json.loads(p.read_text()) for p in files]
+        out["scale"] = {**out["scale"], "reruns": [r for r in reruns if r.get("runs")]}
     return out
 
 
@@ -592,10 +596,14 @@ def render_scale(data: Mapping[str, Any]) -> str:
         "",
     ]
     rows = []
-    for r in data.get("runs", []):
+    runs = [("`bench/scale.py`", r) for r in data.get("runs", [])]
+    for rerun in data.get("reruns", []):
+        runs += [(f"`{rerun['command'].removeprefix('python ')}` ({rerun.get('date', '?')})", r) for r in rerun["runs"]]
+    for command, r in runs:
         par = r.get("parallel") or {}
         rows.append(
             [
+                command,
                 str(r["divisor"]),
                 str(r["procs"]),
                 f"{r['hparams']} / {r['choices']}" + (f" of {r['complete_map']}" if "complete_map" in r else ""),
@@ -608,6 +616,7 @@ def render_scale(data: Mapping[str, Any]) -> str:
                 _num(par.get("evaluating_s"), 1) if par else "-",
                 _num(par.get("waiting_s"), 1) if par else "-",
                 f"{par['evaluated'] - par['used']}" if par else "-",
+                str(par.get("together", "-")) if par else "-",
                 f"{r['speedup_wall']}x / {r['speedup_search']}x / {r.get('speedup_without_refit', '-')}x / "
                 f"{r.get('speedup_refit', '-')}x"
                 if "speedup_wall" in r
@@ -617,6 +626,7 @@ def render_scale(data: Mapping[str, Any]) -> str:
             ]
         )
     header = [
+        "run",
         "divisor",
         "procs",
         "hparams / choices scored (of a complete map)",
@@ -629,6 +639,7 @@ def render_scale(data: Mapping[str, Any]) -> str:
         "rank 0 evaluating s",
         "rank 0 waiting s",
         "unused ahead",
+        "scored by all ranks together",
         "speed-up wall / search / without the refit / refit",
         "same subnet",
         "allocator",
