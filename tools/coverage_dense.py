@@ -151,7 +151,9 @@ def render_dense(rows: dict[str, dict[str, Any]], frozen_cell: Any) -> list[str]
                 "of the searched subnet equals the dynamic model on every output, and the result has the same output",
                 "shapes (`check_search_result`). Built for pretrained backbone weights, torchvision's detectors use",
                 "`FrozenBatchNorm2d`: it is sliced like BatchNorm (`tests/zoo/test_zoo_detection.py` converts such a",
-                "fasterrcnn_resnet50_fpn).",
+                "fasterrcnn_resnet50_fpn). *time s*: convert + search on one torch thread; the rows were run at",
+                "different times, with the other core busy or not (each row's date is in docs/COVERAGE_DENSE.json),",
+                "so the times compare only roughly.",
             ]
         ),
         "",
