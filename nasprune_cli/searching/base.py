@@ -8,6 +8,7 @@ same result as an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
+import functools
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
@@ -198,7 +199,7 @@ class Searcher(ABC):
             self.space.select(best["config"])
             recalibrate = getattr(self._evaluate, "recalibrate", None)
             if recalibrate is not None and self._calibrated != self.space.config():
-                if self._score_together() is not None:
+                if self._shares_batches():
                     recalibrate(self.world)  # the ranks share the batches out: the same statistics, to the bit
                 else:
                     recalibrate()
@@ -221,29 +222,23 @@ class Searcher(ABC):
         self.state["evaluations"] += 1
         return score
 
-    def _score(self, config: Mapping[str, int]) -> float:
-        """Select a subnet and score it on this rank (BN recalibrated first)."""
+    def _score(self, config: Mapping[str, int], world: World | None = None) -> float:
+        """Select a subnet and score it (BN recalibrated first): on this rank, or with the ranks of `world` together."""
         self.space.select(config)
         self._calibrated = None
-        score = float(self._evaluate())
+        score = float(self._evaluate() if world is None else self._evaluate(world=world))
         self._calibrated = self.space.config()
         return score
 
-    def _score_together(self) -> Callable[[Mapping[str, int]], float] | None:
+    def _shares_batches(self) -> bool:
         """Several ranks and an evaluator that scores one subnet with all of them, each on a share of the batches, to
-        the bits of one process (the default score): a function that does so; else None."""
+        the bits of one process (the default score)."""
         shares = getattr(self._evaluate, "shares_batches", None)
-        if self.world.size == 1 or not callable(shares) or not shares():
-            return None
+        return self.world.size > 1 and callable(shares) and bool(shares())
 
-        def score(config: Mapping[str, int]) -> float:
-            self.space.select(config)
-            self._calibrated = None
-            value = float(self._evaluate(world=self.world))
-            self._calibrated = self.space.config()
-            return value
-
-        return score
+    def _score_together(self) -> Callable[[Mapping[str, int]], float] | None:
+        """A function that scores a subnet with all ranks together when they can share the batches; else None."""
+        return functools.partial(self._score, world=self.world) if self._shares_batches() else None
 
     def prefetch(self, configs: list[dict[str, int]]) -> None:
         """Several ranks: score these subnets now, shared out among the ranks, for `evaluate` to take later (each
